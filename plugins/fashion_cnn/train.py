@@ -1,0 +1,132 @@
+"""Train the fashion_cnn weights: `python -m plugins.fashion_cnn.train [--epochs N] [--seed S]`.
+
+The run is meant to be reproducible bit for bit from its seed on one machine: every random
+draw (initial weights, shuffling, dropout, flips) comes from generators seeded here, torch
+is told to use deterministic kernels only, and the number of threads is fixed rather than
+taken from the machine, because a different split of a reduction across threads changes
+the rounding. The weights are serialised through memory so that the file's bytes do not
+depend on its name (torch.save otherwise stores the file's stem inside the archive).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from plugins.fashion_cnn import WEIGHTS, make_plugin
+from testbed.plugin_api import Dataset, Plugin
+
+
+def seed_everything(seed: int, threads: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(threads)
+
+
+def hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror half the batch: garments are left-right symmetric, so it is free extra data."""
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+@torch.inference_mode()
+def count_correct(plugin: Plugin, model: nn.Module, data: Dataset, batch_size: int = 1000) -> int:
+    model.eval()
+    correct = 0
+    for start in range(0, len(data), batch_size):
+        x = plugin.to_tensor(data.inputs[start : start + batch_size])
+        y = torch.from_numpy(data.labels[start : start + batch_size])
+        correct += int((model(x).argmax(dim=1) == y).sum())
+    return correct
+
+
+def train(
+    epochs: int, seed: int, threads: int, batch_size: int, lr: float
+) -> tuple[nn.Module, int, int]:
+    """Adam under a one-cycle schedule: reaches ~91% in a few CPU minutes without tuning."""
+    seed_everything(seed, threads)
+    plugin = make_plugin()
+    train_data, test_data = plugin.train_data(), plugin.test_data()
+    model = nn.Sequential(*plugin.build_stages())
+    labels = torch.from_numpy(train_data.labels)
+    generator = torch.Generator().manual_seed(seed)
+    steps_per_epoch = (len(train_data) + batch_size - 1) // batch_size
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch
+    )
+    loss_fn = nn.CrossEntropyLoss()
+
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(len(train_data), generator=generator).numpy()
+        total, seen = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{epochs}", unit="batch")
+        for step in bar:
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            x = hflip(plugin.to_tensor(train_data.inputs[idx]), generator)
+            y = labels[idx]
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss) * len(idx)
+            seen += len(idx)
+            if step % 20 == 0 or step == steps_per_epoch - 1:
+                bar.set_postfix(loss=f"{total / seen:.4f}")
+        bar.close()
+
+    return model, count_correct(plugin, model, test_data), len(test_data)
+
+
+def save_state_dict(model: nn.Module, out: Path) -> int:
+    """Write atomically, so that an interrupted run never leaves a half-written file."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, out)
+    return len(buffer.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m plugins.fashion_cnn.train", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=WEIGHTS, help="default: %(default)s")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="fixed for reproducibility (default: %(default)s)"
+    )
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.threads < 1 or args.batch_size < 1:
+        parser.error("--epochs, --threads and --batch-size must be positive")
+
+    started = time.monotonic()
+    model, correct, total = train(args.epochs, args.seed, args.threads, args.batch_size, args.lr)
+    size = save_state_dict(model, args.out)
+    elapsed = time.monotonic() - started
+    print(f"test accuracy: {correct / total:.4f} ({correct}/{total} test images)")
+    print(f"saved {args.out} ({size} bytes) after {elapsed:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

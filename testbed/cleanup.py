@@ -1,0 +1,77 @@
+"""Teardown of everything a run created, whatever ends the run.
+
+Resources are registered as they are made and torn down in reverse order. SIGTERM
+is turned into an exception (like Ctrl-C's KeyboardInterrupt) so that the same
+`finally` path runs; while tearing down, both signals are deferred (and re-raised
+afterwards), so a second Ctrl-C cannot leave a half-removed topology.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator
+
+log = logging.getLogger("testbed")
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Terminated(BaseException):
+    """The run received SIGTERM."""
+
+
+class Teardown:
+    def __init__(self) -> None:
+        self._steps: list[tuple[str, Callable[[], object]]] = []
+
+    def add(self, what: str, step: Callable[[], object]) -> None:
+        self._steps.append((what, step))
+
+    def run(self) -> list[str]:
+        """Run every step, newest first; return the failures (it never raises)."""
+        failures = []
+        with signals_deferred():
+            while self._steps:
+                what, step = self._steps.pop()
+                try:
+                    step()
+                except Exception as exc:
+                    failures.append(f"{what}: {type(exc).__name__}: {exc}")
+                    log.warning("cleanup of %s failed: %s", what, exc)
+        return failures
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends, then raise the first one that came.
+
+    A handler, not a signal mask: a mask covers one thread only, and torch's threads
+    would take the signal instead."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _: pending.append(signum)) for s in _SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if pending:
+            raise KeyboardInterrupt() if pending[0] == signal.SIGINT else Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

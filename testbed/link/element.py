@@ -1,0 +1,84 @@
+"""Userspace link element: holds each packet arriving at a host for its
+serialization time at the link rate plus the one-way propagation delay.
+
+It reads packets from an NFQUEUE at the receiving host's PREROUTING hook and gives
+each verdict later (deferred verdicts), in arrival order, like a wire would:
+
+    start   = max(arrival, previous finish)        # the link sends one frame at a time
+    finish  = start + frame_bytes * 8 / rate
+    release = finish + delay
+
+HTB on the forwarding hop upstream already paces the flow at the rate, so this
+element's backlog stays a frame or two; it contributes the last frame's
+serialization time that a token bucket cannot (an idle bucket passes a packet at
+once), so a 800-byte message at 1 Mbit/s takes 6.9 ms as on a real link.
+
+Run inside a host's network namespace, outside its CPU cgroup:
+`python -m testbed.link.element --queue N --rate-mbps R --delay-ms D`; prints READY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import select
+import signal
+import sys
+import time
+
+ETHERNET_HEADER = 14  # HTB counts it; the IP total length does not include it
+COPY_BYTES = 64  # only the IP header is needed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--queue", type=int, required=True)
+    parser.add_argument("--rate-mbps", type=float, default=0.0, help="0: no serialization")
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    args = parser.parse_args(argv)
+
+    from netfilterqueue import COPY_PACKET, NetfilterQueue
+
+    seconds_per_byte = 8 / (args.rate_mbps * 1e6) if args.rate_mbps > 0 else 0.0
+    delay = args.delay_ms / 1e3
+    held: collections.deque = collections.deque()
+    state = {"busy_until": 0.0, "running": True}
+
+    def on_packet(packet) -> None:
+        now = time.monotonic()
+        header = packet.get_payload()
+        size = ((header[2] << 8) | header[3]) + ETHERNET_HEADER if len(header) >= 4 else 1500
+        start = max(now, state["busy_until"])
+        state["busy_until"] = start + size * seconds_per_byte
+        held.append((state["busy_until"] + delay, packet))
+
+    def stop(*_) -> None:
+        state["running"] = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    queue = NetfilterQueue()
+    queue.bind(args.queue, on_packet, max_len=10000, mode=COPY_PACKET, range=COPY_BYTES)
+    fd = queue.get_fd()
+    print("READY", flush=True)
+    try:
+        while state["running"]:
+            timeout = max(0.0, held[0][0] - time.monotonic()) if held else 0.2
+            try:
+                readable, _, _ = select.select([fd], [], [], timeout)
+            except InterruptedError:
+                continue
+            if readable:
+                queue.run(block=False)
+            now = time.monotonic()
+            while held and held[0][0] <= now:
+                held.popleft()[1].accept()
+    finally:
+        while held:  # let nothing in flight be lost on shutdown
+            held.popleft()[1].accept()
+        queue.unbind()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

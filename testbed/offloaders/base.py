@@ -1,0 +1,80 @@
+"""The offloader interface: one class per offloading family, registered by name.
+
+An offloader splits one request into a device half and an edge half. The device
+half returns either a final prediction (nothing offloaded) or a payload for the
+edge; the edge half turns that payload into a prediction. Both halves report
+their phases to a `PhaseTimer`, so the agents never need to know the family.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter an offloader accepts in a scenario (`{name: jpeg, quality: 75}`)."""
+
+    type: type
+    default: Any
+    allowed: str  # human words for the valid values, used in error messages
+    check: Callable[[Any], bool] = lambda value: True
+
+
+class PhaseTimer:
+    """Accumulates named phases in milliseconds on CLOCK_MONOTONIC (shared by all hosts)."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+
+    def phase(self, name: str) -> _Phase:
+        return _Phase(self, name)
+
+
+class _Phase:
+    def __init__(self, timer: PhaseTimer, name: str) -> None:
+        self.timer, self.name = timer, name
+
+    def __enter__(self) -> None:
+        self.start = time.monotonic_ns()
+
+    def __exit__(self, *exc) -> None:
+        elapsed = (time.monotonic_ns() - self.start) / 1e6
+        self.timer.ms[self.name] = self.timer.ms.get(self.name, 0.0) + elapsed
+
+
+@dataclass
+class DeviceResult:
+    """What the device half produced: a payload to send, or a final prediction."""
+
+    payload: bytes | None = None
+    prediction: int | None = None
+
+
+class Offloader(ABC):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    params: ClassVar[dict[str, Param]] = {}
+
+    def __init__(self, plugin, model, **params) -> None:
+        self.plugin = plugin
+        self.model = model  # torch Sequential of the plugin's stages, eval mode
+        self.config = params
+
+    @abstractmethod
+    def device(self, sample: np.ndarray, timer: PhaseTimer) -> DeviceResult:
+        """Device half: phases `device` (model compute) and `encode`."""
+
+    def edge(self, payload: bytes, timer: PhaseTimer) -> int:
+        """Edge half: phases `decode` and `edge`. Raise ValueError on a malformed payload."""
+        raise NotImplementedError(f"{self.name} sends nothing to the edge")
+
+    def describe(self) -> dict[str, Any]:
+        """What this instance used (split, bits, quality...), recorded with the results."""
+        return dict(self.config)

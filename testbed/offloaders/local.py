@@ -1,0 +1,18 @@
+"""`local`: the whole model on the device; nothing crosses the network."""
+
+import torch
+
+from testbed.offloaders import register
+from testbed.offloaders.base import DeviceResult, Offloader
+
+
+@register
+class Local(Offloader):
+    name = "local"
+    description = "whole model on the device, nothing offloaded"
+
+    def device(self, sample, timer):
+        with timer.phase("device"), torch.inference_mode():
+            logits = self.model(self.plugin.to_tensor(sample[None]))
+            prediction = int(logits.argmax(dim=1)[0])
+        return DeviceResult(prediction=prediction)

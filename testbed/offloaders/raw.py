@@ -1,0 +1,30 @@
+"""`raw`: send the raw input (e.g. uint8 pixels) and run the whole model on the edge."""
+
+import numpy as np
+import torch
+
+from testbed.offloaders import register
+from testbed.offloaders.base import DeviceResult, Offloader
+
+
+@register
+class Raw(Offloader):
+    name = "raw"
+    description = "raw input sent as is, whole model on the edge"
+
+    def device(self, sample, timer):
+        with timer.phase("encode"):
+            payload = np.ascontiguousarray(sample, dtype=self.plugin.input_spec.dtype).tobytes()
+        return DeviceResult(payload=payload)
+
+    def edge(self, payload, timer):
+        spec = self.plugin.input_spec
+        dtype = np.dtype(spec.dtype)
+        expected = int(np.prod(spec.shape)) * dtype.itemsize
+        if len(payload) != expected:
+            raise ValueError(f"raw payload of {len(payload)} bytes, expected {expected}")
+        with timer.phase("decode"):
+            sample = np.frombuffer(payload, dtype=dtype).reshape(spec.shape)
+        with timer.phase("edge"), torch.inference_mode():
+            logits = self.model(self.plugin.to_tensor(sample[None]))
+        return int(logits.argmax(dim=1)[0])

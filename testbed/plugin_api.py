@@ -1,0 +1,87 @@
+"""What a model plugin declares, so that every offloader can work with it.
+
+A plugin gives its model as ordered stages: the model is `stages[0] -> ... -> stages[-1]`,
+and a split point `k` means "stages[:k] on the device, stages[k:] on the edge".
+Inputs cross the wire as the plugin's raw input dtype (e.g. uint8 pixels);
+`to_tensor` turns a batch of them into what `stages[0]` takes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    shape: tuple[int, ...]  # one sample, without the batch dimension
+    dtype: str  # numpy dtype name of the raw input, e.g. "uint8"
+    low: float
+    high: float
+
+    def describe(self) -> str:
+        dims = "x".join(str(d) for d in self.shape)
+        return f"{dims} {self.dtype} in [{self.low:g}, {self.high:g}]"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Samples in the plugin's raw input dtype and their integer labels (-1: no label)."""
+
+    inputs: np.ndarray  # shape (N, *input_spec.shape)
+    labels: np.ndarray  # shape (N,), int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Plugin(ABC):
+    name: str
+    description: str
+    input_spec: InputSpec
+    num_classes: int
+    # split points k in 1..len(stages)-1, in stage order
+    split_points: tuple[int, ...]
+    # "accuracy" (labels exist) or "agreement" (top-1 agreement with the unsplit model)
+    metric: str = "accuracy"
+    # artefact name -> path; "weights" is the model's own
+    artefacts: dict[str, Path] = field(default_factory=dict)
+
+    @abstractmethod
+    def build_stages(self) -> list:
+        """Return the model's stages (torch modules) with random weights."""
+
+    @abstractmethod
+    def test_data(self) -> Dataset: ...
+
+    @abstractmethod
+    def train_data(self) -> Dataset: ...
+
+    def to_tensor(self, inputs: np.ndarray):
+        """Raw inputs (batch) -> float tensor for stages[0]. Default: scale to [0, 1]."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(inputs)).float()
+        return (x - self.input_spec.low) / (self.input_spec.high - self.input_spec.low)
+
+    def load_model(self):
+        """Stages with the trained weights loaded, in eval mode, as one torch Sequential."""
+        import torch
+
+        from testbed.errors import PluginError
+
+        path = self.artefacts.get("weights")
+        if path is None or not Path(path).is_file():
+            raise PluginError(
+                f"plugin {self.name!r}: trained weights missing at {path}; "
+                f"train them with: python -m plugins.{self.name}.train"
+            )
+        model = torch.nn.Sequential(*self.build_stages())
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        model.eval()
+        return model

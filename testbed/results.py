@@ -1,0 +1,114 @@
+"""Per-request records and their per-offloader summary (the results contract).
+
+A request that failed or timed out stays in requests.csv with its status, and
+counts as a wrong prediction in `accuracy`, so failures can never raise accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+REQUEST_COLUMNS = [
+    "offloader", "request", "sample", "device_ms", "encode_ms", "uplink_ms", "decode_ms",
+    "edge_ms", "downlink_ms", "total_ms", "bytes_up", "bytes_down", "prediction", "label",
+    "correct", "agrees", "status", "error",
+]  # fmt: skip
+SUMMARY_COLUMNS = [
+    "offloader", "n", "p50_ms", "p95_ms", "p99_ms", "mean_bytes_up", "accuracy",
+    "accuracy_drop_pp", "speedup_vs_raw", "failed",
+]  # fmt: skip
+
+
+def read_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by an interruption
+    return records
+
+
+def complete_records(records: list[dict], reference: dict[int, int]) -> list[dict]:
+    """Add `correct` and `agrees` (with the unsplit model's prediction on the sample)."""
+    out = []
+    for record in records:
+        row = {column: record.get(column, "") for column in REQUEST_COLUMNS}
+        ok = record.get("status") == "ok"
+        prediction, label = record.get("prediction", -1), record.get("label", -1)
+        row["correct"] = int(ok and label >= 0 and prediction == label)
+        row["agrees"] = int(ok and prediction == reference.get(record.get("sample")))
+        out.append(row)
+    return out
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(row.get(k, "")) for k in columns})
+
+
+def _fmt(value):
+    return f"{value:.4f}" if isinstance(value, float) else value
+
+
+def summarize(
+    rows: list[dict], order: list[str], reference_score: float, metric: str
+) -> list[dict]:
+    """One row per offloader; `accuracy` is agreement with the unsplit model where the
+    plugin's metric is agreement (no labels)."""
+    score_key = "correct" if metric == "accuracy" else "agrees"
+    summary = []
+    for name in order:
+        mine = [r for r in rows if r["offloader"] == name]
+        ok = [r for r in mine if r["status"] == "ok"]
+        totals = np.array([float(r["total_ms"]) for r in ok])
+        score = float(np.mean([r[score_key] for r in mine])) if mine else float("nan")
+        summary.append(
+            {
+                "offloader": name,
+                "n": len(ok),
+                "p50_ms": _pct(totals, 50),
+                "p95_ms": _pct(totals, 95),
+                "p99_ms": _pct(totals, 99),
+                "mean_bytes_up": float(np.mean([r["bytes_up"] for r in ok])) if ok else 0.0,
+                "accuracy": score,
+                "accuracy_drop_pp": (reference_score - score) * 100,
+                "speedup_vs_raw": "",
+                "failed": len(mine) - len(ok),
+            }
+        )
+    raw = next((s for s in summary if s["offloader"] == "raw"), None)
+    if raw is not None:
+        for row in summary:
+            if row["p50_ms"] > 0:
+                row["speedup_vs_raw"] = raw["p50_ms"] / row["p50_ms"]
+    return summary
+
+
+def _pct(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def table(summary: list[dict]) -> str:
+    """The summary as a Markdown table (also readable in a terminal)."""
+    head = ["offloader", "n", "p50 ms", "p95 ms", "p99 ms", "bytes up", "accuracy", "drop pp"]
+    head.append("vs raw")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summary:
+        speed = f"{s['speedup_vs_raw']:.2f}x" if s["speedup_vs_raw"] != "" else "-"
+        cells = [
+            s["offloader"], str(s["n"]), f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}",
+            f"{s['p99_ms']:.1f}", f"{s['mean_bytes_up']:.0f}", f"{100 * s['accuracy']:.1f}%",
+            f"{s['accuracy_drop_pp']:+.2f}", speed,
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,240 @@
+"""One scenario run: scenario -> topology -> agents -> records -> results.
+
+The runner checks everything it can before it creates anything (plugin, weights,
+gates, features), so bad input never leaves a half-built network behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from testbed import environment, gates, plugins, results
+from testbed.cleanup import Terminated, sigterm_raises
+from testbed.errors import ScenarioError, TestbedError
+from testbed.scenario import unsupported
+from testbed.topology import OffloadTopology, wait_ready
+
+log = logging.getLogger("testbed")
+EDGE_PORT = 5000
+WARMUP_REQUESTS = 2  # per offloader, not recorded: first calls pay allocations and JIT
+PINGS = 5
+STARTUP_S = 300.0  # importing torch on a device at a few % of a core is slow
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    summary: list[dict]
+    gate_failures: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def offloader_labels(specs) -> list[str]:
+    """Display names: the offloader's name, plus its parameters where a name repeats."""
+    counts: dict[str, int] = {}
+    for spec in specs:
+        counts[spec.name] = counts.get(spec.name, 0) + 1
+    labels = []
+    for spec in specs:
+        if counts[spec.name] == 1:
+            labels.append(spec.name)
+        else:
+            labels.append(spec.name + "_" + "_".join(f"{k}{v}" for k, v in spec.params.items()))
+    return labels
+
+
+def check_gates(scenario, labels: list[str]) -> None:
+    for i, text in enumerate(scenario.expect):
+        try:
+            named = gates.offloaders_named(text)
+        except gates.GateSyntaxError as exc:
+            raise ScenarioError(f"{scenario.source}: expect[{i}] {text!r}: {exc}") from None
+        for name in sorted(named - set(labels)):
+            raise ScenarioError(
+                f"{scenario.source}: expect[{i}] {text!r}: offloader {name!r} is not in "
+                f"`offloaders` (this scenario runs: {', '.join(labels)})"
+            )
+
+
+def choose_samples(scenario, count: int) -> np.ndarray:
+    if scenario.samples > count:
+        raise ScenarioError(
+            f"{scenario.source}: samples: {scenario.samples} but plugin {scenario.model!r} "
+            f"has {count} test samples"
+        )
+    return np.random.default_rng(scenario.seed).choice(count, scenario.samples, replace=False)
+
+
+def reference_predictions(plugin, model, inputs: np.ndarray) -> np.ndarray:
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(inputs), 256):
+            logits = model(plugin.to_tensor(inputs[start : start + 256]))
+            out.append(logits.argmax(dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def run(scenario, out_dir: Path, progress: bool = True) -> RunResult:
+    bad = unsupported(scenario)
+    if bad:
+        raise ScenarioError(f"{scenario.source}: " + "; ".join(bad) + " (refused, not ignored)")
+    labels = offloader_labels(scenario.offloaders)
+    check_gates(scenario, labels)
+    plugin = plugins.get(scenario.model)
+    model = plugin.load_model()
+    data = plugin.test_data()
+    indices = choose_samples(scenario, len(data))
+    reference = reference_predictions(plugin, model, data.inputs[indices])
+    reference_by_sample = dict(zip(indices.tolist(), reference.tolist(), strict=True))
+    if plugin.metric == "accuracy":
+        reference_score = float(np.mean(reference == data.labels[indices]))
+    else:
+        reference_score = 1.0
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logs = out_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    (out_dir / "resolved_scenario.yaml").write_text(yaml.safe_dump(scenario.to_dict()))
+    records_path = out_dir / "records.jsonl"
+    records_path.unlink(missing_ok=True)
+
+    topo = OffloadTopology(scenario, workdir=logs)
+    extra: dict = {"run_prefix": topo.prefix, "seed": scenario.seed, "samples": indices.tolist()}
+    extra["cleanup_failures"] = ["teardown did not run"]
+    interrupted = False
+    with sigterm_raises():
+        try:
+            topo.start()
+            extra.update(_agents(scenario, plugin, topo, indices, labels, logs, progress))
+        except (KeyboardInterrupt, Terminated):
+            interrupted = True
+            raise
+        finally:
+            try:
+                extra["cleanup_failures"] = topo.stop()
+            except (KeyboardInterrupt, Terminated):  # came during the teardown, which finished
+                extra["cleanup_failures"] = []
+                interrupted = True
+                raise
+            finally:
+                extra["interrupted"] = interrupted
+                summary = _write_results(
+                    out_dir, results.read_records(records_path), labels, reference_by_sample,
+                    reference_score, plugin.metric, extra,
+                )  # fmt: skip
+    by_name = {row["offloader"]: row for row in summary}
+    failed = []
+    for text in scenario.expect:
+        holds, filled = gates.evaluate(text, by_name)
+        if not holds:
+            failed.append(filled)
+    return RunResult(out_dir, summary, failed)
+
+
+def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool) -> dict:
+    py = sys.executable
+    cores = os.cpu_count() or 1
+    edge_threads = max(1, min(cores, round(scenario.edge.cpu)))
+    edge = topo.popen(
+        topo.edge,
+        [py, "-m", "testbed.edge_agent", "--port", str(EDGE_PORT), "--preload", plugin.name,
+         "--threads", str(edge_threads)],
+        "edge.log",
+    )  # fmt: skip
+    wait_ready(edge, "edge agent", timeout_s=STARTUP_S)
+    job = {
+        "plugin": plugin.name,
+        "offloaders": [
+            {"name": s.name, "params": s.params, "label": label}
+            for s, label in zip(scenario.offloaders, labels, strict=True)
+        ],
+        "samples": indices.tolist(),
+        "edge_host": topo.edge.IP(),
+        "edge_port": EDGE_PORT,
+        "timeout_s": scenario.request_timeout_s,
+        "threads": max(1, min(cores, round(scenario.device.cpu))),
+        "warmup": WARMUP_REQUESTS,
+        "pings": PINGS,
+        "records": str(logs.parent / "records.jsonl"),
+        "meta": str(logs / "device_meta.json"),
+    }
+    job_path = logs / "device_job.json"
+    job_path.write_text(json.dumps(job, indent=1))
+    device = topo.popen(
+        topo.device, [py, "-m", "testbed.device_agent", str(job_path)], "device.log"
+    )
+    _follow(
+        device, edge, Path(job["records"]), len(indices) * len(labels), scenario, logs, progress
+    )
+    meta = json.loads(Path(job["meta"]).read_text())
+    congestion = topo.device.cmd("sysctl -n net.ipv4.tcp_congestion_control").strip()
+    return {"rtt_ms": meta["rtt_ms"], "offloaders": meta["offloaders"],
+            "congestion_control": congestion}  # fmt: skip
+
+
+def _follow(device, edge, records: Path, total: int, scenario, logs: Path, progress: bool) -> None:
+    """Show progress until the device agent ends; fail fast if an agent dies or stalls."""
+    from tqdm import tqdm
+
+    done, last_change, started = 0, time.monotonic(), False
+    stall_s = scenario.request_timeout_s * (WARMUP_REQUESTS + 2) + 60
+    with tqdm(total=total, unit="req", desc=scenario.name, disable=not progress) as bar:
+        while True:
+            finished = device.poll() is not None
+            count = _count_lines(records)
+            if count != done:
+                bar.update(count - done)
+                done, last_change, started = count, time.monotonic(), True
+            if finished:
+                break
+            if edge.poll() is not None:
+                raise TestbedError(
+                    f"the edge agent exited ({edge.returncode}): see {logs}/edge.log"
+                )
+            limit = stall_s if started else STARTUP_S
+            if time.monotonic() - last_change > limit:
+                raise TestbedError(f"no request finished for {limit:.0f} s: see {logs}/device.log")
+            time.sleep(0.2)
+    if device.returncode != 0:
+        tail = (logs / "device.log").read_text(errors="replace").strip().splitlines()[-3:]
+        raise TestbedError(
+            f"the device agent failed (exit {device.returncode}): " + " | ".join(tail)
+        )
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as handle:
+            return handle.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def _write_results(out_dir, records, labels, reference, reference_score, metric, extra):
+    rows = results.complete_records(records, reference)
+    results.write_csv(out_dir / "requests.csv", rows, results.REQUEST_COLUMNS)
+    summary = results.summarize(rows, labels, reference_score, metric)
+    results.write_csv(out_dir / "summary.csv", summary, results.SUMMARY_COLUMNS)
+    env = environment.collect(extra)
+    (out_dir / "environment.json").write_text(json.dumps(env, indent=2, default=str))
+    lines = [f"# {out_dir.name}", "", results.table(summary), ""]
+    if metric != "accuracy":
+        lines.append("`accuracy` is top-1 agreement with the unsplit model (no labels).")
+    lines.append(
+        f"Link backend: {env['link_backend']}; round trip {extra.get('rtt_ms', 0):.2f} ms."
+    )
+    if extra.get("interrupted"):
+        lines.append("**The run was interrupted: these results are partial.**")
+    (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    return summary

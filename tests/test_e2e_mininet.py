@@ -1,0 +1,134 @@
+"""End to end on real Mininet hosts: a scenario file in, result files out, the
+link's arithmetic checked, and nothing left behind, also after SIGINT and SIGTERM."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.mininet_utils import ROOT, leftovers, needs_mininet, write_scenario
+
+pytestmark = [needs_mininet, pytest.mark.mininet]
+
+
+def run_cli(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "run_scenario.py", *map(str, args), "--no-progress"],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    scenario = write_scenario(tmp / "small.yaml")
+    out = tmp / "out"
+    proc = run_cli(scenario, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    return proc, out
+
+
+def read_csv(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_prints_table_and_writes_result_files(small_run):
+    proc, out = small_run
+    assert "| local |" in proc.stdout and "| raw |" in proc.stdout
+    for name in ("requests.csv", "summary.csv", "summary.md", "environment.json",
+                 "resolved_scenario.yaml"):  # fmt: skip
+        assert (out / name).stat().st_size > 0, name
+    requests = read_csv(out / "requests.csv")
+    assert list(requests[0]) == [
+        "offloader", "request", "sample", "device_ms", "encode_ms", "uplink_ms", "decode_ms",
+        "edge_ms", "downlink_ms", "total_ms", "bytes_up", "bytes_down", "prediction", "label",
+        "correct", "agrees", "status", "error",
+    ]  # fmt: skip
+    assert len(requests) == 40 and {r["status"] for r in requests} == {"ok"}
+    summary = {row["offloader"]: row for row in read_csv(out / "summary.csv")}
+    assert list(next(iter(summary.values())))[:9] == [
+        "offloader", "n", "p50_ms", "p95_ms", "p99_ms", "mean_bytes_up", "accuracy",
+        "accuracy_drop_pp", "speedup_vs_raw",
+    ]  # fmt: skip
+    assert summary["local"]["n"] == summary["raw"]["n"] == "20"
+    assert float(summary["local"]["mean_bytes_up"]) == 0
+    assert float(summary["raw"]["mean_bytes_up"]) == 16 + 784
+    env = json.loads((out / "environment.json").read_text())
+    assert env["link_backend"] and env["congestion_control"] in ("bbr", "cubic", "reno")
+    assert env["packages"]["torch"].startswith("2.13.0")
+
+
+def test_local_accuracy_equals_the_plugins_on_the_same_samples(small_run):
+    import torch
+
+    from testbed import plugins
+
+    _, out = small_run
+    env = json.loads((out / "environment.json").read_text())
+    plugin = plugins.get("fashion_cnn")
+    data, model = plugin.test_data(), plugin.load_model()
+    samples = np.array(env["samples"])
+    with torch.inference_mode():
+        predicted = model(plugin.to_tensor(data.inputs[samples])).argmax(1).numpy()
+    expected = float(np.mean(predicted == data.labels[samples]))
+    summary = {row["offloader"]: row for row in read_csv(out / "summary.csv")}
+    assert float(summary["local"]["accuracy"]) == pytest.approx(expected)
+    assert float(summary["raw"]["accuracy"]) == pytest.approx(expected)
+    rows = [r for r in read_csv(out / "requests.csv") if r["offloader"] == "local"]
+    assert [int(r["sample"]) for r in rows] == samples.tolist()
+    assert all(r["agrees"] == "1" for r in rows)
+
+
+def test_raw_uplink_matches_link_arithmetic(small_run):
+    """1 Mbit/s, 10 ms one way: the uplink of a request is its serialization at the
+    TCP goodput rate (0.956 of the link rate) plus one one-way delay (half the
+    measured round trip of small pings)."""
+    _, out = small_run
+    env = json.loads((out / "environment.json").read_text())
+    raw = [r for r in read_csv(out / "requests.csv") if r["offloader"] == "raw"]
+    uplink = statistics.median(float(r["uplink_ms"]) for r in raw)
+    bytes_up = int(raw[0]["bytes_up"])
+    expected = bytes_up * 8 / (0.956 * 1e6) * 1e3 + env["rtt_ms"] / 2
+    assert uplink == pytest.approx(expected, rel=0.10), (uplink, expected, env["rtt_ms"])
+    assert 20 <= env["rtt_ms"] <= 24  # two 10 ms delays plus two tiny frames' serialization
+
+
+def test_nothing_left_after_a_clean_run(small_run):
+    _, out = small_run
+    prefix = json.loads((out / "environment.json").read_text())["run_prefix"]
+    assert leftovers(prefix) == []
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_run_cleans_up(tmp_path, sig, status):
+    scenario = write_scenario(tmp_path / "long.yaml", samples=2000, offloaders=["raw"])
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "run_scenario.py", str(scenario), "--out", str(out), "--no-progress"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    records = out / "records.jsonl"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if records.exists() and records.read_text().count("\n") >= 10:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == status, stderr
+    assert "Traceback" not in stderr
+    env = json.loads((out / "environment.json").read_text())
+    assert env["interrupted"] is True and env["cleanup_failures"] == []
+    assert leftovers(env["run_prefix"]) == []
+    rows = read_csv(out / "requests.csv")  # what finished is kept
+    assert 10 <= len(rows) < 2000

@@ -1,0 +1,227 @@
+"""The wire protocol, and the edge agent's resilience to broken or hostile clients.
+
+The edge agent runs as a real process on loopback; no Mininet is needed here.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from testbed import protocol
+from testbed.protocol import (
+    HEADER,
+    MAX_PAYLOAD,
+    RESULT_STRUCT,
+    ErrorCode,
+    MessageType,
+    ProtocolError,
+    decode_error,
+    encode,
+    encode_json,
+    read_frame,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pair():
+    a, b = socket.socketpair()
+    a.settimeout(5)
+    b.settimeout(5)
+    return a, b
+
+
+@pytest.mark.parametrize("size", [0, 1, 784, 70_000])
+def test_round_trip(size):
+    a, b = pair()
+    payload = bytes(np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8))
+    a.sendall(encode(MessageType.REQUEST, payload, offloader=3, request=77))
+    frame = read_frame(b)
+    assert (frame.type, frame.offloader, frame.request, frame.payload) == (
+        MessageType.REQUEST, 3, 77, payload,
+    )  # fmt: skip
+    assert frame.received_ns > 0
+
+
+def test_header_layout_is_16_bytes_big_endian():
+    data = encode(MessageType.PING, b"ab", offloader=1, request=2)
+    assert data[:4] == b"DCOD" and len(data) == 16 + 2
+    assert struct.unpack("!I", data[8:12])[0] == 2 and struct.unpack("!I", data[12:16])[0] == 2
+
+
+def test_truncated_frame_raises():
+    a, b = pair()
+    a.sendall(encode(MessageType.REQUEST, b"x" * 100)[:50])
+    a.close()
+    with pytest.raises(protocol.TruncatedFrame):
+        read_frame(b)
+
+
+def test_clean_close_at_frame_boundary():
+    a, b = pair()
+    a.close()
+    with pytest.raises(protocol.ConnectionClosed):
+        read_frame(b)
+
+
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        (HEADER.pack(b"XXXX", 1, 3, 0, 0, 0), "bad magic"),
+        (HEADER.pack(b"DCOD", 9, 3, 0, 0, 0), "version 9"),
+        (HEADER.pack(b"DCOD", 1, 200, 0, 0, 0), "unknown message type 200"),
+        (HEADER.pack(b"DCOD", 1, 3, 0, 0, MAX_PAYLOAD + 1), "exceeds"),
+    ],
+)
+def test_bad_headers_rejected_before_reading_payload(header, message):
+    a, b = pair()
+    a.sendall(header)
+    with pytest.raises(ProtocolError, match=message):
+        read_frame(b)
+
+
+def test_encode_refuses_oversized_payload():
+    with pytest.raises(ValueError):
+        encode(MessageType.REQUEST, b"\0" * (MAX_PAYLOAD + 1))
+
+
+def test_json_payload_must_be_an_object():
+    frame = protocol.Frame(MessageType.HELLO, 0, 0, b"[1, 2]")
+    with pytest.raises(ProtocolError):
+        frame.json()
+    frame = protocol.Frame(MessageType.HELLO, 0, 0, b"\xff\xfe")
+    with pytest.raises(ProtocolError):
+        frame.json()
+
+
+# -- the edge agent as a real process --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def edge():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "testbed.edge_agent", "--host", "127.0.0.1", "--port", "0",
+         "--preload", "fashion_cnn", "--threads", "1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    line = proc.stdout.readline().decode()
+    assert line.startswith("READY"), proc.stderr.read().decode()
+    yield int(line.split()[1])
+    proc.terminate()
+    proc.wait(10)
+    assert proc.returncode == 0, "the edge agent must stop cleanly on SIGTERM"
+
+
+def client(port: int) -> socket.socket:
+    sock = protocol.connect("127.0.0.1", port, timeout=10)
+    return sock
+
+
+def hello(sock, offloaders=({"name": "raw", "params": {}},)):
+    sock.sendall(
+        encode_json(MessageType.HELLO, {"plugin": "fashion_cnn", "offloaders": offloaders})
+    )
+    return read_frame(sock)
+
+
+def request(sock, payload: bytes, request_id: int = 1):
+    sock.sendall(encode(MessageType.REQUEST, payload, offloader=0, request=request_id))
+    return read_frame(sock)
+
+
+def assert_serves(port: int) -> None:
+    """A fresh client gets a correct prediction: the edge survived what came before."""
+    from testbed import plugins
+
+    plugin = plugins.get("fashion_cnn")
+    data = plugin.test_data()
+    model = plugin.load_model()
+    import torch
+
+    with torch.inference_mode():
+        expected = int(model(plugin.to_tensor(data.inputs[:1])).argmax(1)[0])
+    with client(port) as sock:
+        assert hello(sock).type == MessageType.HELLO_OK
+        reply = request(sock, data.inputs[0].tobytes(), 5)
+        assert reply.type == MessageType.RESULT and reply.request == 5
+        *_, prediction = RESULT_STRUCT.unpack(reply.payload)
+        assert prediction == expected
+
+
+def test_edge_serves_a_request(edge):
+    assert_serves(edge)
+
+
+def test_edge_ping(edge):
+    with client(edge) as sock:
+        sock.sendall(encode(MessageType.PING, b"abc", request=9))
+        reply = read_frame(sock)
+        assert (reply.type, reply.request, reply.payload) == (MessageType.PONG, 9, b"abc")
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # wrong magic
+        HEADER.pack(b"DCOD", 1, 3, 0, 1, MAX_PAYLOAD + 1),  # oversized
+        HEADER.pack(b"DCOD", 7, 3, 0, 1, 10),  # wrong version
+    ],
+)
+def test_edge_answers_bad_frame_with_error_then_closes(edge, garbage):
+    with client(edge) as sock:
+        sock.sendall(garbage)
+        reply = read_frame(sock)
+        assert reply.type == MessageType.ERROR
+        assert decode_error(reply.payload)[0] == ErrorCode.BAD_FRAME
+        with pytest.raises(protocol.ConnectionClosed):
+            read_frame(sock)
+    assert_serves(edge)
+
+
+def test_edge_survives_truncated_frame(edge):
+    with client(edge) as sock:
+        sock.sendall(encode(MessageType.REQUEST, b"x" * 1000)[:300])
+    assert_serves(edge)
+
+
+def test_bad_payload_gets_error_and_connection_stays_usable(edge):
+    with client(edge) as sock:
+        assert hello(sock).type == MessageType.HELLO_OK
+        reply = request(sock, b"too short", 3)
+        assert reply.type == MessageType.ERROR and reply.request == 3
+        code, text = decode_error(reply.payload)
+        assert code == ErrorCode.BAD_PAYLOAD and "784" in text
+        reply = request(sock, bytes(784), 4)
+        assert reply.type == MessageType.RESULT and reply.request == 4
+
+
+def test_request_before_hello_and_bad_hello(edge):
+    with client(edge) as sock:
+        reply = request(sock, bytes(784))
+        assert decode_error(reply.payload)[0] == ErrorCode.NOT_READY
+        reply = hello(sock, offloaders=[{"name": "no_such_offloader"}])
+        assert decode_error(reply.payload)[0] == ErrorCode.BAD_HELLO
+        sock.sendall(encode(MessageType.HELLO, b"\x80\x81 not json"))
+        assert read_frame(sock).type == MessageType.ERROR
+        sock.sendall(encode_json(MessageType.HELLO, {"plugin": "nope", "offloaders": []}))
+        code, text = decode_error(read_frame(sock).payload)
+        assert code == ErrorCode.BAD_HELLO and "nope" in text
+    assert_serves(edge)
+
+
+def test_edge_never_unpickles(edge):
+    import pickle
+
+    with client(edge) as sock:
+        evil = pickle.dumps({"plugin": "fashion_cnn"})
+        sock.sendall(encode(MessageType.HELLO, evil))
+        assert read_frame(sock).type == MessageType.ERROR
+    assert json.loads(encode_json(MessageType.HELLO, {"a": 1})[16:]) == {"a": 1}
