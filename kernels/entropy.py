@@ -236,9 +236,11 @@ def decode(blob: bytes) -> np.ndarray:
     payload = np.frombuffer(blob, np.uint8, nbytes, pos)
     if nbits % 8 and payload[-1] & ((1 << (8 - nbits % 8)) - 1):
         raise CorruptBlob("nonzero padding bits")
-    table, max_len = huffman.decode_table(lengths)
+    tables = huffman.decode_table(lengths)
     out = np.empty(n, np.uint8 if alphabet == 256 else np.uint16)
-    used = huffman._decode(payload, table, max_len, out)
+    used = huffman.decode_with(payload, tables, out)
+    if used < 0:
+        raise CorruptBlob("payload contains a bit pattern that is not a code")
     if used != nbits:
         raise CorruptBlob("payload does not decode to the stated symbol count")
     if code == 1:

@@ -110,10 +110,14 @@ def _channel_params(scale, offset, channels: int) -> tuple[np.ndarray, np.ndarra
     return s, o
 
 
+_TINY = np.finfo(np.float32).tiny
+
+
 def _inv(scale):
     s = np.asarray(scale, dtype=np.float32)
-    if not np.all(np.isfinite(s) & (s > 0)):
-        raise ValueError("scales must be finite and positive")
+    # Below the smallest normal float32 the reciprocal overflows to inf.
+    if not np.all(np.isfinite(s) & (s >= _TINY)):
+        raise ValueError("scales must be finite and at least the smallest normal float32")
     return np.float32(1.0) / s
 
 
@@ -129,7 +133,7 @@ def uniform_params(x: np.ndarray, bits: int, axis: int | None = None):
         lo = np.float32(np.nanmin(a)) if a.size else np.float32(0)
         hi = np.float32(np.nanmax(a)) if a.size else np.float32(0)
         scale = np.float32((hi - lo) / qmax)
-        ok = bool(np.isfinite(scale) and scale > 0)
+        ok = bool(np.isfinite(scale) and scale >= _TINY)
         return (scale if ok else np.float32(1)), (lo if np.isfinite(lo) else np.float32(0))
     moved = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1)
     if moved.shape[1] == 0:
@@ -138,7 +142,7 @@ def uniform_params(x: np.ndarray, bits: int, axis: int | None = None):
     lo = np.nanmin(moved, axis=1).astype(np.float32)
     hi = np.nanmax(moved, axis=1).astype(np.float32)
     scale = ((hi - lo) / qmax).astype(np.float32)
-    scale = np.where(np.isfinite(scale) & (scale > 0), scale, np.float32(1))
+    scale = np.where(np.isfinite(scale) & (scale >= _TINY), scale, np.float32(1))
     lo = np.where(np.isfinite(lo), lo, np.float32(0))
     return scale.astype(np.float32), lo.astype(np.float32)
 
@@ -149,7 +153,7 @@ def quantize_uniform(x: np.ndarray, bits: int, scale, offset, axis: int | None =
     With `axis`, scale and offset are 1-D arrays with one entry per channel of that axis.
     """
     bits = _check_bits(bits)
-    a = np.ascontiguousarray(x, dtype=np.float32)
+    a = np.asarray(x, dtype=np.float32, order="C")
     out = np.empty(a.shape, np.uint8 if bits <= 8 else np.uint16)
     qmax = np.float32((1 << bits) - 1)
     if axis is None:
@@ -171,7 +175,7 @@ def dequantize_uniform(q: np.ndarray, scale, offset, axis: int | None = None) ->
     c = np.asarray(q)
     if c.dtype not in (np.uint8, np.uint16):
         raise TypeError(f"codes must be uint8 or uint16, got {c.dtype}")
-    c = np.ascontiguousarray(c)
+    c = np.asarray(c, order="C")
     out = np.empty(c.shape, np.float32)
     if axis is None:
         _dequantize_tensor(c.reshape(-1), np.float32(scale), np.float32(offset), out.reshape(-1))
@@ -279,7 +283,7 @@ def _codebook(centres) -> Codebook:
 def nearest_centre(x: np.ndarray, centres) -> np.ndarray:
     """uint8 index (into the codebook as given) of the nearest centre, same shape as x."""
     cb = _codebook(centres)
-    a = np.ascontiguousarray(x, dtype=np.float32)
+    a = np.asarray(x, dtype=np.float32, order="C")
     out = np.empty(a.shape, np.uint8)
     flat_in, flat_out = a.reshape(-1), out.reshape(-1)
     if cb.thresholds.size <= 16:
@@ -295,7 +299,7 @@ def centre_values(indices: np.ndarray, centres) -> np.ndarray:
     idx = np.asarray(indices)
     if idx.dtype != np.uint8:
         raise TypeError(f"indices must be uint8, got {idx.dtype}")
-    idx = np.ascontiguousarray(idx)
+    idx = np.asarray(idx, order="C")
     out = np.empty(idx.shape, np.float32)
     bad = _centre_values(idx.reshape(-1), cb.centres, out.reshape(-1))
     if bad >= 0:

@@ -43,14 +43,16 @@ def quantize_uniform_ref(x, bits, scale, offset, axis=None):
     a = np.asarray(x, dtype=np.float32)
     qmax = np.float32((1 << bits) - 1)
     inv = np.float32(1) / _params_view(a, scale, axis)
-    v = np.floor((a - _params_view(a, offset, axis)) * inv + np.float32(0.5))
+    with np.errstate(all="ignore"):  # inf and NaN inputs are part of the contract
+        v = np.floor((a - _params_view(a, offset, axis)) * inv + np.float32(0.5))
     v = np.where(v >= 0, np.minimum(v, qmax), np.float32(0))  # NaN fails v >= 0 -> 0
     return v.astype(np.uint8 if bits <= 8 else np.uint16)
 
 
 def dequantize_uniform_ref(q, scale, offset, axis=None):
     c = np.asarray(q)
-    return c.astype(np.float32) * _params_view(c, scale, axis) + _params_view(c, offset, axis)
+    with np.errstate(all="ignore"):
+        return c.astype(np.float32) * _params_view(c, scale, axis) + _params_view(c, offset, axis)
 
 
 def nearest_centre_ref(x, centres):

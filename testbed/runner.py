@@ -21,7 +21,7 @@ from testbed import environment, gates, plugins, results
 from testbed.cleanup import Terminated, sigterm_raises
 from testbed.errors import ScenarioError, TestbedError
 from testbed.scenario import unsupported
-from testbed.topology import OffloadTopology, wait_ready
+from testbed.topology import OffloadTopology, check_environment, wait_ready
 
 log = logging.getLogger("testbed")
 EDGE_PORT = 5000
@@ -91,6 +91,7 @@ def run(scenario, out_dir: Path, progress: bool = True) -> RunResult:
         raise ScenarioError(f"{scenario.source}: " + "; ".join(bad) + " (refused, not ignored)")
     labels = offloader_labels(scenario.offloaders)
     check_gates(scenario, labels)
+    check_environment()
     plugin = plugins.get(scenario.model)
     model = plugin.load_model()
     data = plugin.test_data()

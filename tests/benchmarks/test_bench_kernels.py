@@ -1,0 +1,327 @@
+"""Kernel benchmarks, each beside its baselines in the same run, plus ratio checks.
+
+Run: pytest tests/benchmarks --benchmark-min-rounds=3 --benchmark-max-time=0.2
+Throughput (MB/s of symbols or float32 input), bits per symbol and the empirical entropy
+go to each benchmark's extra_info. Speed targets are ratios to a baseline timed in the
+same test (medians of interleaved rounds), never absolute times, and are marked `perf`.
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kernels import entropy, huffman, quantize
+from kernels.reference import (
+    huffman_decode_ref,
+    huffman_encode_ref,
+    nearest_centre_ref,
+    quantize_uniform_ref,
+)
+from kernels.warmup import warmup
+
+ROOT = Path(__file__).resolve().parents[2]
+REF_SUBSET = 200_000  # the numpy Huffman reference builds an n x 16 bit matrix
+PY_SUBSET = 20_000  # pure-Python coders (dahuffman, the reference decoder)
+CENTRES = np.array([-1.6, -0.9, -0.45, -0.1, 0.1, 0.45, 0.9, 1.6], np.float32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compiled():
+    warmup()
+
+
+def record(benchmark, nbytes, **info):
+    """Attach MB/s (from the median) and any size figures to the benchmark's JSON."""
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None:
+        info["MB_per_s"] = round(nbytes / stats.stats.median / 1e6, 1)
+    benchmark.extra_info.update(info)
+
+
+def size_info(nbytes_coded, n, h):
+    bps = 8 * nbytes_coded / n
+    return {"bits_per_symbol": round(bps, 4), "entropy": round(h, 4),
+            "excess_pct": round(100 * (bps / h - 1), 3)}
+
+
+def paired_medians(fa, fb, rounds=7):
+    """Median seconds of fa and fb, alternated so that load on the machine hits both."""
+    ta, tb = [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fa()
+        ta.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        fb()
+        tb.append(time.perf_counter() - t)
+    return statistics.median(ta), statistics.median(tb)
+
+
+# --------------------------------------------------------------------------- encode
+
+
+@pytest.mark.benchmark(group="encode 1M skewed uint8")
+def test_encode_kernel(benchmark, skewed_u8):
+    blob = benchmark(entropy.encode, skewed_u8)
+    h = entropy.empirical_entropy(skewed_u8)
+    record(benchmark, skewed_u8.size, **size_info(len(blob), skewed_u8.size, h))
+
+
+@pytest.mark.benchmark(group="encode 1M skewed uint8")
+def test_encode_payload_kernel_only(benchmark, skewed_u8):
+    lengths = huffman.code_lengths(huffman.histogram(skewed_u8))
+    nbits = huffman.encoded_bits(huffman.histogram(skewed_u8), lengths)
+    benchmark(huffman.encode_with, skewed_u8, lengths, nbits)
+    record(benchmark, skewed_u8.size, note="payload only: no histogram, lengths, header, CRC")
+
+
+@pytest.mark.benchmark(group="encode 1M skewed uint8")
+def test_encode_numpy_reference(benchmark, skewed_u8):
+    x = skewed_u8[:REF_SUBSET]
+    lengths = huffman.code_lengths(huffman.histogram(x))
+    payload, _ = benchmark(huffman_encode_ref, x, lengths)
+    record(benchmark, x.size, symbols=x.size, **size_info(payload.size, x.size,
+                                                         entropy.empirical_entropy(x)))
+
+
+@pytest.mark.benchmark(group="encode 1M skewed uint8")
+@pytest.mark.parametrize("level", [1, 6])
+def test_encode_zlib(benchmark, skewed_u8, level):
+    raw = skewed_u8.tobytes()
+    out = benchmark(zlib.compress, raw, level)
+    record(benchmark, len(raw), **size_info(len(out), len(raw),
+                                           entropy.empirical_entropy(skewed_u8)))
+
+
+@pytest.mark.benchmark(group="encode 1M skewed uint8")
+def test_encode_zstandard(benchmark, skewed_u8):
+    zstd = pytest.importorskip("zstandard")
+    raw = skewed_u8.tobytes()
+    out = benchmark(zstd.ZstdCompressor(level=3).compress, raw)
+    record(benchmark, len(raw), level=3, **size_info(len(out), len(raw),
+                                                    entropy.empirical_entropy(skewed_u8)))
+
+
+@pytest.mark.benchmark(group="encode 1M skewed uint8")
+def test_encode_dahuffman(benchmark, skewed_u8):
+    dahuffman = pytest.importorskip("dahuffman")
+    raw = skewed_u8[:PY_SUBSET].tobytes()
+
+    def run():
+        return dahuffman.HuffmanCodec.from_data(raw).encode(raw)
+
+    out = benchmark(run)
+    record(benchmark, len(raw), symbols=len(raw), **size_info(
+        len(out), len(raw), entropy.empirical_entropy(skewed_u8[:PY_SUBSET])))
+
+
+def constriction_encode(constriction, x):
+    model = constriction.stream.model.Categorical(
+        np.bincount(x, minlength=256).astype(np.float64), perfect=False
+    )
+    coder = constriction.stream.stack.AnsCoder()
+    coder.encode_reverse(x.astype(np.int32), model)
+    return coder.get_compressed(), model
+
+
+@pytest.mark.benchmark(group="encode 1M skewed uint8")
+def test_encode_constriction_ans(benchmark, skewed_u8):
+    constriction = pytest.importorskip("constriction")
+    compressed, _ = benchmark(constriction_encode, constriction, skewed_u8)
+    record(benchmark, skewed_u8.size, note="rANS, model not stored", **size_info(
+        compressed.nbytes, skewed_u8.size, entropy.empirical_entropy(skewed_u8)))
+
+
+# --------------------------------------------------------------------------- decode
+
+
+@pytest.mark.benchmark(group="decode 1M skewed uint8")
+def test_decode_kernel(benchmark, skewed_u8):
+    blob = entropy.encode(skewed_u8)
+    out = benchmark(entropy.decode, blob)
+    assert np.array_equal(out, skewed_u8)
+    record(benchmark, skewed_u8.size, blob_bytes=len(blob))
+
+
+@pytest.mark.benchmark(group="decode 1M skewed uint8")
+def test_decode_python_reference(benchmark, skewed_u8):
+    x = skewed_u8[:PY_SUBSET]
+    lengths = huffman.code_lengths(huffman.histogram(x))
+    payload, _ = huffman.encode(x, lengths)
+    out = benchmark(huffman_decode_ref, payload, lengths, x.size)
+    assert np.array_equal(out, x)
+    record(benchmark, x.size, symbols=x.size)
+
+
+@pytest.mark.benchmark(group="decode 1M skewed uint8")
+def test_decode_zlib(benchmark, skewed_u8):
+    blob = zlib.compress(skewed_u8.tobytes(), 6)
+    benchmark(zlib.decompress, blob)
+    record(benchmark, skewed_u8.size, level=6)
+
+
+@pytest.mark.benchmark(group="decode 1M skewed uint8")
+def test_decode_zstandard(benchmark, skewed_u8):
+    zstd = pytest.importorskip("zstandard")
+    blob = zstd.ZstdCompressor(level=3).compress(skewed_u8.tobytes())
+    benchmark(zstd.ZstdDecompressor().decompress, blob)
+    record(benchmark, skewed_u8.size, level=3)
+
+
+@pytest.mark.benchmark(group="decode 1M skewed uint8")
+def test_decode_dahuffman(benchmark, skewed_u8):
+    dahuffman = pytest.importorskip("dahuffman")
+    raw = skewed_u8[:PY_SUBSET].tobytes()
+    codec = dahuffman.HuffmanCodec.from_data(raw)
+    blob = codec.encode(raw)
+    benchmark(codec.decode, blob)
+    record(benchmark, len(raw), symbols=len(raw))
+
+
+@pytest.mark.benchmark(group="decode 1M skewed uint8")
+def test_decode_constriction_ans(benchmark, skewed_u8):
+    constriction = pytest.importorskip("constriction")
+    compressed, model = constriction_encode(constriction, skewed_u8)
+
+    def run():
+        return constriction.stream.stack.AnsCoder(compressed).decode(model, skewed_u8.size)
+
+    assert np.array_equal(benchmark(run), skewed_u8)
+    record(benchmark, skewed_u8.size)
+
+
+# --------------------------------------------------------------------------- quantize
+
+
+@pytest.mark.benchmark(group="quantize 4M float32")
+def test_quantize_uniform_kernel(benchmark, activations):
+    scale, offset = quantize.uniform_params(activations, 8)
+    benchmark(quantize.quantize_uniform, activations, 8, scale, offset)
+    record(benchmark, activations.nbytes)
+
+
+@pytest.mark.benchmark(group="quantize 4M float32")
+def test_quantize_uniform_numpy_reference(benchmark, activations):
+    scale, offset = quantize.uniform_params(activations, 8)
+    benchmark(quantize_uniform_ref, activations, 8, scale, offset)
+    record(benchmark, activations.nbytes)
+
+
+@pytest.mark.benchmark(group="quantize 4M float32")
+def test_quantize_per_channel_kernel(benchmark, activations):
+    scale, offset = quantize.uniform_params(activations, 8, axis=1)
+    benchmark(quantize.quantize_uniform, activations, 8, scale, offset, axis=1)
+    record(benchmark, activations.nbytes)
+
+
+@pytest.mark.benchmark(group="quantize 4M float32")
+def test_quantize_per_channel_numpy_reference(benchmark, activations):
+    scale, offset = quantize.uniform_params(activations, 8, axis=1)
+    benchmark(quantize_uniform_ref, activations, 8, scale, offset, 1)
+    record(benchmark, activations.nbytes)
+
+
+@pytest.mark.benchmark(group="quantize 4M float32")
+def test_dequantize_uniform_kernel(benchmark, activations):
+    scale, offset = quantize.uniform_params(activations, 8)
+    q = quantize.quantize_uniform(activations, 8, scale, offset)
+    benchmark(quantize.dequantize_uniform, q, scale, offset)
+    record(benchmark, activations.nbytes, note="MB/s of float32 output")
+
+
+@pytest.mark.benchmark(group="quantize 4M float32")
+def test_nearest_centre_kernel(benchmark, activations):
+    codebook = quantize.Codebook(CENTRES)
+    benchmark(quantize.nearest_centre, activations, codebook)
+    record(benchmark, activations.nbytes, centres=CENTRES.size)
+
+
+@pytest.mark.benchmark(group="quantize 4M float32")
+def test_nearest_centre_numpy_reference(benchmark, activations):
+    benchmark(nearest_centre_ref, activations, CENTRES)
+    record(benchmark, activations.nbytes, centres=CENTRES.size)
+
+
+# --------------------------------------------------------------------------- cold start
+
+
+def _run_warmup(cache_dir: Path) -> tuple[float, float]:
+    """(process wall seconds, seconds warmup() reported) in a fresh interpreter."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    t = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "kernels.warmup"], cwd=ROOT, env=env, check=True,
+        capture_output=True, text=True, timeout=300,
+    )
+    return time.perf_counter() - t, float(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.benchmark(group="cold start")
+def test_cold_start(benchmark, tmp_path):
+    """Compilation is paid once per machine: an empty cache compiles, a warm one loads."""
+    cold_wall, cold_warmup = _run_warmup(tmp_path)  # empty NUMBA_CACHE_DIR
+    warm = benchmark.pedantic(_run_warmup, args=(tmp_path,), rounds=2, iterations=1)
+    benchmark.extra_info.update(
+        cold_process_s=round(cold_wall, 2), cold_warmup_s=round(cold_warmup, 2),
+        warm_process_s=round(warm[0], 2), warm_warmup_s=round(warm[1], 2),
+    )
+    assert warm[1] < cold_warmup
+
+
+# --------------------------------------------------------------------------- ratios
+
+
+@pytest.mark.perf
+def test_ratio_encode_vs_zlib6(skewed_u8, record_property):
+    raw = skewed_u8.tobytes()
+    t_kernel, t_zlib = paired_medians(lambda: entropy.encode(skewed_u8),
+                                      lambda: zlib.compress(raw, 6))
+    ratio = t_zlib / t_kernel
+    record_property("encode_MB_per_s", skewed_u8.size / t_kernel / 1e6)
+    record_property("zlib6_MB_per_s", len(raw) / t_zlib / 1e6)
+    record_property("ratio", ratio)
+    print(f"encode {skewed_u8.size / t_kernel / 1e6:.0f} MB/s, zlib-6 "
+          f"{len(raw) / t_zlib / 1e6:.1f} MB/s, ratio {ratio:.1f}")
+    assert ratio >= 10
+
+
+@pytest.mark.perf
+def test_ratio_decode_vs_zlib_decompress(skewed_u8):
+    """Decoding must keep up with zlib's inflate (about 200 MB/s on this data)."""
+    blob = entropy.encode(skewed_u8)
+    zblob = zlib.compress(skewed_u8.tobytes(), 6)
+    t_kernel, t_zlib = paired_medians(lambda: entropy.decode(blob),
+                                      lambda: zlib.decompress(zblob), rounds=11)
+    print(f"decode {skewed_u8.size / t_kernel / 1e6:.0f} MB/s, inflate "
+          f"{skewed_u8.size / t_zlib / 1e6:.0f} MB/s, ratio {t_zlib / t_kernel:.2f}")
+    assert t_zlib / t_kernel >= 1.0
+
+
+@pytest.mark.perf
+def test_ratio_quantize_vs_numpy(activations):
+    scale, offset = quantize.uniform_params(activations, 8)
+    t_kernel, t_ref = paired_medians(
+        lambda: quantize.quantize_uniform(activations, 8, scale, offset),
+        lambda: quantize_uniform_ref(activations, 8, scale, offset),
+    )
+    print(f"quantize {activations.nbytes / t_kernel / 1e9:.2f} GB/s, numpy "
+          f"{activations.nbytes / t_ref / 1e9:.2f} GB/s, ratio {t_ref / t_kernel:.1f}")
+    assert t_ref / t_kernel >= 3
+
+
+def test_size_within_one_percent_of_entropy(skewed_u8):
+    blob = entropy.encode(skewed_u8)
+    n = skewed_u8.size
+    h = entropy.empirical_entropy(skewed_u8)
+    print(f"{8 * len(blob) / n:.4f} bits/symbol, entropy {h:.4f}")
+    header_bits = 8 * 200  # magic .. code lengths .. CRC: about 150 bytes for 256 symbols
+    assert 8 * len(blob) <= 1.01 * h * n + header_bits
