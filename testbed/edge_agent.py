@@ -30,6 +30,7 @@ from testbed.protocol import (
     encode_error,
     encode_json,
     read_frame,
+    tune,
 )
 
 log = logging.getLogger("edge")
@@ -138,10 +139,14 @@ class Server(socketserver.ThreadingTCPServer):
         self.models = models
         super().__init__(address, Handler)
 
+    def server_bind(self) -> None:
+        tune(self.socket)  # accepted connections inherit the congestion control
+        super().server_bind()
+
 
 class Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tune(self.request)
         self.request.settimeout(IDLE_TIMEOUT_S)
         try:
             Session(self.request, self.server.models).serve()

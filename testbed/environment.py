@@ -10,7 +10,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 PACKAGES = ("torch", "numpy", "numba", "mininet", "pyyaml", "scapy", "netfilterqueue")
-LINK_BACKEND = "htb+nfqueue-serializer"
 
 
 def _version(name: str) -> str:
@@ -39,7 +38,7 @@ def collect(extra: dict | None = None) -> dict:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "cpu_model": _cpu_model(),
-        "link_backend": LINK_BACKEND,
+        "link_backend": "not started",
         "commit": _git("rev-parse", "HEAD"),
         "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "command": sys.argv,

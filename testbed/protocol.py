@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import socket
 import struct
 import time
@@ -152,7 +153,27 @@ def read_frame(sock: socket.socket) -> Frame:
     return Frame(kind, offloader, request, payload, time.monotonic_ns())
 
 
-def connect(host: str, port: int, timeout: float) -> socket.socket:
-    sock = socket.create_connection((host, port), timeout=timeout)
+CC_ENV = "DEEPCOD_TCP_CC"  # set by the topology: the scenario's congestion control
+
+
+def tune(sock: socket.socket) -> socket.socket:
+    """TCP_NODELAY (requests are single writes), and the scenario's congestion control
+    where the namespace default could not be set (see OffloadTopology)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    algorithm = os.environ.get(CC_ENV)
+    if algorithm:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, algorithm.encode())
+    return sock
+
+
+def connect(host: str, port: int, timeout: float) -> socket.socket:
+    """Congestion control is chosen before the handshake, as it must be."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        tune(sock)
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
     return sock

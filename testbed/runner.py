@@ -117,6 +117,7 @@ def run(scenario, out_dir: Path, progress: bool = True) -> RunResult:
     with sigterm_raises():
         try:
             topo.start()
+            extra["link_backend"] = topo.backend.label
             extra.update(_agents(scenario, plugin, topo, indices, labels, logs, progress))
         except (KeyboardInterrupt, Terminated):
             interrupted = True
@@ -179,9 +180,15 @@ def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool)
         device, edge, Path(job["records"]), len(indices) * len(labels), scenario, logs, progress
     )
     meta = json.loads(Path(job["meta"]).read_text())
-    congestion = topo.device.cmd("sysctl -n net.ipv4.tcp_congestion_control").strip()
-    return {"rtt_ms": meta["rtt_ms"], "offloaders": meta["offloaders"],
-            "congestion_control": congestion}  # fmt: skip
+    return {
+        "rtt_ms": meta["rtt_ms"],
+        "offloaders": meta["offloaders"],
+        "congestion_control": scenario.network.congestion_control,
+        "congestion_control_scope": topo.congestion_scope,
+        "namespace_default_congestion_control": topo.device.cmd(
+            "sysctl -n net.ipv4.tcp_congestion_control"
+        ).strip(),
+    }
 
 
 def _follow(device, edge, records: Path, total: int, scenario, logs: Path, progress: bool) -> None:

@@ -48,13 +48,18 @@ NOT_YET_SUPPORTED: dict[str, str] = {
 @dataclass(frozen=True)
 class LinkSpec:
     """One direction of the device-edge link. `bandwidth_mbps` is None when a trace
-    (`NetworkSpec.trace`) sets the rate instead."""
+    (`NetworkSpec.trace`) sets the rate instead; exactly one of `queue_packets` and
+    `queue_bytes` is set."""
 
     bandwidth_mbps: float | None
     delay_ms: float = 0
     jitter_ms: float = 0
     loss_pct: float = 0
-    queue_packets: int = 100
+    queue_packets: int | None = 100
+    jitter_distribution: str = "normal"
+    loss_model: str = "random"
+    loss_burst_packets: float = 1.0
+    queue_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ class NetworkSpec:
     uplink: LinkSpec
     downlink: LinkSpec
     trace: dict[str, Path] | None = None  # {"uplink": Path, "downlink": Path}, absolute
+    backend: str = "auto"  # auto | netem | userspace
+    congestion_control: str = "cubic"
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,8 @@ class Scenario:
         }
         if self.network.trace is not None:
             network["trace"] = {k: str(v) for k, v in self.network.trace.items()}
+        network["backend"] = self.network.backend
+        network["congestion_control"] = self.network.congestion_control
         return {
             "name": self.name,
             "seed": self.seed,
@@ -126,12 +135,15 @@ def _link_dict(link: LinkSpec) -> dict:
         "bandwidth_mbps": link.bandwidth_mbps,
         "delay_ms": link.delay_ms,
         "jitter_ms": link.jitter_ms,
+        "jitter_distribution": link.jitter_distribution,
         "loss_pct": link.loss_pct,
+        "loss_model": link.loss_model,
+        "loss_burst_packets": link.loss_burst_packets,
         "queue_packets": link.queue_packets,
+        "queue_bytes": link.queue_bytes,
     }
-    if link.bandwidth_mbps is None:  # the trace sets the rate; the key must be absent
-        del out["bandwidth_mbps"]
-    return out
+    # keys that must be absent rather than null: the trace sets the rate; one queue limit
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def unsupported(scenario: Scenario) -> list[str]:
@@ -540,8 +552,22 @@ def _network(out: dict, at: str, ctx: _Ctx) -> NetworkSpec:
             )
         if trace is not None and "bandwidth_mbps" in link:
             raise _bad(here, link["bandwidth_mbps"], f"no bandwidth_mbps with {at}.trace")
+        if "queue_bytes" in link and "queue_packets" in link:
+            raise _bad(
+                f"{at}.{direction}.queue_bytes",
+                link["queue_bytes"],
+                "either queue_packets or queue_bytes, not both",
+            )
+        if "queue_bytes" not in link:
+            link.setdefault("queue_packets", 100)
         out[direction] = LinkSpec(**{"bandwidth_mbps": None, **link})
-    return NetworkSpec(uplink=out["uplink"], downlink=out["downlink"], trace=trace)
+    return NetworkSpec(
+        uplink=out["uplink"],
+        downlink=out["downlink"],
+        trace=trace,
+        backend=out["backend"],
+        congestion_control=out["congestion_control"],
+    )
 
 
 _BANDWIDTH = _Num(gt=0, le=10000)
@@ -550,8 +576,12 @@ _LINK = _Record(
         "bandwidth_mbps": _Field(_BANDWIDTH, _OMIT),
         "delay_ms": _Field(_Num(ge=0, le=10000), 0),
         "jitter_ms": _Field(_Num(ge=0, le=10000), 0),
+        "jitter_distribution": _Field(_Choice("normal", "uniform", "pareto"), "normal"),
         "loss_pct": _Field(_Num(ge=0, lt=100), 0),
-        "queue_packets": _Field(_Int(ge=1, le=100000), 100),
+        "loss_model": _Field(_Choice("random", "gilbert_elliott"), "random"),
+        "loss_burst_packets": _Field(_Num(ge=1, le=1000), 1.0),
+        "queue_packets": _Field(_Int(ge=1, le=100000), _OMIT),  # default 100, see _network
+        "queue_bytes": _Field(_Int(ge=1500, le=100_000_000), _OMIT),
     }
 )
 _HOST = _Record({"cpu": _Field(_Num(gt=0, le=MAX_CPU), 1.0)}, post=_host)
@@ -603,6 +633,8 @@ _TOP = _Record(
                         ),
                         None,
                     ),
+                    "backend": _Field(_Choice("auto", "netem", "userspace"), "auto"),
+                    "congestion_control": _Field(_Choice("cubic", "bbr", "reno"), "cubic"),
                 },
                 post=_network,
             )

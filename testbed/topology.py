@@ -1,9 +1,15 @@
-"""The emulated network of one run: a device host and an edge host on a Linux
-bridge, no controller, with the scenario's links and CPU shares.
+"""The emulated network of one run: a device host and an edge host on two Linux
+bridges joined by the bottleneck link, no controller, with the scenario's links and
+CPU shares. Competing-traffic hosts, when the scenario has traffic, sit beside them
+so that their flows share the bottleneck:
 
-    device ─── switch ─── edge
-      uplink:   HTB on the switch's port to the edge  + serializer at the edge's ingress
-      downlink: HTB on the switch's port to the device + serializer at the device's ingress
+    device ──┐                       ┌── edge
+             switch A ═bottleneck═ switch B
+    ta ──────┘                       └── tb
+
+    uplink:   HTB on A's bottleneck port; impairments at the ingress of B's hosts
+    downlink: HTB on B's bottleneck port; impairments at the ingress of A's hosts
+    (userspace backend; with netem, netem sits under the HTB instead, see link/backends.py)
 
 Everything made carries the run's prefix (hosts, interfaces, bridge, cgroups,
 iptables comments), and is removed by `stop()`: nothing is ever cleaned by a
@@ -24,7 +30,8 @@ from pathlib import Path
 
 from testbed.cleanup import Teardown
 from testbed.errors import EnvironmentMissing, TestbedError
-from testbed.link.htb import htb_commands
+from testbed.link.backends import choose_backend, netem_available
+from testbed.protocol import CC_ENV
 
 log = logging.getLogger("testbed")
 CFS_PERIOD_US = 5000  # short, so a low CPU share throttles in slices of ~1 ms, not ~100 ms
@@ -88,14 +95,26 @@ class OffloadTopology:
         self.prefix = prefix or new_prefix()
         self.teardown = Teardown()
         self.net = None
-        self.device = self.edge = self.switch = None
+        self.device = self.edge = None
+        self.traffic_a = self.traffic_b = None  # competing-traffic hosts, device / edge side
+        self.backend = None
+        self.bottleneck: dict[str, str] = {}  # direction -> the HTB's interface
+        self.congestion_scope = "namespace"
+
+    @property
+    def side_a(self) -> list:
+        return [h for h in (self.device, self.traffic_a) if h is not None]
+
+    @property
+    def side_b(self) -> list:
+        return [h for h in (self.edge, self.traffic_b) if h is not None]
 
     # -- building -------------------------------------------------------------
     def start(self) -> None:
         check_environment()
         from mininet.log import setLogLevel
         from mininet.net import Mininet
-        from mininet.node import CPULimitedHost
+        from mininet.node import CPULimitedHost, Host
         from mininet.nodelib import LinuxBridge
 
         setLogLevel("error")
@@ -103,63 +122,80 @@ class OffloadTopology:
         self.net = Mininet(topo=None, controller=None, build=False, autoSetMacs=True)
         self.teardown.add("cgroups", self._remove_cgroups)  # after the hosts are gone
         self.teardown.add("Mininet network", self._stop_net)
+        limited = {"cls": CPULimitedHost, "period_us": CFS_PERIOD_US, "sched": "cfs"}
         self.device = self.net.addHost(
-            f"{p}d",
-            cls=CPULimitedHost,
-            ip="10.0.0.1/24",
-            cpu=self.scenario.device.cpu / cores,
-            period_us=CFS_PERIOD_US,
-            sched="cfs",
+            f"{p}d", ip="10.0.0.1/24", cpu=self.scenario.device.cpu / cores, **limited
         )
         self.edge = self.net.addHost(
-            f"{p}e",
-            cls=CPULimitedHost,
-            ip="10.0.0.2/24",
-            cpu=self.scenario.edge.cpu / cores,
-            period_us=CFS_PERIOD_US,
-            sched="cfs",
+            f"{p}e", ip="10.0.0.2/24", cpu=self.scenario.edge.cpu / cores, **limited
         )
-        self.switch = self.net.addSwitch(f"{p}s", cls=LinuxBridge, dpid="1")
-        self.net.addLink(self.device, self.switch)
-        self.net.addLink(self.edge, self.switch)
+        switch_a = self.net.addSwitch(f"{p}sa", cls=LinuxBridge, dpid="1")
+        switch_b = self.net.addSwitch(f"{p}sb", cls=LinuxBridge, dpid="2")
+        self.net.addLink(self.device, switch_a)
+        self.net.addLink(self.edge, switch_b)
+        if self.scenario.traffic:
+            self.traffic_a = self.net.addHost(f"{p}ta", cls=Host, ip="10.0.0.11/24")
+            self.traffic_b = self.net.addHost(f"{p}tb", cls=Host, ip="10.0.0.12/24")
+            self.net.addLink(self.traffic_a, switch_a)
+            self.net.addLink(self.traffic_b, switch_b)
+        bottleneck = self.net.addLink(switch_a, switch_b)
         self.net.build()
         self.net.start()
-        self._configure_links()
+        self.bottleneck = {"uplink": bottleneck.intf1.name, "downlink": bottleneck.intf2.name}
+        self._configure(switch_a)
 
-    def _configure_links(self) -> None:
+    def _configure(self, switch) -> None:
         net = self.scenario.network
-        dev_port = self.device.connectionsTo(self.switch)[0][1]
-        edge_port = self.edge.connectionsTo(self.switch)[0][1]
-        for host in (self.device, self.edge):
+        for host in self.side_a + self.side_b:
             self._run(host, f"ethtool -K {host.defaultIntf()} tso off gso off gro off tx off")
+            self._set_congestion_control(host, net.congestion_control)
             self._run(host, "sysctl -qw net.ipv4.tcp_no_metrics_save=1")
-        for port in (dev_port, edge_port):
-            self._run(self.switch, f"ethtool -K {port} tso off gso off gro off")
-        for port, link in ((edge_port, net.uplink), (dev_port, net.downlink)):
-            for command in htb_commands(port.name, link.bandwidth_mbps, link.queue_packets):
-                self._run(self.switch, command)
-        self._start_element(self.edge, net.uplink, queue=1, name="uplink")
-        self._start_element(self.device, net.downlink, queue=2, name="downlink")
+        for intf in self.net.switches[0].intfList() + self.net.switches[1].intfList():
+            if intf.name != "lo":
+                self._run(switch, f"ethtool -K {intf.name} tso off gso off gro off")
+        self.backend = choose_backend(net.backend, netem_available(self.device))
+        for direction, receivers in (("uplink", self.side_b), ("downlink", self.side_a)):
+            link = getattr(net, direction)
+            self.backend.configure(self, switch, direction, link, receivers)
 
-    def _start_element(self, host, link, queue: int, name: str) -> None:
+    def _set_congestion_control(self, host, algorithm: str) -> None:
+        """The namespace's default where the kernel allows it; otherwise (an algorithm
+        outside net.ipv4.tcp_allowed_congestion_control cannot be a child namespace's
+        default) every TCP socket the testbed opens sets it itself (TCP_CONGESTION)."""
+        out = host.cmd(f"sysctl -qw net.ipv4.tcp_congestion_control={algorithm}; echo __rc=$?")
+        if not out.strip().endswith("__rc=0"):
+            self.congestion_scope = "socket"
+        elif self.congestion_scope != "socket":
+            self.congestion_scope = "namespace"
+
+    def process_env(self) -> dict[str, str]:
+        """Environment for processes in the hosts: the socket-level congestion control."""
+        return {**os.environ, CC_ENV: self.scenario.network.congestion_control}
+
+    def start_element(self, host, link, direction: str, queue: int, rate_mbps: float) -> None:
+        """The userspace link element for packets arriving at `host` (see element.py)."""
         intf = host.defaultIntf()
         rule = (
-            f"-i {intf} -m comment --comment {self.prefix}-{name} "
+            f"-i {intf} -m comment --comment {self.prefix}-{direction} "
             f"-j NFQUEUE --queue-num {queue} --queue-bypass"
         )
         self._run(host, f"iptables -t mangle -A PREROUTING {rule}")
-        self.teardown.add(
-            f"{name} iptables rule", lambda: host.cmd(f"iptables -t mangle -D PREROUTING {rule}")
-        )
+        delete = f"iptables -t mangle -D PREROUTING {rule}"
+        self.teardown.add(f"{host.name} iptables rule", lambda: host.cmd(delete))
+        seed = self.scenario.seed * 1000 + queue + (0 if direction == "uplink" else 500)
         command = [
             "mnexec", "-a", str(host.pid), sys.executable, "-m", "testbed.link.element",
-            "--queue", str(queue), "--rate-mbps", str(link.bandwidth_mbps),
-            "--delay-ms", str(link.delay_ms),
+            "--queue", str(queue), "--rate-mbps", str(rate_mbps),
+            "--delay-ms", str(link.delay_ms), "--jitter-ms", str(link.jitter_ms),
+            "--jitter-distribution", link.jitter_distribution,
+            "--loss-pct", str(link.loss_pct), "--loss-model", link.loss_model,
+            "--loss-burst", str(link.loss_burst_packets), "--seed", str(seed),
         ]  # fmt: skip
-        log_file = open(self.workdir / f"element-{name}.log", "wb")  # noqa: SIM115
+        name = f"element-{direction}-{host.name}"
+        log_file = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file, cwd=_repo_root())
-        self.teardown.add(f"{name} element", lambda: (stop_process(proc), log_file.close()))
-        wait_ready(proc, f"{name} link element", timeout_s=30)
+        self.teardown.add(name, lambda: (stop_process(proc), log_file.close()))
+        wait_ready(proc, f"{direction} link element in {host.name}", timeout_s=60)
 
     def _run(self, node, command: str) -> str:
         out = node.cmd(f"{command}; echo __rc=$?")
@@ -172,6 +208,7 @@ class OffloadTopology:
     def popen(self, host, args: list[str], log_name: str, **kwargs) -> subprocess.Popen:
         """Start a process in a host (inside its CPU cgroup); stopped by teardown."""
         log_file = open(self.workdir / log_name, "wb")  # noqa: SIM115
+        kwargs.setdefault("env", self.process_env())
         proc = host.popen(args, stdout=subprocess.PIPE, stderr=log_file, cwd=_repo_root(), **kwargs)
         self.teardown.add(f"{log_name} process", lambda: (stop_process(proc), log_file.close()))
         return proc
@@ -185,7 +222,7 @@ class OffloadTopology:
             self.net.stop()
 
     def _remove_cgroups(self) -> None:
-        for host in (f"{self.prefix}d", f"{self.prefix}e"):
+        for host in (f"{self.prefix}d", f"{self.prefix}e", f"{self.prefix}ta", f"{self.prefix}tb"):
             for controller in ("cpu", "cpuacct", "cpuset"):
                 path = Path("/sys/fs/cgroup", controller, host)
                 if path.is_dir():

@@ -124,8 +124,13 @@ def test_one_symbol_costs_one_bit_each():
 
 
 def test_zero_dim_and_empty():
-    for a in (np.array(7, np.uint8), np.array(-7, np.int8), np.zeros((0,), np.uint16),
-              np.zeros((3, 0, 5), np.int16), np.zeros((), np.uint16)):
+    for a in (
+        np.array(7, np.uint8),
+        np.array(-7, np.int8),
+        np.zeros((0,), np.uint16),
+        np.zeros((3, 0, 5), np.int16),
+        np.zeros((), np.uint16),
+    ):
         back = entropy.decode(entropy.encode(a))
         assert back.shape == a.shape and back.dtype == a.dtype
         np.testing.assert_array_equal(back, a)
@@ -229,7 +234,9 @@ def test_truncations_flips_and_garbage_are_rejected():
                 with pytest.raises(CorruptBlob):
                     entropy.decode(bytes(bad))
     for _ in range(300):
-        assert not decodes_or_rejects(rng.integers(0, 256, rng.integers(0, 64)).astype(np.uint8).tobytes())
+        assert not decodes_or_rejects(
+            rng.integers(0, 256, rng.integers(0, 64)).astype(np.uint8).tobytes()
+        )
 
 
 def seal(body: bytes) -> bytes:
@@ -266,7 +273,7 @@ def header(flags=0, shape=(4,)):
         b"DC\x02\x00\x00",  # version
         header(flags=0x08, shape=()),  # reserved flag bit
         b"DC\x01\x00\x41" + b"\x01" * 65,  # 65 dimensions
-        header(shape=()) [:4] + b"\x01" + b"\xff" * 10,  # dimension varint too long
+        header(shape=())[:4] + b"\x01" + b"\xff" * 10,  # dimension varint too long
         header(shape=(10**12,)) + b"\x01\x00\x02\xc0" + b"\x10" + b"\x00\x00",  # 10^12 symbols
         header(shape=(4,)) + b"\x00\x00\x02\x10\x08\x00",  # max length 0
         header(shape=(4,)) + b"\x11\x00\x02\xff\xff\x08\x00",  # max length 17

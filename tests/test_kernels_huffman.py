@@ -74,13 +74,14 @@ def test_code_lengths_large_alphabets(a, kind, seed):
     else:
         c = np.maximum(1, np.round(1e9 * 0.8 ** np.arange(a))).astype(np.int64)
     lengths = huffman.code_lengths(c)
-    assert lengths.max() <= huffman.MAX_LIMIT
+    assert lengths.max() <= huffman.default_limit(a) <= huffman.MAX_LIMIT
     assert kraft(lengths) == 1.0
     if a == 65536:
         assert np.all(lengths == 16)
     free = huffman_lengths_ref(c) if a <= 4096 else None
     if free is not None and free.max() <= huffman.MAX_LIMIT:
-        assert np.dot(c, lengths.astype(np.int64)) == np.dot(c, free)
+        l16 = huffman.code_lengths(c, huffman.MAX_LIMIT).astype(np.int64)
+        assert np.dot(c, l16) == np.dot(c, free)
 
 
 def test_code_lengths_edge_cases():
@@ -136,16 +137,21 @@ def test_payload_matches_reference_and_round_trips(symbols):
 
 
 def test_long_codes_take_the_slow_path():
-    # Fibonacci counts give codes up to the 16-bit limit, past the 11-bit primary table.
+    # Fibonacci counts give codes up to the limit, past the 11-bit primary table.
     counts = np.ones(40, np.int64)
     for i in range(2, 40):
         counts[i] = counts[i - 1] + counts[i - 2]
-    lengths = huffman.code_lengths(counts)
-    assert lengths.max() == 16
     rng = np.random.default_rng(0)
-    symbols = rng.permutation(np.repeat(np.arange(40), 3)).astype(np.uint8)
-    payload, _ = huffman.encode(symbols, lengths)
-    np.testing.assert_array_equal(huffman.decode(payload, lengths, symbols.size), symbols)
+    for limit in (14, 15, 16):
+        lengths = huffman.code_lengths(counts, limit)
+        assert lengths.max() == limit
+        for n in range(1, 130, 7):  # every tail length of the 3- and 4-symbol groups
+            symbols = rng.permutation(np.repeat(np.arange(40), 4))[:n].astype(np.uint8)
+            payload, nbits = huffman.encode(symbols, lengths)
+            ref_payload, ref_bits = huffman_encode_ref(symbols, lengths)
+            assert nbits == ref_bits
+            np.testing.assert_array_equal(payload, ref_payload)
+            np.testing.assert_array_equal(huffman.decode(payload, lengths, n), symbols)
 
 
 def test_decode_rejects_bad_input():

@@ -39,7 +39,9 @@ def test_uniform_per_tensor_matches_reference(x, bits, scale, offset):
 @given(arrays(np.float32, shapes, elements=finite32), st.integers(1, 16))
 def test_uniform_round_trip_error_is_half_a_step(x, bits):
     scale, offset = quantize.uniform_params(x, bits)
-    back = quantize.dequantize_uniform(quantize.quantize_uniform(x, bits, scale, offset), scale, offset)
+    back = quantize.dequantize_uniform(
+        quantize.quantize_uniform(x, bits, scale, offset), scale, offset
+    )
     # Half a step, plus float32 rounding of the affine maps.
     tol = 0.5 * float(scale) * (1 + 1e-3) + 1e-6 * (1 + np.abs(x).max(initial=0))
     assert np.all(np.abs(back.astype(np.float64) - x) <= tol)
@@ -47,7 +49,9 @@ def test_uniform_round_trip_error_is_half_a_step(x, bits):
 
 @st.composite
 def channel_case(draw):
-    x = draw(arrays(np.float32, array_shapes(min_dims=1, max_dims=4, max_side=6), elements=floats32))
+    x = draw(
+        arrays(np.float32, array_shapes(min_dims=1, max_dims=4, max_side=6), elements=floats32)
+    )
     axis = draw(st.integers(-x.ndim, x.ndim - 1))
     c = x.shape[axis]
     scale = draw(arrays(np.float32, c, elements=st.floats(2**-13, 1e3, width=32)))
@@ -67,7 +71,10 @@ def test_uniform_per_channel_matches_reference(case, bits):
 
 def test_per_channel_params_and_channels_last():
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(2, 5, 3, 4)).astype(np.float32) * np.arange(1, 6, dtype=np.float32)[:, None, None]
+    x = (
+        rng.normal(size=(2, 5, 3, 4)).astype(np.float32)
+        * np.arange(1, 6, dtype=np.float32)[:, None, None]
+    )
     for axis in (1, -1):
         scale, offset = quantize.uniform_params(x, 8, axis=axis)
         assert scale.shape == (x.shape[axis],)
@@ -103,9 +110,7 @@ def test_uniform_argument_checks():
 
 # --------------------------------------------------------------------------- codebook
 
-centres_st = arrays(
-    np.float32, st.integers(1, 40), elements=st.floats(-1e4, 1e4, width=32)
-)
+centres_st = arrays(np.float32, st.integers(1, 40), elements=st.floats(-1e4, 1e4, width=32))
 
 
 @settings(max_examples=150, deadline=None)

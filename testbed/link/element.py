@@ -6,7 +6,12 @@ each verdict later (deferred verdicts), in arrival order, like a wire would:
 
     start   = max(arrival, previous finish)        # the link sends one frame at a time
     finish  = start + frame_bytes * 8 / rate
-    release = finish + delay
+    release = max(previous release, finish + delay + jitter)   # a wire keeps order
+    lost with probability loss (random or Gilbert-Elliott): dropped, not released
+
+Keeping order means jitter larger than the packet spacing raises the mean delay of
+back-to-back packets (as on a real FIFO path); sparse packets see the configured
+distribution.
 
 HTB on the forwarding hop upstream already paces the flow at the rate, so this
 element's backlog stays a frame or two; it contributes the last frame's
@@ -21,10 +26,13 @@ from __future__ import annotations
 
 import argparse
 import collections
+import random
 import select
 import signal
 import sys
 import time
+
+from testbed.link.impairments import Jitter, Loss, clamp_delay
 
 ETHERNET_HEADER = 14  # HTB counts it; the IP total length does not include it
 COPY_BYTES = 64  # only the IP header is needed
@@ -35,14 +43,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue", type=int, required=True)
     parser.add_argument("--rate-mbps", type=float, default=0.0, help="0: no serialization")
     parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--jitter-ms", type=float, default=0.0)
+    parser.add_argument("--jitter-distribution", default="normal")
+    parser.add_argument("--loss-pct", type=float, default=0.0)
+    parser.add_argument("--loss-model", default="random")
+    parser.add_argument("--loss-burst", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
 
     from netfilterqueue import COPY_PACKET, NetfilterQueue
 
     seconds_per_byte = 8 / (args.rate_mbps * 1e6) if args.rate_mbps > 0 else 0.0
     delay = args.delay_ms / 1e3
+    jitter = Jitter(args.jitter_ms / 1e3, args.jitter_distribution, random.Random(args.seed))
+    loss = Loss(args.loss_pct, args.loss_model, args.loss_burst, random.Random(args.seed + 1))
     held: collections.deque = collections.deque()
-    state = {"busy_until": 0.0, "running": True}
+    state = {"busy_until": 0.0, "released": 0.0, "running": True, "dropped": 0, "passed": 0}
 
     def on_packet(packet) -> None:
         now = time.monotonic()
@@ -50,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         size = ((header[2] << 8) | header[3]) + ETHERNET_HEADER if len(header) >= 4 else 1500
         start = max(now, state["busy_until"])
         state["busy_until"] = start + size * seconds_per_byte
-        held.append((state["busy_until"] + delay, packet))
+        if loss.lost():  # it used the wire all the same
+            state["dropped"] += 1
+            packet.drop()
+            return
+        release = max(state["released"], state["busy_until"] + clamp_delay(delay + jitter.sample()))
+        state["released"] = release
+        state["passed"] += 1
+        held.append((release, packet))
 
     def stop(*_) -> None:
         state["running"] = False
@@ -77,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         while held:  # let nothing in flight be lost on shutdown
             held.popleft()[1].accept()
         queue.unbind()
+        print(f"passed {state['passed']} dropped {state['dropped']}", file=sys.stderr)
     return 0
 
 

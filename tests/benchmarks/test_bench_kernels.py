@@ -3,7 +3,8 @@
 Run: pytest tests/benchmarks --benchmark-min-rounds=3 --benchmark-max-time=0.2
 Throughput (MB/s of symbols or float32 input), bits per symbol and the empirical entropy
 go to each benchmark's extra_info. Speed targets are ratios to a baseline timed in the
-same test (medians of interleaved rounds), never absolute times, and are marked `perf`.
+same test (interleaved rounds; medians printed, best rounds asserted), never absolute
+times, and are marked `perf` so that a noisy machine can deselect them.
 """
 
 import os
@@ -47,12 +48,15 @@ def record(benchmark, nbytes, **info):
 
 def size_info(nbytes_coded, n, h):
     bps = 8 * nbytes_coded / n
-    return {"bits_per_symbol": round(bps, 4), "entropy": round(h, 4),
-            "excess_pct": round(100 * (bps / h - 1), 3)}
+    return {
+        "bits_per_symbol": round(bps, 4),
+        "entropy": round(h, 4),
+        "excess_pct": round(100 * (bps / h - 1), 3),
+    }
 
 
-def paired_medians(fa, fb, rounds=7):
-    """Median seconds of fa and fb, alternated so that load on the machine hits both."""
+def paired_times(fa, fb, rounds=9):
+    """Seconds of each round of fa and fb, alternated so that load on the machine hits both."""
     ta, tb = [], []
     for _ in range(rounds):
         t = time.perf_counter()
@@ -61,7 +65,24 @@ def paired_medians(fa, fb, rounds=7):
         t = time.perf_counter()
         fb()
         tb.append(time.perf_counter() - t)
-    return statistics.median(ta), statistics.median(tb)
+    return ta, tb
+
+
+def check_ratio(what, fa, fb, nbytes, minimum, rounds=9):
+    """Assert that fa is at least `minimum` times as fast as fb; print both medians.
+
+    The assertion uses each side's best round: on a shared 2-core machine the other
+    rounds measure the neighbours as much as the code. Medians are what we quote.
+    """
+    ta, tb = paired_times(fa, fb, rounds)
+    med_a, med_b = statistics.median(ta), statistics.median(tb)
+    best = min(tb) / min(ta)
+    print(
+        f"\n{what}: {nbytes / med_a / 1e6:.0f} vs {nbytes / med_b / 1e6:.0f} MB/s (medians), "
+        f"ratio {med_b / med_a:.2f} of medians, {best:.2f} of best rounds (need {minimum})"
+    )
+    assert best >= minimum, f"{what}: {best:.2f} < {minimum}"
+    return med_a, med_b
 
 
 # --------------------------------------------------------------------------- encode
@@ -87,8 +108,12 @@ def test_encode_numpy_reference(benchmark, skewed_u8):
     x = skewed_u8[:REF_SUBSET]
     lengths = huffman.code_lengths(huffman.histogram(x))
     payload, _ = benchmark(huffman_encode_ref, x, lengths)
-    record(benchmark, x.size, symbols=x.size, **size_info(payload.size, x.size,
-                                                         entropy.empirical_entropy(x)))
+    record(
+        benchmark,
+        x.size,
+        symbols=x.size,
+        **size_info(payload.size, x.size, entropy.empirical_entropy(x)),
+    )
 
 
 @pytest.mark.benchmark(group="encode 1M skewed uint8")
@@ -96,8 +121,9 @@ def test_encode_numpy_reference(benchmark, skewed_u8):
 def test_encode_zlib(benchmark, skewed_u8, level):
     raw = skewed_u8.tobytes()
     out = benchmark(zlib.compress, raw, level)
-    record(benchmark, len(raw), **size_info(len(out), len(raw),
-                                           entropy.empirical_entropy(skewed_u8)))
+    record(
+        benchmark, len(raw), **size_info(len(out), len(raw), entropy.empirical_entropy(skewed_u8))
+    )
 
 
 @pytest.mark.benchmark(group="encode 1M skewed uint8")
@@ -105,8 +131,12 @@ def test_encode_zstandard(benchmark, skewed_u8):
     zstd = pytest.importorskip("zstandard")
     raw = skewed_u8.tobytes()
     out = benchmark(zstd.ZstdCompressor(level=3).compress, raw)
-    record(benchmark, len(raw), level=3, **size_info(len(out), len(raw),
-                                                    entropy.empirical_entropy(skewed_u8)))
+    record(
+        benchmark,
+        len(raw),
+        level=3,
+        **size_info(len(out), len(raw), entropy.empirical_entropy(skewed_u8)),
+    )
 
 
 @pytest.mark.benchmark(group="encode 1M skewed uint8")
@@ -118,8 +148,12 @@ def test_encode_dahuffman(benchmark, skewed_u8):
         return dahuffman.HuffmanCodec.from_data(raw).encode(raw)
 
     out = benchmark(run)
-    record(benchmark, len(raw), symbols=len(raw), **size_info(
-        len(out), len(raw), entropy.empirical_entropy(skewed_u8[:PY_SUBSET])))
+    record(
+        benchmark,
+        len(raw),
+        symbols=len(raw),
+        **size_info(len(out), len(raw), entropy.empirical_entropy(skewed_u8[:PY_SUBSET])),
+    )
 
 
 def constriction_encode(constriction, x):
@@ -135,8 +169,12 @@ def constriction_encode(constriction, x):
 def test_encode_constriction_ans(benchmark, skewed_u8):
     constriction = pytest.importorskip("constriction")
     compressed, _ = benchmark(constriction_encode, constriction, skewed_u8)
-    record(benchmark, skewed_u8.size, note="rANS, model not stored", **size_info(
-        compressed.nbytes, skewed_u8.size, entropy.empirical_entropy(skewed_u8)))
+    record(
+        benchmark,
+        skewed_u8.size,
+        note="rANS, model not stored",
+        **size_info(compressed.nbytes, skewed_u8.size, entropy.empirical_entropy(skewed_u8)),
+    )
 
 
 # --------------------------------------------------------------------------- decode
@@ -258,8 +296,13 @@ def _run_warmup(cache_dir: Path) -> tuple[float, float]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     t = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "kernels.warmup"], cwd=ROOT, env=env, check=True,
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "kernels.warmup"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     return time.perf_counter() - t, float(out.stdout.strip().splitlines()[-1])
 
@@ -271,8 +314,10 @@ def test_cold_start(benchmark, tmp_path):
     cold_wall, cold_warmup = _run_warmup(tmp_path)  # empty NUMBA_CACHE_DIR
     warm = benchmark.pedantic(_run_warmup, args=(tmp_path,), rounds=2, iterations=1)
     benchmark.extra_info.update(
-        cold_process_s=round(cold_wall, 2), cold_warmup_s=round(cold_warmup, 2),
-        warm_process_s=round(warm[0], 2), warm_warmup_s=round(warm[1], 2),
+        cold_process_s=round(cold_wall, 2),
+        cold_warmup_s=round(cold_warmup, 2),
+        warm_process_s=round(warm[0], 2),
+        warm_warmup_s=round(warm[1], 2),
     )
     assert warm[1] < cold_warmup
 
@@ -282,40 +327,48 @@ def test_cold_start(benchmark, tmp_path):
 
 @pytest.mark.perf
 def test_ratio_encode_vs_zlib6(skewed_u8, record_property):
+    """At least 10x zlib level 6 (which is what makes 300 MB/s on these machines)."""
     raw = skewed_u8.tobytes()
-    t_kernel, t_zlib = paired_medians(lambda: entropy.encode(skewed_u8),
-                                      lambda: zlib.compress(raw, 6))
-    ratio = t_zlib / t_kernel
-    record_property("encode_MB_per_s", skewed_u8.size / t_kernel / 1e6)
-    record_property("zlib6_MB_per_s", len(raw) / t_zlib / 1e6)
-    record_property("ratio", ratio)
-    print(f"encode {skewed_u8.size / t_kernel / 1e6:.0f} MB/s, zlib-6 "
-          f"{len(raw) / t_zlib / 1e6:.1f} MB/s, ratio {ratio:.1f}")
-    assert ratio >= 10
+    med_kernel, med_zlib = check_ratio(
+        "encode vs zlib-6",
+        lambda: entropy.encode(skewed_u8),
+        lambda: zlib.compress(raw, 6),
+        len(raw),
+        minimum=10,
+        rounds=7,
+    )
+    record_property("encode_MB_per_s", round(len(raw) / med_kernel / 1e6, 1))
+    record_property("zlib6_MB_per_s", round(len(raw) / med_zlib / 1e6, 1))
 
 
 @pytest.mark.perf
-def test_ratio_decode_vs_zlib_decompress(skewed_u8):
-    """Decoding must keep up with zlib's inflate (about 200 MB/s on this data)."""
+def test_ratio_decode_vs_inflate(skewed_u8):
+    """200 MB/s, as a ratio: inflate runs at about 160 MB/s on this data and machine."""
     blob = entropy.encode(skewed_u8)
     zblob = zlib.compress(skewed_u8.tobytes(), 6)
-    t_kernel, t_zlib = paired_medians(lambda: entropy.decode(blob),
-                                      lambda: zlib.decompress(zblob), rounds=11)
-    print(f"decode {skewed_u8.size / t_kernel / 1e6:.0f} MB/s, inflate "
-          f"{skewed_u8.size / t_zlib / 1e6:.0f} MB/s, ratio {t_zlib / t_kernel:.2f}")
-    assert t_zlib / t_kernel >= 1.0
+    check_ratio(
+        "decode vs inflate",
+        lambda: entropy.decode(blob),
+        lambda: zlib.decompress(zblob),
+        skewed_u8.size,
+        minimum=1.2,
+        rounds=15,
+    )
 
 
 @pytest.mark.perf
-def test_ratio_quantize_vs_numpy(activations):
+def test_ratio_quantize_vs_numpy_and_memcpy(activations):
+    """1 GB/s, as ratios: well ahead of numpy, and within 4x of copying the same array."""
     scale, offset = quantize.uniform_params(activations, 8)
-    t_kernel, t_ref = paired_medians(
-        lambda: quantize.quantize_uniform(activations, 8, scale, offset),
-        lambda: quantize_uniform_ref(activations, 8, scale, offset),
-    )
-    print(f"quantize {activations.nbytes / t_kernel / 1e9:.2f} GB/s, numpy "
-          f"{activations.nbytes / t_ref / 1e9:.2f} GB/s, ratio {t_ref / t_kernel:.1f}")
-    assert t_ref / t_kernel >= 3
+    out = np.empty_like(activations)
+
+    def kernel():
+        return quantize.quantize_uniform(activations, 8, scale, offset)
+
+    ref = lambda: quantize_uniform_ref(activations, 8, scale, offset)  # noqa: E731
+    check_ratio("quantize vs numpy", kernel, ref, activations.nbytes, minimum=3, rounds=5)
+    copy = lambda: np.copyto(out, activations)  # noqa: E731
+    check_ratio("quantize vs memcpy", kernel, copy, activations.nbytes, minimum=0.25, rounds=15)
 
 
 def test_size_within_one_percent_of_entropy(skewed_u8):
