@@ -94,7 +94,9 @@ def _length_table(lengths: np.ndarray) -> tuple[int, bytes]:
     width = max_len.bit_length()
     head = bytes([max_len]) + _varint(lo)
     dense = head + _varint(hi - lo + 1) + bitpack.pack(lengths[lo : hi + 1], width).tobytes()
-    gaps = b"".join(_varint(int(g)) for g in np.diff(used)) if used.size > 1 else b""
+    if used.size - 1 >= len(dense):  # each gap takes a byte at least: sparse cannot win
+        return 0, dense
+    gaps = b"".join(_varint(int(g)) for g in np.diff(used))
     sparse_lengths = bitpack.pack(lengths[used], width).tobytes()
     sparse = head + _varint(used.size) + gaps + sparse_lengths
     return (_SPARSE, sparse) if len(sparse) < len(dense) else (0, dense)
@@ -113,7 +115,7 @@ def encode(symbols: np.ndarray) -> bytes:
     head += bytes([code, a.ndim])
     for d in a.shape:
         head += _varint(d)
-    payload = b""
+    nbytes = 0
     if u.size:
         counts = huffman._histogram(u, 256 if u.dtype == np.uint8 else 65536)
         lengths = huffman.code_lengths(counts)
@@ -121,9 +123,16 @@ def encode(symbols: np.ndarray) -> bytes:
         head[flags_at] |= flag
         nbits = int(huffman._encoded_bits(counts, lengths))
         head += table + _varint(nbits)
-        payload = huffman.encode_with(u, lengths, nbits).tobytes()
-    body = bytes(head) + payload
-    return body + struct.pack("<I", zlib.crc32(body))
+        nbytes = (nbits + 7) // 8
+    # One buffer for header, payload (+8 bytes of encoder slack) and CRC: one copy out.
+    h = len(head)
+    buf = np.empty(h + nbytes + 8, np.uint8)
+    buf[:h] = np.frombuffer(head, np.uint8)
+    if u.size:
+        huffman.encode_with(u, lengths, nbits, buf[h:])
+    end = h + nbytes
+    buf[end : end + _CRC] = np.frombuffer(struct.pack("<I", zlib.crc32(buf[:end])), np.uint8)
+    return buf[: end + _CRC].tobytes()
 
 
 # --------------------------------------------------------------------------- decode
@@ -207,15 +216,25 @@ def _parse(blob: bytes):
     n = 1
     for d in shape:
         n *= d
-    return blob, flags, dtype, tuple(shape), n, pos, end
+    return flags, dtype, tuple(shape), n, pos, end
 
 
 def decode(blob: bytes) -> np.ndarray:
     """The array that `encode` was given; CorruptBlob for anything else."""
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise TypeError(f"decode takes bytes, got {type(blob).__name__}")
-    blob = bytes(blob)
-    blob, flags, dtype, shape, n, pos, end = _parse(blob)
+    try:
+        return _decode(bytes(blob))
+    except CorruptBlob:
+        raise
+    except (ValueError, IndexError, OverflowError, MemoryError, struct.error) as exc:
+        # Every field is checked explicitly; this only keeps the one-exception promise
+        # should a check ever be missing.
+        raise CorruptBlob(f"malformed blob: {exc}") from exc
+
+
+def _decode(blob: bytes) -> np.ndarray:
+    flags, dtype, shape, n, pos, end = _parse(blob)
     code = flags & 0x03
     if n == 0:
         if pos != end:
@@ -244,9 +263,11 @@ def decode(blob: bytes) -> np.ndarray:
     if used != nbits:
         raise CorruptBlob("payload does not decode to the stated symbol count")
     if code == 1:
-        out = (out ^ np.uint8(0x80)).view(np.int8)
+        out ^= np.uint8(0x80)
+        out = out.view(np.int8)
     elif code == 3:
-        out = (out ^ np.uint16(0x8000)).view(np.int16)
+        out ^= np.uint16(0x8000)
+        out = out.view(np.int16)
     return out.reshape(shape)
 
 

@@ -3,10 +3,13 @@
 Code lengths come from package-merge, so they are optimal under the length limit and
 deterministic (ties broken by symbol value). Codes are canonical (deflate's rule:
 shorter codes first, then by symbol), so only the lengths need to travel. Payloads are
-MSB-first. The encoder keeps a 64-bit accumulator and stores eight bytes at a time.
-The decoder looks up (symbol, length) by the next 11 bits in a table that stays in L1,
-and resolves the rare longer codes (up to the 16-bit limit) canonically, by comparing
-the next k bits with the code range of each length k.
+MSB-first, one stream.
+
+Speed comes from short dependency chains. The encoder joins 3-4 codes in a small tree
+before appending them to a 64-bit accumulator, then stores eight bytes at once. The
+decoder refills 64 bits branch-free and looks up the next 11 bits in a 2048-entry table
+(L1-resident) that yields one or, when both fit, two symbols; the rare longer codes (up
+to the 16-bit limit) are resolved canonically from each length's code range.
 """
 
 from __future__ import annotations
@@ -278,15 +281,20 @@ def _encode_table(lengths: np.ndarray) -> np.ndarray:
 
 
 def encode_with(
-    symbols: np.ndarray, lengths: np.ndarray, nbits: int
+    symbols: np.ndarray, lengths: np.ndarray, nbits: int, out: np.ndarray | None = None
 ) -> np.ndarray:
     """Payload bytes (uint8 array) for contiguous uint8/uint16 symbols of known bit count.
 
-    The caller vouches that every symbol has a nonzero length and that nbits is their
-    total; `encode` is the checked entry point.
+    Writes into `out` when given (it needs 8 bytes of slack past the payload), so that a
+    caller can place the payload after its own header without a copy. The caller vouches
+    that every symbol has a nonzero length and that nbits is their total; `encode` is
+    the checked entry point.
     """
     nbytes = (nbits + 7) // 8
-    out = np.empty(nbytes + 8, np.uint8)
+    if out is None:
+        out = np.empty(nbytes + 8, np.uint8)
+    if out.size < nbytes + 8:
+        raise ValueError(f"output of {out.size} bytes, need {nbytes + 8}")
     if symbols.size == 0:
         return out[:0]
     max_len = int(lengths.max())
@@ -315,10 +323,11 @@ PRIMARY_BITS = 11
 
 
 class DecodeTable(NamedTuple):
-    """Primary lookup table plus the canonical arrays of the slow path for long codes."""
+    """Lookup tables by the next `bits` bits, plus the canonical arrays for long codes."""
 
-    table: np.ndarray  # 2**bits entries: symbol << 8 | length, 0 = longer code or unused
-    bits: int  # primary table index width, min(max_len, PRIMARY_BITS)
+    table: np.ndarray  # uint32: symbol << 8 | length; 0 = a longer code or unused prefix
+    pairs: np.ndarray  # uint64: s1 | s2 << 16 | total length << 32 | count (1, 2) << 40
+    bits: int  # table index width, min(max_len, PRIMARY_BITS)
     max_len: int
     first: np.ndarray  # first canonical code of each length
     count: np.ndarray  # number of codes of each length
@@ -357,7 +366,22 @@ def _decode_table(lengths, max_len, bits):
             v = np.uint32((symbols[base[ln] + k] << 8) | ln)
             for t in range(lo, hi):
                 table[t] = v
-    return table, first, count, base, symbols
+    # Two symbols per lookup when both codes fit in the window: the second code is read
+    # from the bits after the first (zero-padded), which is exact when it fits.
+    pairs = np.zeros(size, np.uint64)
+    mask = size - 1
+    for v in range(size):
+        e1 = np.int64(table[v])
+        l1 = e1 & 0xFF
+        if l1 == 0:
+            continue
+        e2 = np.int64(table[(v << l1) & mask])
+        l2 = e2 & 0xFF
+        if l2 != 0 and l1 + l2 <= bits:
+            pairs[v] = np.uint64((e1 >> 8) | ((e2 >> 8) << 16) | ((l1 + l2) << 32) | (2 << 40))
+        else:
+            pairs[v] = np.uint64((e1 >> 8) | (l1 << 32) | (1 << 40))
+    return table, pairs, first, count, base, symbols
 
 
 def kraft_sum(lengths: np.ndarray, max_len: int) -> int:
@@ -375,55 +399,51 @@ def decode_table(lengths: np.ndarray) -> DecodeTable:
     if kraft_sum(ln, max_len) > (1 << max_len):
         raise ValueError("code lengths oversubscribe the code space")
     bits = min(max_len, PRIMARY_BITS)
-    table, first, count, base, symbols = _decode_table(ln, max_len, bits)
-    return DecodeTable(table, bits, max_len, first, count, base, symbols)
+    table, pairs, first, count, base, symbols = _decode_table(ln, max_len, bits)
+    return DecodeTable(table, pairs, bits, max_len, first, count, base, symbols)
 
 
 @njit(cache=True)
-def _decode(data, table, bits, max_len, first, count, base, symbols, out):
+def _decode(data, table, pairs, bits, max_len, first, count, base, symbols, out):
     """Decode out.size symbols; return the bits consumed, or -1 on a bit pattern that is
     not a code.
 
-    Never reads out of bounds: the fast path needs 8 readable bytes, the tail reads
-    bytes past the end as zeros (the caller compares the consumed bits with the
-    payload's), table indices are `bits`-bit prefixes, and the slow path indexes
-    `symbols` only after checking the code against its length's range.
+    Never reads out of bounds: the fast loop needs 8 readable bytes and room for two
+    symbols per step, the tail reads bytes past the end as zeros (the caller compares
+    the consumed bits with the payload's), table indices are `bits`-bit prefixes, and
+    long codes index `symbols` only after a range check against their length's codes.
     """
     n = out.size
     nd = data.size
     shift = np.uint64(64 - bits)
-    g = 56 // max_len
+    g = 56 // max_len  # lookups per refill: each consumes at most max_len bits
     buf = np.uint64(0)
     nb = np.uint64(0)
     p = 0
     i = 0
     m8 = np.uint64(0xFF)
+    m16 = np.uint64(0xFFFF)
     eight = np.uint64(8)
-    while i < n:
-        if i + g <= n and p + 8 <= nd:
-            # Branch-free refill: OR in the next 8 bytes; bits past the valid count are
-            # the stream's own next bits, so the overlap with the next refill is harmless.
-            w = np.uint64(data[p]) << np.uint64(56)
-            for t in range(1, 8):
-                w |= np.uint64(data[p + t]) << np.uint64(56 - 8 * t)
-            buf |= w >> nb
-            p += np.int64((np.uint64(63) - nb) >> np.uint64(3))
-            nb |= np.uint64(56)
-            todo = g
-        else:
-            while nb <= np.uint64(56):
-                if p < nd:
-                    buf |= np.uint64(data[p]) << (np.uint64(56) - nb)
-                nb += eight
-                p += 1
-            todo = 1
-        for j in range(todo):
-            e = np.uint64(table[buf >> shift])
-            ln = e & m8
-            if ln != 0:
-                out[i + j] = e >> eight
+    while i + 2 * g <= n and p + 8 <= nd:
+        # Branch-free refill: OR in the next 8 bytes; bits past the valid count are the
+        # stream's own next bits, so the overlap with the next refill is harmless.
+        w = np.uint64(data[p]) << np.uint64(56)
+        for t in range(1, 8):
+            w |= np.uint64(data[p + t]) << np.uint64(56 - 8 * t)
+        buf |= w >> nb
+        p += np.int64((np.uint64(63) - nb) >> np.uint64(3))
+        nb |= np.uint64(56)
+        for _ in range(g):
+            e = pairs[buf >> shift]
+            c = np.int64(e >> np.uint64(40))
+            if c != 0:
+                out[i] = e & m16
+                out[i + 1] = (e >> np.uint64(16)) & m16
+                ln = (e >> np.uint64(32)) & m8
+                i += c
             else:
                 sym = -1
+                ln = np.uint64(0)
                 for k in range(bits + 1, max_len + 1):
                     code = np.int64(buf >> np.uint64(64 - k))
                     if code < first[k] + count[k]:
@@ -433,10 +453,35 @@ def _decode(data, table, bits, max_len, first, count, base, symbols, out):
                         break
                 if sym < 0:
                     return -1
-                out[i + j] = sym
+                out[i] = sym
+                i += 1
             buf <<= ln
             nb -= ln
-        i += todo
+    while i < n:
+        while nb <= np.uint64(56):
+            if p < nd:
+                buf |= np.uint64(data[p]) << (np.uint64(56) - nb)
+            nb += eight
+            p += 1
+        e = np.uint64(table[buf >> shift])
+        ln = e & m8
+        if ln != 0:
+            out[i] = e >> eight
+        else:
+            sym = -1
+            for k in range(bits + 1, max_len + 1):
+                code = np.int64(buf >> np.uint64(64 - k))
+                if code < first[k] + count[k]:
+                    if code >= first[k]:
+                        sym = symbols[base[k] + code - first[k]]
+                        ln = np.uint64(k)
+                    break
+            if sym < 0:
+                return -1
+            out[i] = sym
+        buf <<= ln
+        nb -= ln
+        i += 1
     return 8 * p - np.int64(nb)
 
 
@@ -444,7 +489,18 @@ def decode_with(payload: np.ndarray, tables: DecodeTable, out: np.ndarray) -> in
     """Fill out (uint8/uint16) from a uint8 payload; return the bits used, -1 if invalid."""
     t = tables
     return int(
-        _decode(payload, t.table, t.bits, t.max_len, t.first, t.count, t.base, t.symbols, out)
+        _decode(
+            payload,
+            t.table,
+            t.pairs,
+            t.bits,
+            t.max_len,
+            t.first,
+            t.count,
+            t.base,
+            t.symbols,
+            out,
+        )
     )
 
 

@@ -13,6 +13,8 @@ their first index. The kernel compares against float32 thresholds equivalent to 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from numba import njit
 
@@ -113,11 +115,13 @@ def _channel_params(scale, offset, channels: int) -> tuple[np.ndarray, np.ndarra
 _TINY = np.finfo(np.float32).tiny
 
 
-def _inv(scale):
+def _inv(scale, offset):
     s = np.asarray(scale, dtype=np.float32)
     # Below the smallest normal float32 the reciprocal overflows to inf.
     if not np.all(np.isfinite(s) & (s >= _TINY)):
         raise ValueError("scales must be finite and at least the smallest normal float32")
+    if not np.all(np.isfinite(np.asarray(offset, dtype=np.float32))):
+        raise ValueError("offsets must be finite")
     return np.float32(1.0) / s
 
 
@@ -128,23 +132,23 @@ def uniform_params(x: np.ndarray, bits: int, axis: int | None = None):
     """
     bits = _check_bits(bits)
     a = np.asarray(x, dtype=np.float32)
-    qmax = np.float32((1 << bits) - 1)
-    if axis is None:
-        lo = np.float32(np.nanmin(a)) if a.size else np.float32(0)
-        hi = np.float32(np.nanmax(a)) if a.size else np.float32(0)
-        scale = np.float32((hi - lo) / qmax)
-        ok = bool(np.isfinite(scale) and scale >= _TINY)
-        return (scale if ok else np.float32(1)), (lo if np.isfinite(lo) else np.float32(0))
-    moved = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1)
+    qmax = (1 << bits) - 1
+    rows = a.reshape(1, a.size) if axis is None else np.moveaxis(a, axis, 0)
+    moved = rows.reshape(rows.shape[0], rows[0].size if rows.shape[0] else 0)
     if moved.shape[1] == 0:
-        c = a.shape[axis]
-        return np.ones(c, np.float32), np.zeros(c, np.float32)
-    lo = np.nanmin(moved, axis=1).astype(np.float32)
-    hi = np.nanmax(moved, axis=1).astype(np.float32)
-    scale = ((hi - lo) / qmax).astype(np.float32)
+        lo = hi = np.zeros(moved.shape[0], np.float64)
+    else:
+        with warnings.catch_warnings():  # all-NaN slices are handled below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            lo = np.nanmin(moved, axis=1).astype(np.float64)
+            hi = np.nanmax(moved, axis=1).astype(np.float64)
+    with np.errstate(all="ignore"):
+        scale = ((hi - lo) / qmax).astype(np.float32)  # float64 difference: no overflow
     scale = np.where(np.isfinite(scale) & (scale >= _TINY), scale, np.float32(1))
-    lo = np.where(np.isfinite(lo), lo, np.float32(0))
-    return scale.astype(np.float32), lo.astype(np.float32)
+    lo = np.where(np.isfinite(lo), lo, 0).astype(np.float32)
+    if axis is None:
+        return np.float32(scale[0]), np.float32(lo[0])
+    return scale.astype(np.float32), lo
 
 
 def quantize_uniform(x: np.ndarray, bits: int, scale, offset, axis: int | None = None):
@@ -157,7 +161,7 @@ def quantize_uniform(x: np.ndarray, bits: int, scale, offset, axis: int | None =
     out = np.empty(a.shape, np.uint8 if bits <= 8 else np.uint16)
     qmax = np.float32((1 << bits) - 1)
     if axis is None:
-        inv = _inv(scale)
+        inv = _inv(scale, offset)
         if inv.ndim:
             raise ValueError("per-tensor quantization takes scalar scale and offset")
         _quantize_tensor(a.reshape(-1), inv[()], np.float32(offset), qmax, out.reshape(-1))
@@ -166,7 +170,7 @@ def quantize_uniform(x: np.ndarray, bits: int, scale, offset, axis: int | None =
         raise ValueError("per-channel quantization needs an array with that axis")
     shape3 = _split(a.shape, axis)
     s, o = _channel_params(scale, offset, shape3[1])
-    _quantize_channels(a.reshape(shape3), _inv(s), o, qmax, out.reshape(shape3))
+    _quantize_channels(a.reshape(shape3), _inv(s, o), o, qmax, out.reshape(shape3))
     return out
 
 
@@ -303,5 +307,7 @@ def centre_values(indices: np.ndarray, centres) -> np.ndarray:
     out = np.empty(idx.shape, np.float32)
     bad = _centre_values(idx.reshape(-1), cb.centres, out.reshape(-1))
     if bad >= 0:
-        raise ValueError(f"index {int(idx.reshape(-1)[bad])} outside a codebook of {cb.centres.size}")
+        raise ValueError(
+            f"index {int(idx.reshape(-1)[bad])} outside a codebook of {cb.centres.size}"
+        )
     return out

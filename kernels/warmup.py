@@ -21,7 +21,9 @@ def warmup() -> float:
     x = np.linspace(-1.0, 1.0, 64, dtype=np.float32).reshape(2, 4, 8)
     for bits in (4, 12):
         scale, offset = quantize.uniform_params(x, bits)
-        quantize.dequantize_uniform(quantize.quantize_uniform(x, bits, scale, offset), scale, offset)
+        quantize.dequantize_uniform(
+            quantize.quantize_uniform(x, bits, scale, offset), scale, offset
+        )
         scale, offset = quantize.uniform_params(x, bits, axis=1)
         q = quantize.quantize_uniform(x, bits, scale, offset, axis=1)
         quantize.dequantize_uniform(q, scale, offset, axis=1)

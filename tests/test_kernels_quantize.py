@@ -90,6 +90,12 @@ def test_uniform_special_values():
     scale, offset = quantize.uniform_params(np.full(5, 3.0, np.float32), 8)
     assert scale == 1 and offset == 3  # constant input: exact after dequantization
     assert quantize.quantize_uniform(x, 12, 1.0, 0.0).dtype == np.uint16
+    nan = np.full((2, 3), np.nan, np.float32)
+    assert quantize.uniform_params(nan, 8) == (1, 0)
+    scale, offset = quantize.uniform_params(np.zeros((3, 0, 2), np.float32), 8, axis=0)
+    assert scale.tolist() == [1, 1, 1] and offset.tolist() == [0, 0, 0]
+    scale, _ = quantize.uniform_params(np.array([-3e38, 3e38], np.float32), 8)
+    assert np.isfinite(scale) and scale > 2e36  # the float64 range does not overflow
 
 
 def test_uniform_argument_checks():
@@ -100,6 +106,8 @@ def test_uniform_argument_checks():
     for bad_scale in (0.0, -1.0, np.nan, np.inf):
         with pytest.raises(ValueError):
             quantize.quantize_uniform(x, 8, bad_scale, 0.0)
+    with pytest.raises(ValueError):
+        quantize.quantize_uniform(x, 8, 1.0, np.nan)
     with pytest.raises(ValueError):
         quantize.quantize_uniform(x, 8, np.ones(2), np.zeros(2), axis=1)
     with pytest.raises(ValueError):

@@ -365,10 +365,14 @@ def test_ratio_quantize_vs_numpy_and_memcpy(activations):
     def kernel():
         return quantize.quantize_uniform(activations, 8, scale, offset)
 
-    ref = lambda: quantize_uniform_ref(activations, 8, scale, offset)  # noqa: E731
-    check_ratio("quantize vs numpy", kernel, ref, activations.nbytes, minimum=3, rounds=5)
-    copy = lambda: np.copyto(out, activations)  # noqa: E731
-    check_ratio("quantize vs memcpy", kernel, copy, activations.nbytes, minimum=0.25, rounds=15)
+    def numpy_ref():
+        return quantize_uniform_ref(activations, 8, scale, offset)
+
+    def memcpy():
+        np.copyto(out, activations)
+
+    check_ratio("quantize vs numpy", kernel, numpy_ref, activations.nbytes, minimum=3, rounds=5)
+    check_ratio("quantize vs memcpy", kernel, memcpy, activations.nbytes, minimum=0.25, rounds=15)
 
 
 def test_size_within_one_percent_of_entropy(skewed_u8):
