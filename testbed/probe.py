@@ -47,6 +47,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from testbed.protocol import set_congestion_control
+
 MAGIC = b"DCPB"
 VERSION = 1
 KIND_PROBE = 1
@@ -342,7 +344,7 @@ def udp_source(args: argparse.Namespace, out: dict) -> int:
 
 def tcp_sink(args: argparse.Namespace, out: dict) -> int:
     family, sockaddr = _addr(args.bind, args.port, socket.SOCK_STREAM, passive=True)
-    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener = set_congestion_control(socket.socket(family, socket.SOCK_STREAM))
     state = {"bytes": 0, "first_ns": None, "last_ns": None, "first_chunk": 0}
 
     def result() -> dict:
@@ -412,7 +414,7 @@ def _connect(family: int, sockaddr: tuple, timeout: float) -> socket.socket:
     """Retries refused connections: the sink may still be starting."""
     deadline = time.monotonic() + timeout
     while True:
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = set_congestion_control(socket.socket(family, socket.SOCK_STREAM))
         remaining = deadline - time.monotonic()
         sock.settimeout(max(remaining, 0.001))
         try:

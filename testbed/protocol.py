@@ -156,14 +156,19 @@ def read_frame(sock: socket.socket) -> Frame:
 CC_ENV = "DEEPCOD_TCP_CC"  # set by the topology: the scenario's congestion control
 
 
-def tune(sock: socket.socket) -> socket.socket:
-    """TCP_NODELAY (requests are single writes), and the scenario's congestion control
-    where the namespace default could not be set (see OffloadTopology)."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def set_congestion_control(sock: socket.socket) -> socket.socket:
+    """The scenario's congestion control, where the namespace default could not be set
+    (see OffloadTopology); every TCP socket the testbed opens in a host calls this."""
     algorithm = os.environ.get(CC_ENV)
     if algorithm:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, algorithm.encode())
     return sock
+
+
+def tune(sock: socket.socket) -> socket.socket:
+    """TCP_NODELAY (requests are single writes) and the congestion control."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return set_congestion_control(sock)
 
 
 def connect(host: str, port: int, timeout: float) -> socket.socket:

@@ -23,6 +23,12 @@ SUMMARY_COLUMNS = [
 ]  # fmt: skip
 
 
+TRAFFIC_COLUMNS = [
+    "flow", "kind", "direction", "throughput_mbps", "bytes", "retransmits", "lost_packets",
+    "error",
+]  # fmt: skip
+
+
 def read_records(path: Path) -> list[dict]:
     if not path.exists():
         return []

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from testbed import environment, gates, plugins, results
+from testbed import environment, gates, measure, plugins, results
 from testbed.cleanup import Terminated, sigterm_raises
 from testbed.errors import ScenarioError, TestbedError
 from testbed.scenario import unsupported
 from testbed.topology import OffloadTopology, check_environment, wait_ready
+from testbed.traffic_run import TrafficRun
 
 log = logging.getLogger("testbed")
 EDGE_PORT = 5000
@@ -85,7 +86,9 @@ def reference_predictions(plugin, model, inputs: np.ndarray) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def run(scenario, out_dir: Path, progress: bool = True) -> RunResult:
+def run(
+    scenario, out_dir: Path, progress: bool = True, fidelity: bool = True, strict: bool = False
+) -> RunResult:
     bad = unsupported(scenario)
     if bad:
         raise ScenarioError(f"{scenario.source}: " + "; ".join(bad) + " (refused, not ignored)")
@@ -118,6 +121,8 @@ def run(scenario, out_dir: Path, progress: bool = True) -> RunResult:
         try:
             topo.start()
             extra["link_backend"] = topo.backend.label
+            if fidelity:
+                extra["fidelity"] = _fidelity(topo, out_dir, strict)
             extra.update(_agents(scenario, plugin, topo, indices, labels, logs, progress))
         except (KeyboardInterrupt, Terminated):
             interrupted = True
@@ -142,6 +147,21 @@ def run(scenario, out_dir: Path, progress: bool = True) -> RunResult:
         if not holds:
             failed.append(filled)
     return RunResult(out_dir, summary, failed)
+
+
+def _fidelity(topo, out_dir: Path, strict: bool) -> list[str]:
+    """Measure the links before the requests; warn loudly (or stop, under --strict)
+    when a direction is off its configuration."""
+    report = measure.measure(topo)
+    (out_dir / "fidelity.json").write_text(json.dumps(report, indent=2))
+    lines = measure.summary_lines(report)
+    bad = [line for line, result in zip(lines, report.values(), strict=True) if not result["ok"]]
+    for line in bad:
+        log.warning("LINK FIDELITY: %s", line)
+        print(f"WARNING: the emulated link is off its configuration: {line}", file=sys.stderr)
+    if bad and strict:
+        raise TestbedError("--strict: link fidelity out of tolerance (see fidelity.json)")
+    return lines
 
 
 def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool) -> dict:
@@ -173,16 +193,21 @@ def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool)
     }
     job_path = logs / "device_job.json"
     job_path.write_text(json.dumps(job, indent=1))
+    traffic = TrafficRun(topo) if scenario.traffic else None
+    if traffic is not None:
+        traffic.start()
     device = topo.popen(
         topo.device, [py, "-m", "testbed.device_agent", str(job_path)], "device.log"
     )
     _follow(
         device, edge, Path(job["records"]), len(indices) * len(labels), scenario, logs, progress
     )
+    flows = traffic.stop() if traffic is not None else []
     meta = json.loads(Path(job["meta"]).read_text())
     return {
         "rtt_ms": meta["rtt_ms"],
         "offloaders": meta["offloaders"],
+        "traffic": flows,
         "congestion_control": scenario.network.congestion_control,
         "congestion_control_scope": topo.congestion_scope,
         "namespace_default_congestion_control": topo.device.cmd(
@@ -242,6 +267,16 @@ def _write_results(out_dir, records, labels, reference, reference_score, metric,
     lines.append(
         f"Link backend: {env['link_backend']}; round trip {extra.get('rtt_ms', 0):.2f} ms."
     )
+    if extra.get("traffic"):
+        results.write_csv(out_dir / "traffic.csv", extra["traffic"], results.TRAFFIC_COLUMNS)
+        lines += ["", "Competing traffic (achieved):", ""]
+        for flow in extra["traffic"]:
+            achieved = flow.get("throughput_mbps")
+            text = f"{achieved:.3f} Mbit/s" if achieved is not None else flow.get("error", "?")
+            lines.append(f"- {flow['flow']}: {text}")
+    if extra.get("fidelity"):
+        lines += ["", "Link fidelity (measured/expected):", ""]
+        lines += [f"- {line}" for line in extra["fidelity"]]
     if extra.get("interrupted"):
         lines.append("**The run was interrupted: these results are partial.**")
     (out_dir / "summary.md").write_text("\n".join(lines) + "\n")

@@ -37,7 +37,6 @@ NOT_YET_SUPPORTED: dict[str, str] = {
     "network.trace": "trace-driven links (Mahimahi replay) are not implemented yet",
     "network.*.jitter_ms": "jitter (non-zero) is not implemented yet",
     "network.*.loss_pct": "random loss (non-zero) is not implemented yet",
-    "traffic": "competing traffic is not implemented yet",
     "arrival.poisson": "open-loop (poisson) arrivals are not implemented yet",
 }
 
@@ -156,8 +155,6 @@ def unsupported(scenario: Scenario) -> list[str]:
         for key in ("jitter_ms", "loss_pct"):
             if getattr(getattr(scenario.network, direction), key) > 0:
                 found.append(f"network.{direction}.{key}: " + NOT_YET_SUPPORTED[f"network.*.{key}"])
-    if scenario.traffic:
-        found.append("traffic: " + NOT_YET_SUPPORTED["traffic"])
     if scenario.arrival.get("process") == "poisson":
         found.append("arrival: " + NOT_YET_SUPPORTED["arrival.poisson"])
     return found

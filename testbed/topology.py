@@ -184,17 +184,14 @@ class OffloadTopology:
         self.teardown.add(f"{host.name} iptables rule", lambda: host.cmd(delete))
         seed = self.scenario.seed * 1000 + queue + (0 if direction == "uplink" else 500)
         command = [
-            "mnexec", "-a", str(host.pid), sys.executable, "-m", "testbed.link.element",
+            sys.executable, "-m", "testbed.link.element",
             "--queue", str(queue), "--rate-mbps", str(rate_mbps),
             "--delay-ms", str(link.delay_ms), "--jitter-ms", str(link.jitter_ms),
             "--jitter-distribution", link.jitter_distribution,
             "--loss-pct", str(link.loss_pct), "--loss-model", link.loss_model,
             "--loss-burst", str(link.loss_burst_packets), "--seed", str(seed),
         ]  # fmt: skip
-        name = f"element-{direction}-{host.name}"
-        log_file = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file, cwd=_repo_root())
-        self.teardown.add(name, lambda: (stop_process(proc), log_file.close()))
+        proc = self.popen(host, command, f"element-{direction}-{host.name}.log", limited=False)
         wait_ready(proc, f"{direction} link element in {host.name}", timeout_s=60)
 
     def _run(self, node, command: str) -> str:
@@ -204,12 +201,22 @@ class OffloadTopology:
             raise TestbedError(f"`{command}` failed on {node.name}: {text.strip()}")
         return text
 
-    # -- agents ---------------------------------------------------------------
-    def popen(self, host, args: list[str], log_name: str, **kwargs) -> subprocess.Popen:
-        """Start a process in a host (inside its CPU cgroup); stopped by teardown."""
+    # -- processes in the hosts ------------------------------------------------
+    def popen(self, host, args: list[str], log_name: str, limited: bool = True) -> subprocess.Popen:
+        """Start a process in a host; stopped by teardown. `limited`: inside the host's
+        CPU cgroup (agents); otherwise only in its network namespace (link elements,
+        probes, traffic: the testbed's own machinery must not eat the device's share)."""
         log_file = open(self.workdir / log_name, "wb")  # noqa: SIM115
-        kwargs.setdefault("env", self.process_env())
-        proc = host.popen(args, stdout=subprocess.PIPE, stderr=log_file, cwd=_repo_root(), **kwargs)
+        if limited:
+            proc = host.popen(
+                args, stdout=subprocess.PIPE, stderr=log_file, cwd=_repo_root(),
+                env=self.process_env(),
+            )  # fmt: skip
+        else:
+            proc = subprocess.Popen(
+                ["mnexec", "-a", str(host.pid), *args], stdout=subprocess.PIPE,
+                stderr=log_file, cwd=_repo_root(), env=self.process_env(),
+            )  # fmt: skip
         self.teardown.add(f"{log_name} process", lambda: (stop_process(proc), log_file.close()))
         return proc
 

@@ -32,10 +32,13 @@ from collections.abc import Iterator
 
 PARETO_SHAPE = 1.5
 # A late sender sends at most this many packets (trains for poisson) back to back
-# and skips older slots, so a stall shows as a gap rather than a burst.
+# and skips older slots, so a stall shows as a gap rather than a burst. At high
+# rates the window is at least MIN_LAG_S, about the timer resolution of Python.
 MAX_BURST = 4
+MIN_LAG_S = 0.001
 _SEQ = struct.Struct(">Q")
 _RCVBUF_BYTES = 4 << 20
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; Python lacks the name
 
 
 # --- schedules (pure, seeded; tested directly) -----------------------------------
@@ -140,12 +143,14 @@ def _emit(obj: dict) -> None:
 def _schedule(args) -> tuple[Iterator[tuple[float, int]], float]:
     """The (offset, packets) stream and the lag after which a slot is skipped."""
     if args.pattern == "poisson":
-        return poisson_times(args.rate_hz, args.train_packets, args.seed), MAX_BURST / args.rate_hz
+        times = poisson_times(args.rate_hz, args.train_packets, args.seed)
+        return times, max(MAX_BURST / args.rate_hz, MIN_LAG_S)
     interval = args.packet_bytes * 8 / (args.rate_mbps * 1e6)
+    max_lag = max(MAX_BURST * interval, MIN_LAG_S)
     if args.pattern == "cbr":
-        return cbr_times(interval), MAX_BURST * interval
+        return cbr_times(interval), max_lag
     periods = onoff_schedule(args.on_s, args.off_s, args.distribution, args.seed)
-    return onoff_times(interval, periods), MAX_BURST * interval
+    return onoff_times(interval, periods), max_lag
 
 
 def run_send(args) -> dict:
@@ -204,7 +209,10 @@ def run_sink(args, ready_out=sys.stdout) -> dict:
     stop = _Stop()
     family = socket.AF_INET6 if ":" in args.bind else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF_BYTES)
+    try:  # root (as in Mininet) may exceed net.core.rmem_max: fewer drops on a stall
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RCVBUF_BYTES)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF_BYTES)
     sock.bind((args.bind, args.port))
     sock.setblocking(False)
     port = sock.getsockname()[1]
@@ -312,7 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "sink":
         _emit(run_sink(args))
         return 0
-    needs = {"cbr": ("rate_mbps",), "onoff": ("rate_mbps", "on_s", "off_s"), "poisson": ("rate_hz",)}
+    needs = {
+        "cbr": ("rate_mbps",),
+        "onoff": ("rate_mbps", "on_s", "off_s"),
+        "poisson": ("rate_hz",),
+    }
     missing = [n for n in needs[args.pattern] if getattr(args, n) is None]
     if missing:
         flags = ", ".join("--" + n.replace("_", "-") for n in missing)

@@ -13,9 +13,11 @@ describes a steady-state period, folding each timestamp into [0, T) (T falls on 
 it differs from the very first loop only in its first bin, which in Mahimahi lacks
 the packets the file places at T (no earlier loop put them there).
 
-Outages: a bin with no opportunity has rate 0.0. HTB cannot be set to rate 0, so a
-consumer driving HTB should substitute `OUTAGE_RATE_MBPS` (8 kbit/s: one full frame
-every 1.5 s, which leaks about one frame per second of outage) or hold packets itself.
+Outages: a bin with no opportunity has rate 0.0, and so, at rates under 12/bin_ms
+Mbit/s, are some bins between sparse packets. HTB cannot be set to rate 0, so a
+consumer driving HTB substitutes a tiny rate (`testbed.link.htb.rate_bits` clamps to
+8 kbit/s: one full frame per 1.5 s, so about one frame leaks per 1.5 s of outage) or
+holds packets itself; whatever serializes at the current rate must not divide by 0.
 The emulator of this testbed replays the schedule with `TracePlayer`; see docs/traces.md.
 """
 
@@ -36,9 +38,8 @@ from testbed.errors import ScenarioError
 PACKET_BYTES = 1500  # one delivery opportunity (Mahimahi's MTU-sized packet)
 PACKET_BITS = PACKET_BYTES * 8
 MAX_LINES = 10_000_000  # ~80 Mbit/s for 10 minutes; larger files are surely a mistake
-MAX_FILE_BYTES = 200_000_000  # refuse before reading it all (a line takes >= 2 bytes)
+MAX_FILE_BYTES = 100_000_000  # refuse before reading it all: 10 bytes a line is plenty
 MAX_PERIOD_MS = 86_400_000  # one day: a longer period would make huge schedules
-OUTAGE_RATE_MBPS = 0.008  # what a consumer that cannot set rate 0 (HTB) should use
 
 _INTEGER = re.compile(r"-?[0-9]+")
 
@@ -79,13 +80,17 @@ class Trace:
     def rate_schedule(self, bin_ms: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Rate over consecutive bins of one steady-state period, for a shaper that can
         only follow a rate (HTB): `starts_ms[i]` is where bin i begins; the last bin is
-        shorter when bin_ms does not divide the period. Below 12/bin_ms*1000 kbit/s
+        shorter when bin_ms does not divide the period. Below 12/bin_ms Mbit/s
         (1.2 Mbit/s for 10 ms bins) a bin holds less than one packet, so bins alternate
         between 0 and a higher rate; the mean over longer windows is exact."""
-        bin_ms = _positive_int(bin_ms, "bin_ms")
+        starts, rates = self._schedule(bin_ms)
+        return starts.copy(), rates.copy()
+
+    def _schedule(self, bin_ms: int) -> tuple[np.ndarray, np.ndarray]:
         cached = self._schedules.get(bin_ms)
         if cached is not None:
-            return cached[0].copy(), cached[1].copy()
+            return cached
+        bin_ms = _positive_int(bin_ms, "bin_ms")
         period = self.period_ms
         phases = self.opportunities % period  # the line at T falls on the next loop's 0
         n_bins = -(-period // bin_ms)
@@ -96,13 +101,13 @@ class Trace:
         starts.setflags(write=False)
         rates.setflags(write=False)
         self._schedules[bin_ms] = (starts, rates)
-        return starts.copy(), rates.copy()
+        return starts, rates
 
     def rate_at(self, t_ms: float, bin_ms: int = 10) -> float:
         """Rate (Mbit/s) of the steady-state bin containing t, looping."""
-        starts, rates = self._schedules.get(bin_ms) or self.rate_schedule(bin_ms)
+        _, rates = self._schedule(bin_ms)
         phase = float(t_ms) % self.period_ms
-        return float(rates[int(phase // bin_ms)])
+        return float(rates[min(int(phase // bin_ms), rates.size - 1)])  # float % can give T
 
     def bytes_between(self, t0_ms: float, t1_ms: float) -> int:
         """Bytes deliverable at opportunities in [t0, t1), exactly as Mahimahi loops the
@@ -117,11 +122,9 @@ class Trace:
             return 0
         loops, phase = divmod(float(t_ms), self.period_ms)
         loops = int(loops)
-        n = len(self)
-        # loops 0..loops-1 are complete; the current loop contributes its o < phase.
-        # The lines at T of the previous loop land at loops*T, not before it when phase == 0
-        # ... which the count of complete loops already includes only if phase > 0:
-        before = loops * n + int(np.searchsorted(self.opportunities, phase, side="left"))
+        # Loops before `loops` are complete by t, except that the lines at T of the
+        # previous loop land exactly at t when phase == 0 (not strictly before it).
+        before = loops * len(self) + int(np.searchsorted(self.opportunities, phase, side="left"))
         if loops >= 1 and phase == 0:
             before -= int(np.count_nonzero(self.opportunities == self.period_ms))
         return before
@@ -131,19 +134,20 @@ def load_trace(path: str | os.PathLike) -> Trace:
     """Parse a Mahimahi trace; every error names the file and, where it has one, the line."""
     source = str(path)
     try:
-        size = os.path.getsize(path)
-        if size > MAX_FILE_BYTES:
-            raise ScenarioError(
-                f"{source}: {size} bytes is too large for a trace (limit {MAX_FILE_BYTES})"
-            )
-        with open(path, encoding="ascii", errors="replace", newline=None) as file:
-            text = file.read()
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise ScenarioError(
+                    f"{source}: {size} bytes is too large for a trace (limit {MAX_FILE_BYTES})"
+                )
+            data = file.read()
     except FileNotFoundError:
         raise ScenarioError(f"{source}: no such trace file") from None
     except IsADirectoryError:
         raise ScenarioError(f"{source}: is a directory, not a trace file") from None
     except OSError as exc:
         raise ScenarioError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    text = data.decode("ascii", errors="replace").replace("\r\n", "\n")
     return parse_trace(text, source)
 
 
@@ -151,6 +155,8 @@ def parse_trace(text: str, source: str = "<trace>") -> Trace:
     """Parse trace text; `source` names it in errors. Well-formed files take numpy's
     fast path (10 million lines in about a second); anything else is walked line by line
     to name the first bad line."""
+    if not text.strip():
+        raise ScenarioError(f"{source}: empty trace (no timestamps)")
     if _ONLY_INTEGERS.fullmatch(text) and not _TOO_LONG.search(text):
         values = np.fromstring(text, dtype=np.int64, sep=" ")
         problem = _first_problem(values)
@@ -158,34 +164,38 @@ def parse_trace(text: str, source: str = "<trace>") -> Trace:
             return Trace(values, source)
         index, message = problem
         raise ScenarioError(f"{source}: line {_line_of_token(text, index)}: {message}")
-    values_list: list[int] = []
+    values: list[int] = []
     for number, line in enumerate(text.split("\n"), 1):
         token = line.strip()
         if not token:
             continue
         if not _INTEGER.fullmatch(token):
-            raise ScenarioError(
-                f"{source}: line {number}: {token[:40]!r} is not an integer millisecond timestamp"
-            )
-        values_list.append(min(int(token), MAX_PERIOD_MS + 1))
-        problem = _first_problem(np.array(values_list[-2:], dtype=np.int64), final=False)
-        if problem is not None or len(values_list) > MAX_LINES:
-            message = problem[1] if problem else f"more than {MAX_LINES} timestamps"
-            raise ScenarioError(f"{source}: line {number}: {message}")
-    problem = _first_problem(np.array(values_list, dtype=np.int64))
-    if problem is not None:  # empty, or the last is 0: the line is the last non-blank one
-        raise ScenarioError(f"{source}: line {_line_of_token(text, problem[0])}: {problem[1]}")
-    return Trace(values_list, source)
+            why = f"{token[:40]!r} is not an integer millisecond timestamp"
+        elif int(token) < 0:
+            why = f"negative timestamp {token[:40]}"
+        elif int(token) > MAX_PERIOD_MS:
+            why = f"timestamp beyond the limit of {MAX_PERIOD_MS} ms (one day)"
+        elif values and int(token) < values[-1]:
+            why = f"timestamp {token} is less than the one before it ({values[-1]}); {_ORDER}"
+        elif len(values) == MAX_LINES:
+            why = f"more than {MAX_LINES} timestamps"
+        else:
+            values.append(int(token))
+            continue
+        raise ScenarioError(f"{source}: line {number}: {why}")
+    if values[-1] == 0:
+        raise ScenarioError(f"{source}: line {_line_of_token(text, -1)}: {_ZERO}")
+    return Trace(values, source)
 
 
+_ORDER = "timestamps must not decrease"
+_ZERO = "the last timestamp is 0; it is the loop's period and must be > 0"
 _ONLY_INTEGERS = re.compile(r"[0-9 \t\r\n]*")  # and no line with two numbers: see _TOO_LONG
 _TOO_LONG = re.compile(r"[0-9]{10}|[0-9][ \t\r]+[0-9]")  # beyond int64 care, or two per line
 
 
-def _first_problem(values: np.ndarray, final: bool = True) -> tuple[int, str] | None:
-    """(index of the first bad timestamp, why), checking in file order."""
-    if values.size == 0:
-        return (-1, "empty trace (no timestamps)") if final else None
+def _first_problem(values: np.ndarray) -> tuple[int, str] | None:
+    """(index of the first bad timestamp, why), in file order; -1: the last line."""
     if values.size > MAX_LINES:
         return MAX_LINES, f"more than {MAX_LINES} timestamps"
     bad = np.flatnonzero((values < 0) | (values > MAX_PERIOD_MS))
@@ -197,20 +207,20 @@ def _first_problem(values: np.ndarray, final: bool = True) -> tuple[int, str] | 
             return first, f"negative timestamp {value}"
         if value > MAX_PERIOD_MS:
             return first, f"timestamp beyond the limit of {MAX_PERIOD_MS} ms (one day)"
-        return first, (
-            f"timestamp {value} is less than the one before it ({int(values[first - 1])}); "
-            "timestamps must not decrease"
+        return (
+            first,
+            f"timestamp {value} is less than the one before it ({int(values[first - 1])}); {_ORDER}",
         )
-    if final and values[-1] == 0:
-        return values.size - 1, "the last timestamp is 0; it is the loop's period and must be > 0"
+    if values[-1] == 0:
+        return -1, _ZERO
     return None
 
 
 def _line_of_token(text: str, index: int) -> int:
-    """Line number of the index-th non-blank line (-1: the end of the text)."""
+    """Line number of the index-th non-blank line (-1: the last one)."""
     lines = text.split("\n")
     if index < 0:
-        return len(lines)
+        return max(n for n, line in enumerate(lines, 1) if line.strip())
     seen = -1
     for number, line in enumerate(lines, 1):
         if line.strip():
@@ -226,14 +236,18 @@ def write_trace(path: str | os.PathLike, opportunities_ms) -> None:
 
 
 def opportunities_from_rates(durations_ms, rates_mbps) -> np.ndarray:
-    """Turn piecewise-constant rates into Mahimahi timestamps 1..sum(durations).
+    """Turn piecewise-constant rates into Mahimahi timestamps, period sum(durations).
 
-    Packets are spread evenly by carrying the fractional packet from one millisecond
-    to the next (integer arithmetic in millibits: exact and platform-independent). The
-    carry starts at the value that makes the last packet complete at the very end, so
-    the last timestamp, which Mahimahi takes as the period, is the schedule's length:
-    the period holds ceil(total bits / 12000) packets, within one packet of the rate.
-    Rates are rounded to whole bit/s. The last segment must have a positive rate.
+    A packet completed during millisecond i (the interval [i, i+1)) gets timestamp i,
+    so a segment [a, b) of the schedule owns exactly the timestamps a..b-1 and bins of
+    `rate_schedule` line up with segments. Packets are spread evenly by carrying the
+    fractional packet from one millisecond to the next, in integer millibits (exact,
+    platform-independent); the carry starts so that a packet completes in millisecond
+    0, and those are written as T = sum(durations) instead: the same instant of the
+    loop (T is the next loop's 0) and it makes the last timestamp, which Mahimahi takes
+    as the period, T. The period holds floor((carry + bits) / 12000) packets: the mean
+    rate is exact within one packet per period. Rates are rounded to whole bit/s; the
+    first segment must have a positive rate.
     """
     durations = np.asarray(durations_ms)
     rates = np.asarray(rates_mbps, dtype=np.float64)
@@ -243,16 +257,17 @@ def opportunities_from_rates(durations_ms, rates_mbps) -> np.ndarray:
         raise ValueError("durations_ms must be positive whole milliseconds")
     if not np.all(np.isfinite(rates)) or np.any(rates < 0):
         raise ValueError("rates_mbps must be finite and >= 0")
-    if rates[-1] * 1e6 < 0.5:
-        raise ValueError("the last segment needs a positive rate: its end is the period")
-    durations = durations.astype(np.int64)
-    millibits_per_ms = np.repeat(np.round(rates * 1e6).astype(np.int64), durations)
+    millibits_per_ms = np.repeat(np.round(rates * 1e6).astype(np.int64), durations.astype(np.int64))
+    if millibits_per_ms[0] == 0:
+        raise ValueError("the first segment needs a rate >= 1 bit/s (its start is the loop's)")
     per_packet = PACKET_BITS * 1000
-    total = int(millibits_per_ms.sum())
-    carry = -total % per_packet
+    carry = -int(millibits_per_ms[0]) % per_packet  # a packet completes in millisecond 0
     completed = (carry + np.cumsum(millibits_per_ms)) // per_packet  # by the end of each ms
     per_ms = np.diff(completed, prepend=0)
-    return np.repeat(np.arange(1, millibits_per_ms.size + 1, dtype=np.int64), per_ms)
+    period = millibits_per_ms.size
+    at_zero, per_ms[0] = int(per_ms[0]), 0
+    timestamps = np.repeat(np.arange(period, dtype=np.int64), per_ms)
+    return np.concatenate([timestamps, np.full(at_zero, period, dtype=np.int64)])
 
 
 def _positive_int(value, name: str) -> int:
@@ -267,7 +282,7 @@ class TracePlayer:
     Each deadline is `start_time + (loop * period + bin start) / 1000`, computed from
     the start rather than accumulated, so slow callbacks or late wake-ups never drift
     the schedule. A player that wakes after later changes have already passed applies
-    only the latest one (counted in `skipped`). Started late (start_time in the past),
+    only the latest one (`skipped` counts the deadlines passed over). Started late (start_time in the past),
     it applies the current bin's rate at once and continues on schedule.
 
     `start()`/`stop()` run it in a daemon thread; `run_until(event)` runs it in the
@@ -301,33 +316,35 @@ class TracePlayer:
         self._thread: threading.Thread | None = None
 
     def deadline(self, loop: int, index: int) -> float:
-        return self.start_time + (loop * self.period_ms + self.change_starts_ms[index]) / 1e3
+        """Clock time of change `index` in loop `loop` (from the start: no drift)."""
+        return self.clock() + (0 * self.period_ms + self.change_starts_ms[index]) / 1e3
+
+    def position(self, now: float) -> tuple[int, int]:
+        """(loop, change index) in force at clock time `now`; (0, 0) before the start."""
+        elapsed_ms = (now - self.start_time) * 1e3
+        if elapsed_ms <= 0:
+            return 0, 0
+        loop, phase = divmod(elapsed_ms, self.period_ms)
+        index = int(np.searchsorted(self.change_starts_ms, phase, side="right")) - 1
+        return int(loop), max(index, 0)
 
     def run_until(self, stop_event) -> None:
         """Play until stop_event (anything with wait(timeout) and is_set()) is set."""
-        starts = self.change_starts_ms
-        n = starts.size
-        elapsed_ms = (self.clock() - self.start_time) * 1e3
-        if elapsed_ms <= 0:
-            loop, index = 0, 0
-        else:
-            loop, phase = divmod(elapsed_ms, self.period_ms)
-            loop, index = int(loop), int(np.searchsorted(starts, phase, side="right")) - 1
+        n = self.change_starts_ms.size
+        loop, index = self.position(self.clock())
         applied: float | None = None
         while True:
             delay = self.deadline(loop, index) - self.clock()
-            if delay > 0 and stop_event.wait(delay):
-                return
+            if delay > 0:
+                if stop_event.wait(delay):
+                    return
+                continue  # a wait can end a hair early: never apply a change before its time
             if stop_event.is_set():
                 return
             now = self.clock()
-            while True:  # skip changes whose successors are already due
-                next_loop, next_index = (loop + 1, 0) if index + 1 == n else (loop, index + 1)
-                if self.deadline(next_loop, next_index) > now:
-                    break
-                if self.change_rates_mbps[next_index] != self.change_rates_mbps[index]:
-                    self.skipped += 1
-                loop, index = next_loop, next_index
+            later = max((loop, index), self.position(now))  # woke after later changes?
+            self.skipped += (later[0] - loop) * n + later[1] - index
+            loop, index = later
             rate = float(self.change_rates_mbps[index])
             if rate != applied:
                 self.max_late_ms = max(self.max_late_ms, (now - self.deadline(loop, index)) * 1e3)
