@@ -22,6 +22,15 @@ def parse_args(argv):
     parser.add_argument("--out", type=Path, help="results folder (default: a new one in results/)")
     parser.add_argument("--samples", type=int, help="override the scenario's `samples`")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--skip-fidelity", action="store_true", help="skip measuring the links before the run"
+    )
+    parser.add_argument(
+        "--capture", action="store_true", help="write capture.pcap and wire bytes per request"
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="fail when a link is off its configuration"
+    )
     parser.add_argument("--list-plugins", action="store_true", help="list model plugins")
     parser.add_argument("--list-offloaders", action="store_true", help="list offloaders")
     args = parser.parse_args(argv)
@@ -77,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
             scenario = dataclasses.replace(scenario, samples=args.samples)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = args.out or Path("results") / f"{scenario.name}-{stamp}"
-        result = runner.run(scenario, out, progress=not args.no_progress)
+        result = runner.run(
+            scenario, out, progress=not args.no_progress, fidelity=not args.skip_fidelity,
+            strict=args.strict, capture=args.capture,
+        )  # fmt: skip
         print(table(result.summary))
         print(f"results: {out}")
         if result.gate_failures:

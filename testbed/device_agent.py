@@ -43,12 +43,18 @@ class EdgeLink:
         self.host, self.port, self.hello_spec, self.timeout_s = host, port, hello, timeout_s
         self.sock: socket.socket | None = None
         self.described: list = []
+        # bytes of this connection's streams so far: where each request sits in the TCP
+        # streams, so a packet capture can attribute segments to requests (--capture)
+        self.sent = self.received = 0
+        self.local_port = 0
 
     def open(self) -> None:
         self.close()
         self.sock = connect(self.host, self.port, self.timeout_s)
-        self.sock.sendall(encode_json(MessageType.HELLO, self.hello_spec))
-        reply = read_frame(self.sock)
+        self.local_port = self.sock.getsockname()[1]
+        self.sent = self.received = 0
+        self._send(encode_json(MessageType.HELLO, self.hello_spec))
+        reply = self._read()
         if reply.type == MessageType.ERROR:
             raise RuntimeError(f"edge refused HELLO: {decode_error(reply.payload)[1]}")
         self.described = reply.json()["offloaders"]
@@ -60,21 +66,30 @@ class EdgeLink:
             self.sock.close()
             self.sock = None
 
+    def _send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+        self.sent += len(data)
+
+    def _read(self):
+        frame = read_frame(self.sock)
+        self.received += HEADER.size + len(frame.payload)
+        return frame
+
     def rtt_ms(self, count: int) -> float:
         samples = []
         for i in range(count):
             start = time.monotonic_ns()
-            self.sock.sendall(encode(MessageType.PING, request=i))
-            reply = read_frame(self.sock)
+            self._send(encode(MessageType.PING, request=i))
+            reply = self._read()
             samples.append((reply.received_ns - start) / 1e6)
         return statistics.median(samples)
 
     def exchange(self, frame: bytes, request: int):
         """Send one request; return (send_ns, reply frame) of the matching reply."""
         send_ns = time.monotonic_ns()
-        self.sock.sendall(frame)
+        self._send(frame)
         while True:
-            reply = read_frame(self.sock)
+            reply = self._read()
             if reply.request == request:
                 return send_ns, reply
 
@@ -90,6 +105,7 @@ def run_request(link: EdgeLink, offloader, index: int, request: int, sample) -> 
     prediction, status, error = result.prediction, "ok", ""
     if result.payload is not None:
         frame = encode(MessageType.REQUEST, result.payload, offloader=index, request=request)
+        record["stream"] = [link.local_port, link.sent, link.received]
         try:
             send_ns, reply = link.exchange(frame, request)
         except TimeoutError:

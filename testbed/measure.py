@@ -89,7 +89,8 @@ def measure(topo) -> dict:
         link = getattr(topo.scenario.network, direction)
         tcp = tcp_goodput(topo, direction)
         configured = {
-            "bandwidth_mbps": link.bandwidth_mbps,
+            # TCP's goodput under loss depends on TCP, not only on the link: not judged
+            "bandwidth_mbps": link.bandwidth_mbps if link.loss_pct == 0 else None,
             "delay_ms": link.delay_ms,
             "jitter_ms": link.jitter_ms * JITTER_STD[link.jitter_distribution],
             "loss_pct": link.loss_pct,

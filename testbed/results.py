@@ -29,6 +29,12 @@ TRAFFIC_COLUMNS = [
 ]  # fmt: skip
 
 
+CAPTURE_COLUMNS = [
+    "offloader", "request", "bytes_up", "wire_bytes_up", "bytes_down", "wire_bytes_down",
+    "retransmissions",
+]  # fmt: skip
+
+
 def read_records(path: Path) -> list[dict]:
     if not path.exists():
         return []

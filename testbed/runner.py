@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from testbed import environment, gates, measure, plugins, results
+from testbed import capture, environment, gates, measure, plugins, results
 from testbed.cleanup import Terminated, sigterm_raises
 from testbed.errors import ScenarioError, TestbedError
 from testbed.scenario import unsupported
-from testbed.topology import OffloadTopology, check_environment, wait_ready
+from testbed.topology import OffloadTopology, check_environment, stop_process, wait_ready
 from testbed.traffic_run import TrafficRun
 
 log = logging.getLogger("testbed")
@@ -87,7 +88,12 @@ def reference_predictions(plugin, model, inputs: np.ndarray) -> np.ndarray:
 
 
 def run(
-    scenario, out_dir: Path, progress: bool = True, fidelity: bool = True, strict: bool = False
+    scenario,
+    out_dir: Path,
+    progress: bool = True,
+    fidelity: bool = True,
+    strict: bool = False,
+    capture: bool = False,
 ) -> RunResult:
     bad = unsupported(scenario)
     if bad:
@@ -123,6 +129,8 @@ def run(
             extra["link_backend"] = topo.backend.label
             if fidelity:
                 extra["fidelity"] = _fidelity(topo, out_dir, strict)
+            if capture:
+                _start_capture(topo, out_dir / "capture.pcap", logs)
             extra.update(_agents(scenario, plugin, topo, indices, labels, logs, progress))
         except (KeyboardInterrupt, Terminated):
             interrupted = True
@@ -161,6 +169,42 @@ def _fidelity(topo, out_dir: Path, strict: bool) -> list[str]:
         print(f"WARNING: the emulated link is off its configuration: {line}", file=sys.stderr)
     if bad and strict:
         raise TestbedError("--strict: link fidelity out of tolerance (see fidelity.json)")
+    return lines
+
+
+def _start_capture(topo, pcap: Path, logs: Path) -> None:
+    command = [sys.executable, "-m", "testbed.capture", "--iface", topo.bottleneck["uplink"],
+               "--port", str(EDGE_PORT), "--out", str(pcap)]  # fmt: skip
+    log_file = open(logs / "capture.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file)
+    topo.teardown.add("capture", lambda: (stop_process(proc, 10), log_file.close()))
+    wait_ready(proc, "packet capture", 60)
+
+
+def _capture_report(out_dir: Path, records: list[dict], labels: list[str]) -> list[str]:
+    """capture.csv and one line per offloader: payload bytes against wire bytes."""
+    wire = capture.analyze(out_dir / "capture.pcap", records, EDGE_PORT)
+    rows = []
+    for record in records:
+        if "stream" in record and record.get("bytes_up"):
+            found = wire.get(tuple(record["stream"][:2]), {})
+            rows.append({
+                "offloader": record["offloader"], "request": record["request"],
+                "bytes_up": record["bytes_up"], "wire_bytes_up": found.get("wire_bytes_up", 0),
+                "bytes_down": record["bytes_down"],
+                "wire_bytes_down": found.get("wire_bytes_down", 0),
+                "retransmissions": found.get("retransmissions", 0),
+            })  # fmt: skip
+    results.write_csv(out_dir / "capture.csv", rows, results.CAPTURE_COLUMNS)
+    lines = []
+    for label in labels:
+        mine = [r for r in rows if r["offloader"] == label]
+        if mine:
+            payload = sum(r["bytes_up"] for r in mine) / len(mine)
+            on_wire = sum(r["wire_bytes_up"] for r in mine) / len(mine)
+            retrans = sum(r["retransmissions"] for r in mine)
+            lines.append(f"{label}: {payload:.0f} payload bytes up per request, {on_wire:.0f} "
+                         f"on the wire; {retrans} retransmitted segments")  # fmt: skip
     return lines
 
 
@@ -255,6 +299,8 @@ def _count_lines(path: Path) -> int:
 
 
 def _write_results(out_dir, records, labels, reference, reference_score, metric, extra):
+    if (out_dir / "capture.pcap").exists():
+        extra["capture"] = _capture_report(out_dir, records, labels)
     rows = results.complete_records(records, reference)
     results.write_csv(out_dir / "requests.csv", rows, results.REQUEST_COLUMNS)
     summary = results.summarize(rows, labels, reference_score, metric)
@@ -274,6 +320,9 @@ def _write_results(out_dir, records, labels, reference, reference_score, metric,
             achieved = flow.get("throughput_mbps")
             text = f"{achieved:.3f} Mbit/s" if achieved is not None else flow.get("error", "?")
             lines.append(f"- {flow['flow']}: {text}")
+    if extra.get("capture"):
+        lines += ["", "On the wire (capture.pcap):", ""]
+        lines += [f"- {line}" for line in extra["capture"]]
     if extra.get("fidelity"):
         lines += ["", "Link fidelity (measured/expected):", ""]
         lines += [f"- {line}" for line in extra["fidelity"]]

@@ -35,8 +35,6 @@ MAX_CPU = float(os.cpu_count() or 1)  # cpu shares are of ONE core; at most ever
 # entry when its feature lands, and keep docs/scenarios.md in step.
 NOT_YET_SUPPORTED: dict[str, str] = {
     "network.trace": "trace-driven links (Mahimahi replay) are not implemented yet",
-    "network.*.jitter_ms": "jitter (non-zero) is not implemented yet",
-    "network.*.loss_pct": "random loss (non-zero) is not implemented yet",
     "arrival.poisson": "open-loop (poisson) arrivals are not implemented yet",
 }
 
@@ -151,10 +149,6 @@ def unsupported(scenario: Scenario) -> list[str]:
     found = []
     if scenario.network.trace is not None:
         found.append(f"network.trace: {NOT_YET_SUPPORTED['network.trace']}")
-    for direction in ("uplink", "downlink"):
-        for key in ("jitter_ms", "loss_pct"):
-            if getattr(getattr(scenario.network, direction), key) > 0:
-                found.append(f"network.{direction}.{key}: " + NOT_YET_SUPPORTED[f"network.*.{key}"])
     if scenario.arrival.get("process") == "poisson":
         found.append("arrival: " + NOT_YET_SUPPORTED["arrival.poisson"])
     return found
