@@ -132,3 +132,33 @@ def test_interrupted_run_cleans_up(tmp_path, sig, status):
     assert leftovers(env["run_prefix"]) == []
     rows = read_csv(out / "requests.csv")  # what finished is kept
     assert 10 <= len(rows) < 2000
+
+
+def test_impaired_run_with_traffic_and_capture(tmp_path):
+    """Loss, competing traffic and --capture together through the command line."""
+    scenario = write_scenario(
+        tmp_path / "impaired.yaml",
+        samples=40,
+        offloaders=["raw"],
+        network={
+            "uplink": {"bandwidth_mbps": 2, "delay_ms": 5, "loss_pct": 10},
+            "downlink": {"bandwidth_mbps": 2, "delay_ms": 5},
+        },
+        traffic=[{"type": "udp_cbr", "rate_mbps": 0.5, "direction": "up"}],
+    )
+    out = tmp_path / "out"
+    proc = run_cli(scenario, "--out", out, "--capture")
+    assert proc.returncode == 0, proc.stderr
+    (flow,) = read_csv(out / "traffic.csv")
+    assert float(flow["throughput_mbps"]) == pytest.approx(0.5 * 0.9, rel=0.15)  # 10% lost
+    wire = read_csv(out / "capture.csv")
+    assert len(wire) == 40
+    assert all(int(r["wire_bytes_up"]) >= int(r["bytes_up"]) + 66 for r in wire)
+    assert sum(int(r["retransmissions"]) for r in wire) >= 1  # 10% of 40 requests are lost
+    slow = [float(r["uplink_ms"]) for r in read_csv(out / "requests.csv")]
+    assert max(slow) > 100  # a lost request waits for TCP's retransmission timeout
+    fidelity = json.loads((out / "fidelity.json").read_text())
+    assert fidelity["uplink"]["measured"]["loss_pct"] > 0
+    assert fidelity["downlink"]["ok"], fidelity["downlink"]
+    env = json.loads((out / "environment.json").read_text())
+    assert leftovers(env["run_prefix"]) == []
