@@ -31,10 +31,14 @@ def parse_args(argv):
     parser.add_argument(
         "--strict", action="store_true", help="fail when a link is off its configuration"
     )
+    parser.add_argument(
+        "--cleanup-stale", action="store_true",
+        help="remove what runs killed outright (SIGKILL) left behind, and nothing else",
+    )  # fmt: skip
     parser.add_argument("--list-plugins", action="store_true", help="list model plugins")
     parser.add_argument("--list-offloaders", action="store_true", help="list offloaders")
     args = parser.parse_args(argv)
-    if not (args.scenario or args.list_plugins or args.list_offloaders):
+    if not (args.scenario or args.list_plugins or args.list_offloaders or args.cleanup_stale):
         parser.error("a scenario file is required")
     return args
 
@@ -63,6 +67,21 @@ def list_offloaders() -> None:
         print(f"{name:14s} {cls.description}" + (f"; params: {params}" if params else ""))
 
 
+def cleanup_stale() -> None:
+    import os
+
+    from testbed import stale
+    from testbed.errors import EnvironmentMissing
+
+    if os.geteuid() != 0:
+        raise EnvironmentMissing("--cleanup-stale needs root, as the runs did")
+    removed = stale.clean_all()
+    for prefix, items in removed.items():
+        print(f"stale run {prefix}: removed {len(items)} items: {', '.join(items) or 'none'}")
+    if not removed:
+        print("no stale runs")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from testbed.cleanup import Terminated
@@ -73,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             list_plugins()
         if args.list_offloaders:
             list_offloaders()
+        if args.cleanup_stale:
+            cleanup_stale()
         if not args.scenario:
             return 0
         from testbed import runner

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from testbed import capture, environment, gates, measure, plugins, results
+from testbed import capture, environment, gates, measure, plugins, results, stale
 from testbed.cleanup import Terminated, sigterm_raises
 from testbed.errors import ScenarioError, TestbedError
 from testbed.scenario import unsupported
@@ -101,6 +101,8 @@ def run(
     labels = offloader_labels(scenario.offloaders)
     check_gates(scenario, labels)
     check_environment()
+    for prefix, items in stale.clean_all().items():  # runs killed outright earlier
+        print(f"removed {len(items)} leftovers of killed run {prefix}", file=sys.stderr)
     plugin = plugins.get(scenario.model)
     model = plugin.load_model()
     data = plugin.test_data()

@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from testbed import stale
 from testbed.cleanup import Teardown
 from testbed.errors import EnvironmentMissing, TestbedError
 from testbed.link.backends import choose_backend, netem_available
@@ -118,6 +119,8 @@ class OffloadTopology:
         from mininet.nodelib import LinuxBridge
 
         setLogLevel("error")
+        state = stale.register(self.prefix)
+        self.teardown.add("run state file", lambda: state.unlink(missing_ok=True))
         p, cores = self.prefix, os.cpu_count() or 1
         self.net = Mininet(topo=None, controller=None, build=False, autoSetMacs=True)
         self.teardown.add("cgroups", self._remove_cgroups)  # after the hosts are gone
@@ -141,6 +144,7 @@ class OffloadTopology:
         bottleneck = self.net.addLink(switch_a, switch_b)
         self.net.build()
         self.net.start()
+        stale.register(self.prefix, [h.pid for h in self.side_a + self.side_b])
         self.bottleneck = {"uplink": bottleneck.intf1.name, "downlink": bottleneck.intf2.name}
         self._configure(switch_a)
 

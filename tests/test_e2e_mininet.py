@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -162,3 +163,30 @@ def test_impaired_run_with_traffic_and_capture(tmp_path):
     assert fidelity["downlink"]["ok"], fidelity["downlink"]
     env = json.loads((out / "environment.json").read_text())
     assert leftovers(env["run_prefix"]) == []
+
+
+def test_leftovers_of_a_killed_run_are_removed_by_cleanup_stale(tmp_path):
+    """SIGKILL leaves the topology behind; --cleanup-stale removes exactly that run's."""
+    scenario = write_scenario(tmp_path / "killed.yaml", samples=2000, offloaders=["raw"])
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "run_scenario.py", str(scenario), "--out", str(out), "--no-progress",
+         "--skip-fidelity"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    records = out / "records.jsonl"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (records.exists() and records.stat().st_size):
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    (state,) = [p for p in Path("/run/deepcod-testbed").glob("dc*.json")]
+    prefix = state.stem
+    assert leftovers(prefix), "SIGKILL should have left the topology behind"
+    cleaned = subprocess.run(
+        [sys.executable, "run_scenario.py", "--cleanup-stale"], cwd=ROOT, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert cleaned.returncode == 0 and prefix in cleaned.stdout, cleaned
+    assert leftovers(prefix) == []
+    assert not state.exists()

@@ -317,7 +317,7 @@ class TracePlayer:
 
     def deadline(self, loop: int, index: int) -> float:
         """Clock time of change `index` in loop `loop` (from the start: no drift)."""
-        return self.clock() + (0 * self.period_ms + self.change_starts_ms[index]) / 1e3
+        return self.start_time + (loop * self.period_ms + self.change_starts_ms[index]) / 1e3
 
     def position(self, now: float) -> tuple[int, int]:
         """(loop, change index) in force at clock time `now`; (0, 0) before the start."""
