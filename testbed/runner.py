@@ -21,6 +21,7 @@ import yaml
 from testbed import capture, environment, gates, measure, plugins, results, stale
 from testbed.cleanup import Terminated, sigterm_raises
 from testbed.errors import ScenarioError, TestbedError
+from testbed.link.trace import load_trace
 from testbed.scenario import unsupported
 from testbed.topology import OffloadTopology, check_environment, stop_process, wait_ready
 from testbed.traffic_run import TrafficRun
@@ -100,6 +101,8 @@ def run(
         raise ScenarioError(f"{scenario.source}: " + "; ".join(bad) + " (refused, not ignored)")
     labels = offloader_labels(scenario.offloaders)
     check_gates(scenario, labels)
+    for path in (scenario.network.trace or {}).values():
+        load_trace(path)  # a malformed trace is bad input: refused before anything starts
     check_environment()
     for prefix, items in stale.clean_all().items():  # runs killed outright earlier
         print(f"removed {len(items)} leftovers of killed run {prefix}", file=sys.stderr)
@@ -134,6 +137,10 @@ def run(
             if capture:
                 _start_capture(topo, out_dir / "capture.pcap", logs)
             extra.update(_agents(scenario, plugin, topo, indices, labels, logs, progress))
+            extra["trace_players"] = {
+                d: {"rate_changes": p.calls, "skipped": p.skipped, "max_late_ms": p.max_late_ms}
+                for d, p in topo.players.items()
+            }
         except (KeyboardInterrupt, Terminated):
             interrupted = True
             raise

@@ -34,7 +34,6 @@ MAX_CPU = float(os.cpu_count() or 1)  # cpu shares are of ONE core; at most ever
 # The runner should refuse a scenario that uses one (see `unsupported`); remove an
 # entry when its feature lands, and keep docs/scenarios.md in step.
 NOT_YET_SUPPORTED: dict[str, str] = {
-    "network.trace": "trace-driven links (Mahimahi replay) are not implemented yet",
     "arrival.poisson": "open-loop (poisson) arrivals are not implemented yet",
 }
 
@@ -147,8 +146,6 @@ def unsupported(scenario: Scenario) -> list[str]:
     """The settings of `scenario` this version accepts but cannot honour yet, as
     'key path: reason' lines (empty when everything is supported)."""
     found = []
-    if scenario.network.trace is not None:
-        found.append(f"network.trace: {NOT_YET_SUPPORTED['network.trace']}")
     if scenario.arrival.get("process") == "poisson":
         found.append("arrival: " + NOT_YET_SUPPORTED["arrival.poisson"])
     return found

@@ -32,12 +32,22 @@ from testbed import stale
 from testbed.cleanup import Teardown
 from testbed.errors import EnvironmentMissing, TestbedError
 from testbed.link.backends import choose_backend, netem_available
+from testbed.link.htb import htb_rate_change
+from testbed.link.trace import TracePlayer, load_trace
 from testbed.protocol import CC_ENV
 
 log = logging.getLogger("testbed")
 CFS_PERIOD_US = 5000  # short, so a low CPU share throttles in slices of ~1 ms, not ~100 ms
 REQUIRED_TOOLS = ("mnexec", "tc", "ip", "iptables", "ethtool", "brctl", "ifconfig", "cgcreate")
 SETUP_HINT = "run `bash scripts/setup.sh` as root (installs Mininet and the tools it drives)"
+
+
+TRACE_HTB_BIN_MS = 50
+TRACE_HTB_FLOOR_MBPS = 0.2
+
+
+def htb_trace_rate(rate_mbps: float) -> float:
+    return max(rate_mbps, TRACE_HTB_FLOOR_MBPS)
 
 
 def new_prefix() -> str:
@@ -101,6 +111,8 @@ class OffloadTopology:
         self.backend = None
         self.bottleneck: dict[str, str] = {}  # direction -> the HTB's interface
         self.congestion_scope = "namespace"
+        self.players: dict = {}  # direction -> TracePlayer, with a trace
+        self.trace_start = 0.0
 
     @property
     def side_a(self) -> list:
@@ -158,9 +170,43 @@ class OffloadTopology:
             if intf.name != "lo":
                 self._run(switch, f"ethtool -K {intf.name} tso off gso off gro off")
         self.backend = choose_backend(net.backend, netem_available(self.device))
+        self.trace_start = time.monotonic()  # trace time 0, shared by HTB and the elements
         for direction, receivers in (("uplink", self.side_b), ("downlink", self.side_a)):
             link = getattr(net, direction)
-            self.backend.configure(self, switch, direction, link, receivers)
+            trace = self._trace(direction)
+            rate = (
+                link.bandwidth_mbps
+                if trace is None
+                else htb_trace_rate(trace.rate_at(0, TRACE_HTB_BIN_MS))
+            )
+            self.backend.configure(self, switch, direction, link, receivers, rate)
+            if trace is not None:
+                self._play(direction, trace)
+
+    def _trace(self, direction: str):
+        paths = self.scenario.network.trace
+        return load_trace(paths[direction]) if paths else None
+
+    def _play(self, direction: str, trace) -> None:
+        """Follow the trace's rate on the bottleneck's HTB, through one long-lived
+        `tc -batch` process (a `tc` per change would cost a core).
+
+        The element delivers packets exactly at the trace's opportunities (1 ms
+        resolution); HTB only keeps the queue at the bottleneck, so it follows a
+        smoothed rate (50 ms bins) with a floor: HTB charges a packet sent at a tiny
+        rate as a long debt that outlasts the rate change (0 in a 10 ms bin of a
+        1 Mbit/s trace would stall the link for a second and a half)."""
+        tc = subprocess.Popen(["tc", "-force", "-batch", "-"], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        port = self.bottleneck[direction]
+
+        def set_rate(rate_mbps: float) -> None:
+            tc.stdin.write(" ".join(htb_rate_change(port, htb_trace_rate(rate_mbps))[1:]) + "\n")
+            tc.stdin.flush()
+
+        player = TracePlayer(trace, set_rate, self.trace_start, bin_ms=TRACE_HTB_BIN_MS).start()
+        self.players[direction] = player
+        self.teardown.add(f"{direction} trace player", lambda: (player.stop(), stop_process(tc)))
 
     def _set_congestion_control(self, host, algorithm: str) -> None:
         """The namespace's default where the kernel allows it; otherwise (an algorithm
@@ -171,6 +217,8 @@ class OffloadTopology:
             self.congestion_scope = "socket"
         elif self.congestion_scope != "socket":
             self.congestion_scope = "namespace"
+        self.players: dict = {}  # direction -> TracePlayer, with a trace
+        self.trace_start = 0.0
 
     def process_env(self) -> dict[str, str]:
         """Environment for processes in the hosts: the socket-level congestion control."""
@@ -195,6 +243,9 @@ class OffloadTopology:
             "--loss-pct", str(link.loss_pct), "--loss-model", link.loss_model,
             "--loss-burst", str(link.loss_burst_packets), "--seed", str(seed),
         ]  # fmt: skip
+        if self.scenario.network.trace:
+            command += ["--trace", str(self.scenario.network.trace[direction]),
+                        "--trace-start", repr(self.trace_start)]  # fmt: skip
         proc = self.popen(host, command, f"element-{direction}-{host.name}.log", limited=False)
         wait_ready(proc, f"{direction} link element in {host.name}", timeout_s=60)
 

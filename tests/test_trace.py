@@ -345,6 +345,22 @@ def test_player_keeps_to_the_schedule_without_drift():
     assert player.calls == 400 and player.skipped == 0
 
 
+def test_player_never_applies_a_change_early():
+    class EarlyTime(FakeTime):
+        def wait(self, timeout):  # wakes 0.2 ms early whenever it can
+            self.now += timeout - 0.0002 if timeout > 0.001 else timeout
+            return self.now >= self.until
+
+    clock = EarlyTime(until=100.0 + 1.2)
+    calls = []
+    player = TracePlayer(steps_trace(), lambda r: calls.append((clock.now, r)), 100.0, clock=clock)
+    player.run_until(clock)
+    assert len(calls) == 40
+    for i, (at, rate) in enumerate(calls):
+        assert at >= 100.0 + i * 0.030
+        assert rate == [12.0, 24.0, 6.0, 36.0][i % 4]
+
+
 def test_player_skips_changes_it_woke_too_late_for():
     clock = FakeTime(until=100.0 + 0.2)
     calls = []

@@ -31,20 +31,20 @@ class UserspaceBackend:
     name = "userspace"
     label = "htb+userspace-element"
 
-    def configure(self, topo, switch, direction: str, link, receivers: list) -> None:
+    def configure(self, topo, switch, direction: str, link, receivers: list, rate: float) -> None:
         port = topo.bottleneck[direction]
-        for command in htb_commands(port, link.bandwidth_mbps, link):
+        for command in htb_commands(port, rate, link):
             topo._run(switch, command)
         for i, host in enumerate(receivers):
             queue = (1 if direction == "uplink" else 101) + i
-            topo.start_element(host, link, direction, queue, link.bandwidth_mbps)
+            topo.start_element(host, link, direction, queue, link.bandwidth_mbps or 0.0)
 
 
 class NetemBackend:
     name = "netem"
     label = "htb+netem"
 
-    def configure(self, topo, switch, direction: str, link, receivers: list) -> None:
+    def configure(self, topo, switch, direction: str, link, receivers: list, rate: float) -> None:
         gemodel = None
         if link.loss_model == "gilbert_elliott":
             gemodel = Loss(link.loss_pct, link.loss_model, link.loss_burst_packets,

@@ -38,6 +38,33 @@ ETHERNET_HEADER = 14  # HTB counts it; the IP total length does not include it
 COPY_BYTES = 64  # only the IP header is needed
 
 
+class TraceOpportunities:
+    """Mahimahi's link: each trace line is a chance to deliver 1500 bytes; packets are
+    delivered, in order, at the opportunity that carries their last byte."""
+
+    def __init__(self, path: str, start: float) -> None:
+        from testbed.link.trace import PACKET_BYTES, load_trace
+
+        self.trace, self.start, self.capacity = load_trace(path), start, PACKET_BYTES
+        self.index, self.left = -1, 0  # the opportunity in use and its bytes left
+
+    def time_of(self, index: int) -> float:
+        loops, i = divmod(index, len(self.trace))
+        ms = loops * self.trace.period_ms + int(self.trace.opportunities[i])
+        return self.start + ms / 1e3
+
+    def deliver(self, now: float, size: int) -> float:
+        first_free = self.trace._count_before(max(0.0, (now - self.start) * 1e3))
+        if first_free > self.index:  # the opportunity in use has passed: a fresh one
+            self.index, self.left = first_free, self.capacity
+        need = size
+        while need > self.left:
+            need -= self.left
+            self.index, self.left = self.index + 1, self.capacity
+        self.left -= need
+        return self.time_of(self.index)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--queue", type=int, required=True)
@@ -49,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loss-model", default="random")
     parser.add_argument("--loss-burst", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--trace", help="Mahimahi trace: its opportunities replace the rate")
+    parser.add_argument("--trace-start", type=float, help="CLOCK_MONOTONIC s of trace time 0")
     args = parser.parse_args(argv)
 
     from netfilterqueue import COPY_PACKET, NetfilterQueue
@@ -60,12 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     held: collections.deque = collections.deque()
     state = {"busy_until": 0.0, "released": 0.0, "running": True, "dropped": 0, "passed": 0}
 
+    opportunities = TraceOpportunities(args.trace, args.trace_start) if args.trace else None
+
     def on_packet(packet) -> None:
         now = time.monotonic()
         header = packet.get_payload()
-        size = ((header[2] << 8) | header[3]) + ETHERNET_HEADER if len(header) >= 4 else 1500
-        start = max(now, state["busy_until"])
-        state["busy_until"] = start + size * seconds_per_byte
+        ip_bytes = ((header[2] << 8) | header[3]) if len(header) >= 4 else 1500
+        if opportunities is not None:
+            state["busy_until"] = opportunities.deliver(now, ip_bytes)
+        else:
+            start = max(now, state["busy_until"])
+            state["busy_until"] = start + (ip_bytes + ETHERNET_HEADER) * seconds_per_byte
         if loss.lost():  # it used the wire all the same
             state["dropped"] += 1
             packet.drop()

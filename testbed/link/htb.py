@@ -51,10 +51,11 @@ def htb_commands(dev: str, rate_mbps: float, link) -> list[str]:
 
 
 def netem_commands(
-    dev: str, rate_mbps: float, link, gemodel: tuple[float, float] | None
+    dev: str, rate_mbps: float, link, gemodel: tuple[float, float] | None, serialize: bool = True
 ) -> list[str]:
     """HTB for the rate (so traces can change it) and netem under it for serialization
-    (`rate`), delay, jitter, loss and the queue limit (netem counts packets)."""
+    (`rate`; not with a trace, whose rate HTB follows), delay, jitter, loss and the queue
+    limit (netem counts packets)."""
     limit = link.queue_packets or math.ceil(link.queue_bytes / FRAME_BYTES)
     netem = f"netem limit {limit} delay {link.delay_ms:g}ms"
     if link.jitter_ms > 0:
@@ -66,5 +67,6 @@ def netem_commands(
             netem += f" loss random {link.loss_pct:g}%"
         else:
             netem += f" loss gemodel {gemodel[0]:.6g}% {gemodel[1]:.6g}% 100% 0%"
-    netem += f" rate {rate_bits(rate_mbps)}bit"
+    if serialize:
+        netem += f" rate {rate_bits(rate_mbps)}bit"
     return [*htb_root(dev, rate_mbps), f"tc qdisc add dev {dev} parent 1:1 handle 10: {netem}"]

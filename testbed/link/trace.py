@@ -282,8 +282,9 @@ class TracePlayer:
     Each deadline is `start_time + (loop * period + bin start) / 1000`, computed from
     the start rather than accumulated, so slow callbacks or late wake-ups never drift
     the schedule. A player that wakes after later changes have already passed applies
-    only the latest one (`skipped` counts the deadlines passed over). Started late (start_time in the past),
-    it applies the current bin's rate at once and continues on schedule.
+    only the latest one (`skipped` counts the deadlines passed over); started late
+    (start_time in the past), it applies the current bin's rate at once. `calls` and
+    `max_late_ms` let a run report how closely the rate followed the trace.
 
     `start()`/`stop()` run it in a daemon thread; `run_until(event)` runs it in the
     caller's thread. An exception from `set_rate` ends playback and is re-raised by
