@@ -108,3 +108,49 @@ def test_competing_bulk_flows_take_their_fair_share(tmp_path):
     share = device["goodput_mbps"] / (0.956 * rate)
     assert 0.15 <= share <= 0.5, (device, flows)  # 1/3 each, give or take TCP dynamics
     assert flows[0]["throughput_mbps"] > 0.5 * 0.956 * rate, flows  # the other two thirds
+
+
+def test_delivery_follows_a_bandwidth_trace(tmp_path):
+    """A UDP flood through a trace of 6 Mbit/s for 2 s then 2 Mbit/s for 2 s: the bytes
+    delivered in each second follow the trace within 10 %."""
+    import json
+    import sys
+
+    from testbed.link.trace import load_trace, opportunities_from_rates, write_trace
+    from testbed.topology import wait_ready
+
+    write_trace(tmp_path / "t.up", opportunities_from_rates([2000, 2000], [6, 2]))
+    write_trace(tmp_path / "t.down", opportunities_from_rates([4000], [10]))
+    trace = load_trace(tmp_path / "t.up")
+    data = {
+        "model": "fashion_cnn",
+        "network": {"trace": {"uplink": "t.up", "downlink": "t.down"}, "uplink": {},
+                    "downlink": {}, "backend": "userspace"},
+    }  # fmt: skip
+    topo = OffloadTopology(parse_scenario(data, tmp_path / "trace.yaml"), tmp_path)
+    try:
+        topo.start()
+        sink = topo.popen(topo.edge, [sys.executable, "-m", "testbed.trafficgen", "sink",
+                                      "--port", "9000", "--max-seconds", "30"],
+                          "sink.log", limited=False)  # fmt: skip
+        wait_ready(sink, "sink", 60)
+        sender = topo.popen(topo.device, [sys.executable, "-m", "testbed.trafficgen", "send",
+                                          "--host", topo.edge.IP(), "--port", "9000",
+                                          "--pattern", "cbr", "--rate-mbps", "8",
+                                          "--packet-bytes", "1472", "--duration-s", "6.5",
+                                          "--seed", "1"], "send.log", limited=False)  # fmt: skip
+        sender.communicate(timeout=60)
+        threading.Event().wait(1)
+        sink.terminate()
+        report = json.loads(sink.communicate(timeout=30)[0].decode().strip().splitlines()[-1])
+    finally:
+        assert topo.stop() == []
+        assert leftovers(topo.prefix) == []
+    start_ms = (report["first_s"] - topo.trace_start) * 1e3
+    checked = 0
+    for i, measured in enumerate(report["per_second_mbps"][:6]):
+        t0 = start_ms + i * 1000
+        expected = trace.bytes_between(t0, t0 + 1000) / 1500 * 1472 * 8 / 1e6
+        assert measured == pytest.approx(expected, rel=0.10), (i, measured, expected)
+        checked += 1
+    assert checked == 6
