@@ -7,4 +7,6 @@ bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 mkdir -p results
-.venv/bin/python -m pytest -p no:cacheprovider "$@"
+# benchmarks run with a short budget; their medians are saved for comparison
+.venv/bin/python -m pytest -p no:cacheprovider --benchmark-min-rounds=3 \
+  --benchmark-max-time=0.2 --benchmark-json=results/benchmarks.json "$@"

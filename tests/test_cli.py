@@ -40,14 +40,18 @@ def test_no_arguments_is_a_usage_error():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"network": {"uplink": {"bandwidth_mbps": 1, "loss_pct": 1}}}, "loss_pct"),
-        ({"traffic": [{"type": "tcp_bulk"}]}, "traffic"),
+        ({"arrival": {"process": "poisson", "rate_hz": 2}}, "arrival"),
+        (
+            {"network": {"trace": {"uplink": "bad.up", "downlink": "bad.up"}, "uplink": {}}},
+            "bad.up: line 2",
+        ),
         ({"expect": ["raw.p50_ms <"]}, "expect[0]"),
         ({"expect": ["jpeg.p50_ms < 1"]}, "'jpeg' is not in `offloaders`"),
         ({"samples": 10001}, "has 10000 test samples"),
     ],
 )
 def test_refused_before_anything_starts(tmp_path, overrides, message):
+    (tmp_path / "bad.up").write_text("1\nten\n")
     scenario = write_scenario(tmp_path / "s.yaml", **overrides)
     proc = cli(scenario, "--out", tmp_path / "out")
     assert proc.returncode == 2, proc.stderr

@@ -190,3 +190,19 @@ def test_leftovers_of_a_killed_run_are_removed_by_cleanup_stale(tmp_path):
     assert cleaned.returncode == 0 and prefix in cleaned.stdout, cleaned
     assert leftovers(prefix) == []
     assert not state.exists()
+
+
+def test_forcing_netem_without_netem_exits_3(tmp_path):
+    from tests.test_link_emulation import NETEM
+
+    if NETEM:
+        pytest.skip("this kernel has netem")
+    scenario = write_scenario(
+        tmp_path / "netem.yaml",
+        network={"uplink": {"bandwidth_mbps": 1}, "backend": "netem"},
+    )
+    proc = run_cli(scenario, "--out", tmp_path / "out")
+    assert proc.returncode == 3, proc.stderr
+    assert "no sch_netem" in proc.stderr and "Traceback" not in proc.stderr
+    env = json.loads((tmp_path / "out" / "environment.json").read_text())
+    assert leftovers(env["run_prefix"]) == []

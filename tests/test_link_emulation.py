@@ -18,11 +18,29 @@ pytestmark = [needs_mininet, pytest.mark.mininet]
 FRAME_BITS = 1514 * 8
 
 
+def _netem_here() -> bool:
+    """netem in a throw-away namespace (gone when the command ends)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return False
+    probe = ["unshare", "-n", "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+NETEM = _netem_here()
+BACKENDS = [
+    "userspace",
+    pytest.param("netem", marks=pytest.mark.skipif(not NETEM, reason="this kernel has no netem")),
+]
+
+
 @contextlib.contextmanager
-def topology(tmp_path, uplink: dict, downlink: dict | None = None, traffic=()):
+def topology(tmp_path, uplink: dict, downlink: dict | None = None, traffic=(), backend="userspace"):
     data = {
         "model": "fashion_cnn",
-        "network": {"uplink": uplink, "downlink": downlink or uplink, "backend": "userspace"},
+        "network": {"uplink": uplink, "downlink": downlink or uplink, "backend": backend},
         "traffic": list(traffic),
     }
     topo = OffloadTopology(parse_scenario(data, tmp_path / "link.yaml"), tmp_path)
@@ -38,16 +56,18 @@ def serialization_ms(payload_bytes: int, rate_mbps: float) -> float:
     return (payload_bytes + 42) * 8 / (rate_mbps * 1e3)  # UDP/IP/Ethernet headers
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("rate", [1, 10, 50])
-def test_goodput_is_0956_of_the_rate(tmp_path, rate):
-    with topology(tmp_path, {"bandwidth_mbps": rate}) as topo:
+def test_goodput_is_0956_of_the_rate(tmp_path, rate, backend):
+    with topology(tmp_path, {"bandwidth_mbps": rate}, backend=backend) as topo:
         report = measure.tcp_goodput(topo, "uplink", seconds=3 if rate < 10 else 2)
     assert report["goodput_mbps"] == pytest.approx(0.956 * rate, rel=0.05), report
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("delay", [10, 100])
-def test_one_way_delay_within_1ms(tmp_path, delay):
-    with topology(tmp_path, {"bandwidth_mbps": 10, "delay_ms": delay}) as topo:
+def test_one_way_delay_within_1ms(tmp_path, delay, backend):
+    with topology(tmp_path, {"bandwidth_mbps": 10, "delay_ms": delay}, backend=backend) as topo:
         trains = measure.udp_trains(topo, count=100, interval_ms=10)
     for direction, report in trains.items():
         expected = delay + serialization_ms(64, 10)
@@ -65,9 +85,10 @@ def test_jitter_spread(tmp_path, distribution, std_per_ms):
     assert report["delay_ms"]["median"] == pytest.approx(30 + serialization_ms(64, 10), abs=1.5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("loss_pct", [1, 5])
-def test_loss_inside_binomial_99_interval(tmp_path, loss_pct):
-    with topology(tmp_path, {"bandwidth_mbps": 10, "loss_pct": loss_pct}) as topo:
+def test_loss_inside_binomial_99_interval(tmp_path, loss_pct, backend):
+    with topology(tmp_path, {"bandwidth_mbps": 10, "loss_pct": loss_pct}, backend=backend) as topo:
         report = measure.udp_trains(topo, count=2000, interval_ms=1)["uplink"]
     lost = report["expected"] - report["received"]
     low, high = fidelity.loss_acceptance(loss_pct / 100, report["expected"], 0.99)
