@@ -206,3 +206,17 @@ def test_forcing_netem_without_netem_exits_3(tmp_path):
     assert "no sch_netem" in proc.stderr and "Traceback" not in proc.stderr
     env = json.loads((tmp_path / "out" / "environment.json").read_text())
     assert leftovers(env["run_prefix"]) == []
+
+
+def test_failing_gate_exits_4_with_its_values(tmp_path):
+    scenario = write_scenario(
+        tmp_path / "gate.yaml",
+        samples=5,
+        offloaders=["raw"],
+        expect=["raw.failed == 0", "raw.p50_ms < 1"],  # 10 ms each way: cannot hold
+    )
+    proc = run_cli(scenario, "--out", tmp_path / "out", "--skip-fidelity")
+    assert proc.returncode == 4, proc.stderr
+    assert "raw.p50_ms < 1  (raw.p50_ms = " in proc.stderr
+    assert "raw.failed == 0" not in proc.stderr  # only the failing gate is reported
+    assert (tmp_path / "out" / "summary.csv").exists()  # results are written all the same
