@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from testbed import offloaders, plugins
-from testbed.offloaders.base import PhaseTimer
+from testbed.offloaders.base import PhaseTimer, warm_kernels
 from testbed.protocol import (
     HEADER,
     RESULT_STRUCT,
@@ -144,10 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     model = plugin.load_model()
     data = plugin.test_data()
     built = [offloaders.get(o["name"])(plugin, model, **o["params"]) for o in job["offloaders"]]
+    kernels_s = warm_kernels(type(o) for o in built)
     hello = {"plugin": job["plugin"], "offloaders": job["offloaders"]}
     link = EdgeLink(job["edge_host"], job["edge_port"], hello, job["timeout_s"])
     link.open()
-    meta = {"rtt_ms": link.rtt_ms(job["pings"]), "offloaders": link.described}
+    meta = {"rtt_ms": link.rtt_ms(job["pings"]), "offloaders": link.described,
+            "device_kernel_warmup_s": kernels_s}  # fmt: skip
     Path(job["meta"]).write_text(json.dumps(meta))
 
     request = 0

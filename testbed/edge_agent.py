@@ -19,7 +19,7 @@ import time
 
 from testbed import offloaders, plugins
 from testbed.errors import TestbedError
-from testbed.offloaders.base import PhaseTimer
+from testbed.offloaders.base import PhaseTimer, warm_kernels
 from testbed.protocol import (
     RESULT_STRUCT,
     ConnectionClosed,
@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    seconds = warm_kernels(offloaders.get(name) for name in offloaders.names())
+    if seconds is not None:
+        log.info("kernels ready in %.2f s", seconds)
     models = ModelCache()
     try:
         for name in args.preload:

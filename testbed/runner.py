@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from testbed import capture, environment, gates, measure, plugins, results, stale
+from testbed import capture, environment, gates, measure, offloaders, plugins, results, stale
 from testbed.cleanup import Terminated, sigterm_raises
 from testbed.errors import ScenarioError, TestbedError
 from testbed.link.trace import load_trace
+from testbed.offloaders.base import warm_kernels
 from testbed.scenario import unsupported
 from testbed.topology import OffloadTopology, check_environment, stop_process, wait_ready
 from testbed.traffic_run import TrafficRun
@@ -111,6 +112,8 @@ def run(
     data = plugin.test_data()
     indices = choose_samples(scenario, len(data))
     reference = reference_predictions(plugin, model, data.inputs[indices])
+    # compile the kernels here, at full speed, so that agents on slow hosts only load them
+    kernels_s = warm_kernels(offloaders.get(spec.name) for spec in scenario.offloaders)
     reference_by_sample = dict(zip(indices.tolist(), reference.tolist(), strict=True))
     if plugin.metric == "accuracy":
         reference_score = float(np.mean(reference == data.labels[indices]))
@@ -126,6 +129,7 @@ def run(
 
     topo = OffloadTopology(scenario, workdir=logs)
     extra: dict = {"run_prefix": topo.prefix, "seed": scenario.seed, "samples": indices.tolist()}
+    extra["kernel_warmup_s"] = kernels_s
     extra["cleanup_failures"] = ["teardown did not run"]
     interrupted = False
     with sigterm_raises():
@@ -260,6 +264,7 @@ def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool)
     return {
         "rtt_ms": meta["rtt_ms"],
         "offloaders": meta["offloaders"],
+        "device_kernel_warmup_s": meta.get("device_kernel_warmup_s"),
         "traffic": flows,
         "congestion_control": scenario.network.congestion_control,
         "congestion_control_scope": topo.congestion_scope,

@@ -61,6 +61,10 @@ class Offloader(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     params: ClassVar[dict[str, Param]] = {}
+    # True where the offloader calls the Numba kernels: the runner then compiles them
+    # into the on-disk cache before the hosts start, and the agents load them at start,
+    # so no request pays for compilation (see kernels/warmup.py)
+    uses_kernels: ClassVar[bool] = False
 
     def __init__(self, plugin, model, **params) -> None:
         self.plugin = plugin
@@ -78,3 +82,12 @@ class Offloader(ABC):
     def describe(self) -> dict[str, Any]:
         """What this instance used (split, bits, quality...), recorded with the results."""
         return dict(self.config)
+
+
+def warm_kernels(offloader_classes) -> float | None:
+    """Compile or load the kernels if any of these offloaders needs them; seconds taken."""
+    if not any(cls.uses_kernels for cls in offloader_classes):
+        return None
+    from kernels.warmup import warmup
+
+    return warmup()
