@@ -44,18 +44,21 @@ def parse_args(argv):
 
 
 def list_plugins() -> None:
+    """Every registered plugin; a broken one is named with its problem, the rest still list."""
     from testbed import plugins
     from testbed.errors import TestbedError
+    from testbed.plugin_api import check_plugin
 
     for name in plugins.available():
         try:
             p = plugins.get(name)
+            shapes = check_plugin(p)
         except TestbedError as exc:
             print(f"{name:16s} BROKEN: {exc}")
             continue
-        splits = ", ".join(str(k) for k in p.split_points) or "none"
-        print(f"{name:16s} input {p.input_spec.describe()}; split points {splits}; {p.metric}")
-        print(f"{'':16s} {p.description}")
+        splits = ", ".join(f"{k} ({'x'.join(map(str, shapes[k - 1]))})" for k in p.split_points)
+        print(f"{name:16s} input {p.input_spec.describe()}; {p.metric}; {p.description}")
+        print(f"{'':16s} split points (feature shape): {splits or 'none'}")
 
 
 def list_offloaders() -> None:

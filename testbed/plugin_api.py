@@ -85,3 +85,48 @@ class Plugin(ABC):
         model.load_state_dict(state)
         model.eval()
         return model
+
+
+def check_plugin(plugin: Plugin) -> list[tuple[int, ...]]:
+    """Check what a plugin declares against what its model does; return each stage's
+    output shape (one sample). A PluginError names the plugin, the stage and the fix."""
+    import torch
+
+    from testbed.errors import PluginError
+
+    stages = plugin.build_stages()
+    if not stages:
+        raise PluginError(f"plugin {plugin.name!r}: build_stages() returned no stages")
+    points = list(plugin.split_points)
+    if points != sorted(set(points)) or any(not 1 <= k < len(stages) for k in points):
+        raise PluginError(
+            f"plugin {plugin.name!r}: split_points {tuple(points)} must be increasing, "
+            f"each between 1 and {len(stages) - 1} (it has {len(stages)} stages)"
+        )
+    spec = plugin.input_spec
+    if plugin.metric not in ("accuracy", "agreement"):
+        raise PluginError(
+            f"plugin {plugin.name!r}: metric {plugin.metric!r}; allowed: accuracy, agreement"
+        )
+    x = plugin.to_tensor(np.full((1, *spec.shape), spec.low, dtype=spec.dtype))
+    shapes = []
+    with torch.inference_mode():
+        for i, stage in enumerate(stages):
+            stage.eval()
+            try:
+                x = stage(x)
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {plugin.name!r}: stage {i} does not take stage {i - 1}'s output "
+                    f"of shape {tuple(x.shape)}: {type(exc).__name__}: {exc}"
+                    if i
+                    else f"plugin {plugin.name!r}: stage 0 does not take the input "
+                    f"{spec.describe()}: {type(exc).__name__}: {exc}"
+                ) from None
+            shapes.append(tuple(x.shape[1:]))
+    if shapes[-1] != (plugin.num_classes,):
+        raise PluginError(
+            f"plugin {plugin.name!r}: the last stage gives {shapes[-1]}, "
+            f"expected ({plugin.num_classes},) logits"
+        )
+    return shapes

@@ -23,6 +23,7 @@ from testbed.cleanup import Terminated, sigterm_raises
 from testbed.errors import ScenarioError, TestbedError
 from testbed.link.trace import load_trace
 from testbed.offloaders.base import warm_kernels
+from testbed.plugin_api import check_plugin
 from testbed.scenario import unsupported
 from testbed.topology import OffloadTopology, check_environment, stop_process, wait_ready
 from testbed.traffic_run import TrafficRun
@@ -108,6 +109,7 @@ def run(
     for prefix, items in stale.clean_all().items():  # runs killed outright earlier
         print(f"removed {len(items)} leftovers of killed run {prefix}", file=sys.stderr)
     plugin = plugins.get(scenario.model)
+    check_plugin(plugin)
     model = plugin.load_model()
     data = plugin.test_data()
     indices = choose_samples(scenario, len(data))
