@@ -17,6 +17,23 @@ import time
 from pathlib import Path
 
 STATE_DIR = Path("/run/deepcod-testbed")
+RUN_ENV = "DEEPCOD_TESTBED_RUN"  # set to the prefix in every process a run starts
+
+
+def run_processes(prefix: str) -> list[int]:
+    """Pids of the processes a run started (their environment carries its prefix)."""
+    marker = f"{RUN_ENV}={prefix}".encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (
+                marker in (proc / "environ").read_bytes().split(b"\0")
+                and int(proc.name) != os.getpid()
+            ):
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def _start_time(pid: int) -> str | None:
@@ -65,14 +82,18 @@ def clean(prefix: str) -> list[str]:
     """Remove one stale run's processes, interfaces, cgroups and state file."""
     removed = []
     namespaces = _namespaces_of(prefix)
+    victims = set(run_processes(prefix))
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             mine = os.readlink(proc / "ns" / "net") in namespaces
             if mine and any(tag in (proc / "cmdline").read_bytes() for tag in OURS):
-                os.kill(int(proc.name), signal.SIGKILL)
-                removed.append(f"process {proc.name}")
+                victims.add(int(proc.name))
         except (OSError, ValueError):
             continue
+    for pid in sorted(victims):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+            removed.append(f"process {pid}")
     time.sleep(0.2)
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     for line in links.splitlines():

@@ -35,6 +35,7 @@ from testbed.link.backends import choose_backend, netem_available
 from testbed.link.htb import htb_rate_change
 from testbed.link.trace import TracePlayer, load_trace
 from testbed.protocol import CC_ENV
+from testbed.stale import RUN_ENV
 
 log = logging.getLogger("testbed")
 CFS_PERIOD_US = 5000  # short, so a low CPU share throttles in slices of ~1 ms, not ~100 ms
@@ -131,6 +132,10 @@ class OffloadTopology:
         from mininet.nodelib import LinuxBridge
 
         setLogLevel("error")
+        # every process of the run (host shells, agents, elements, probes, traffic)
+        # inherits this, so leftovers can be told apart from other runs' by environment
+        os.environ[RUN_ENV] = self.prefix
+        self.teardown.add("run marker", lambda: os.environ.pop(RUN_ENV, None))
         state = stale.register(self.prefix)
         self.teardown.add("run state file", lambda: state.unlink(missing_ok=True))
         p, cores = self.prefix, os.cpu_count() or 1

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from testbed.stale import run_processes
+
 ROOT = Path(__file__).resolve().parent.parent
 
 needs_mininet = pytest.mark.skipif(
@@ -25,13 +27,15 @@ def leftovers(prefix: str) -> list[str]:
               if prefix in line]  # fmt: skip
     for controller in ("cpu", "cpuacct", "cpuset"):
         found += [f"cgroup {p}" for p in Path("/sys/fs/cgroup", controller).glob(f"{prefix}*")]
+    for pid in run_processes(prefix):  # every process the run started carries its prefix
+        try:
+            found.append(f"process {pid} {Path(f'/proc/{pid}/cmdline').read_text()[:80]!r}")
+        except OSError:
+            continue
     procs = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    for line in procs.splitlines():
-        if f"mininet:{prefix}" in line or any(
-            agent in line
-            for agent in ("testbed.edge_agent", "testbed.device_agent", "testbed.link.element")
-        ):
-            found.append(f"process {line.strip()}")
+    found += [
+        f"process {line.strip()}" for line in procs.splitlines() if f"mininet:{prefix}" in line
+    ]
     return found
 
 

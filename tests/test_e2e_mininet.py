@@ -180,7 +180,10 @@ def test_leftovers_of_a_killed_run_are_removed_by_cleanup_stale(tmp_path):
         time.sleep(0.2)
     proc.kill()
     proc.wait()
-    (state,) = [p for p in Path("/run/deepcod-testbed").glob("dc*.json")]
+    (state,) = [  # other runs may be going on: take the killed one's
+        p for p in Path("/run/deepcod-testbed").glob("dc*.json")
+        if json.loads(p.read_text())["pid"] == proc.pid
+    ]  # fmt: skip
     prefix = state.stem
     assert leftovers(prefix), "SIGKILL should have left the topology behind"
     cleaned = subprocess.run(
