@@ -42,7 +42,7 @@ def _result(proc, what: str, timeout_s: float) -> dict:
 
 def _probe(topo, host, mode: str, *args: str, log: str):
     command = [sys.executable, "-m", "testbed.probe", mode, *args]
-    return topo.popen(host, command, log, limited=False)
+    return topo.popen(host, command, log, limited=False, realtime=True)
 
 
 def udp_trains(

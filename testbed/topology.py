@@ -43,6 +43,7 @@ REQUIRED_TOOLS = ("mnexec", "tc", "ip", "iptables", "ethtool", "brctl", "ifconfi
 SETUP_HINT = "run `bash scripts/setup.sh` as root (installs Mininet and the tools it drives)"
 
 
+REALTIME_PRIORITY = 50
 TRACE_HTB_BIN_MS = 50
 TRACE_HTB_FLOOR_MBPS = 0.2
 
@@ -251,7 +252,9 @@ class OffloadTopology:
         if self.scenario.network.trace:
             command += ["--trace", str(self.scenario.network.trace[direction]),
                         "--trace-start", repr(self.trace_start)]  # fmt: skip
-        proc = self.popen(host, command, f"element-{direction}-{host.name}.log", limited=False)
+        proc = self.popen(
+            host, command, f"element-{direction}-{host.name}.log", limited=False, realtime=True
+        )
         wait_ready(proc, f"{direction} link element in {host.name}", timeout_s=60)
 
     def _run(self, node, command: str) -> str:
@@ -262,10 +265,18 @@ class OffloadTopology:
         return text
 
     # -- processes in the hosts ------------------------------------------------
-    def popen(self, host, args: list[str], log_name: str, limited: bool = True) -> subprocess.Popen:
+    def popen(
+        self, host, args: list[str], log_name: str, limited: bool = True, realtime: bool = False
+    ) -> subprocess.Popen:
         """Start a process in a host; stopped by teardown. `limited`: inside the host's
         CPU cgroup (agents); otherwise only in its network namespace (link elements,
-        probes, traffic: the testbed's own machinery must not eat the device's share)."""
+        probes, traffic: the testbed's own machinery must not eat the device's share).
+        `realtime`: SCHED_FIFO, for the parts that emulate or measure the link (the
+        element, the probes), so that a busy machine delays packets no more than a
+        kernel qdisc would be; they sleep between packets, and the kernel's RT
+        throttling keeps a share of every second for everything else."""
+        if realtime and shutil.which("chrt"):
+            args = ["chrt", "-f", str(REALTIME_PRIORITY), *args]
         log_file = open(self.workdir / log_name, "wb")  # noqa: SIM115
         if limited:
             proc = host.popen(
