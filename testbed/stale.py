@@ -56,8 +56,17 @@ def register(prefix: str, host_pids: list[int] = ()) -> Path:
     return path
 
 
+def unregister(path: Path) -> None:
+    """Remove the run's state file, and the folder once no run is left in it."""
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        STATE_DIR.rmdir()
+
+
 def stale_prefixes() -> list[str]:
     found = []
+    if not STATE_DIR.is_dir():
+        return found
     for path in sorted(STATE_DIR.glob("dc*.json")):
         try:
             state = json.loads(path.read_text())
@@ -108,7 +117,7 @@ def clean(prefix: str) -> list[str]:
                 removed.append(f"cgroup {path}")
             except OSError:
                 pass
-    (STATE_DIR / f"{prefix}.json").unlink(missing_ok=True)
+    unregister(STATE_DIR / f"{prefix}.json")
     return removed
 
 

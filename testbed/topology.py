@@ -138,7 +138,7 @@ class OffloadTopology:
         os.environ[RUN_ENV] = self.prefix
         self.teardown.add("run marker", lambda: os.environ.pop(RUN_ENV, None))
         state = stale.register(self.prefix)
-        self.teardown.add("run state file", lambda: state.unlink(missing_ok=True))
+        self.teardown.add("run state file", lambda: stale.unregister(state))
         p, cores = self.prefix, os.cpu_count() or 1
         self.net = Mininet(topo=None, controller=None, build=False, autoSetMacs=True)
         self.teardown.add("cgroups", self._remove_cgroups)  # after the hosts are gone

@@ -195,6 +195,12 @@ def test_leftovers_of_a_killed_run_are_removed_by_cleanup_stale(tmp_path):
     assert not state.exists()
 
 
+def test_a_clean_run_removes_its_state_file(small_run):
+    _, out = small_run
+    prefix = json.loads((out / "environment.json").read_text())["run_prefix"]
+    assert not Path("/run/deepcod-testbed", f"{prefix}.json").exists()
+
+
 def test_forcing_netem_without_netem_exits_3(tmp_path):
     from tests.test_link_emulation import NETEM
 
