@@ -1,0 +1,141 @@
+"""DeepCOD's networks, after the paper and its official implementation.
+
+Device: `SamplingEncoder`, one strided convolution (kernel 4, stride 4, no bias) with
+spectral normalization: a learned compressive-sensing measurement whose rows are kept
+near-orthonormal by `orthogonality_loss`. Its output is quantized to a few learned
+centres (`SoftToHardQuantizer`) and entropy coded by the kernels.
+
+Edge: `Decoder`, residual upsampling blocks with SAGAN-style self-attention (its gain
+starts at 0), spectral normalization, back to the input's space; then the plugin's
+unmodified model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+PATCH = 4
+
+
+def encoder_channels(in_channels: int, ratio: float) -> int:
+    """int(C*16*ratio), at least 1: 4 for RGB at ratio 0.1, as the official code."""
+    return max(1, int(in_channels * PATCH * PATCH * ratio))
+
+
+class SamplingEncoder(nn.Module):
+    def __init__(self, in_channels: int, ratio: float) -> None:
+        super().__init__()
+        self.out_channels = encoder_channels(in_channels, ratio)
+        self.conv = spectral_norm(
+            nn.Conv2d(in_channels, self.out_channels, PATCH, stride=PATCH, bias=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+    def orthogonality_loss(self) -> torch.Tensor:
+        """||W W^T - I||^2 over the measurement rows (W: out x in*16)."""
+        w = self.conv.weight.flatten(1)
+        gram = w @ w.t()
+        return ((gram - torch.eye(gram.shape[0], device=w.device)) ** 2).sum()
+
+
+class SoftToHardQuantizer(nn.Module):
+    """Scalar quantization to `centres` learnable values. Training: the forward pass
+    uses the nearest centre while gradients flow through a softmax assignment
+    (straight-through); inference: nearest centre (done by the kernels on the device)."""
+
+    def __init__(self, centres: int = 8, sigma: float = 1.0) -> None:
+        super().__init__()
+        self.centres = nn.Parameter(torch.linspace(-1.0, 1.0, centres))
+        self.sigma = sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        distance = (x.unsqueeze(-1) - self.centres) ** 2
+        soft = (torch.softmax(-self.sigma * distance, dim=-1) * self.centres).sum(-1)
+        hard = self.centres[distance.argmin(dim=-1)]
+        return soft + (hard - soft).detach()
+
+    def indices(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.unsqueeze(-1) - self.centres) ** 2).argmin(dim=-1)
+
+
+class SelfAttention(nn.Module):
+    """SAGAN self-attention; the gain gamma starts at 0, so training begins from the
+    purely convolutional decoder and lets attention in as it helps."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        inner = max(1, channels // 8)
+        self.query = spectral_norm(nn.Conv2d(channels, inner, 1))
+        self.key = spectral_norm(nn.Conv2d(channels, inner, 1))
+        self.value = spectral_norm(nn.Conv2d(channels, channels, 1))
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        q = self.query(x).flatten(2).transpose(1, 2)  # n, hw, inner
+        k = self.key(x).flatten(2)  # n, inner, hw
+        attention = torch.softmax(q @ k, dim=-1)  # n, hw, hw
+        v = self.value(x).flatten(2)  # n, c, hw
+        out = (v @ attention.transpose(1, 2)).view(n, c, h, w)
+        return x + self.gamma * out
+
+
+class ResidualUp(nn.Module):
+    """BigGAN-style residual block that doubles the resolution."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(in_channels),
+            nn.ReLU(),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            spectral_norm(nn.Conv2d(in_channels, out_channels, 3, padding=1)),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(),
+            spectral_norm(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
+        )
+        self.skip = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            spectral_norm(nn.Conv2d(in_channels, out_channels, 1)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x) + self.skip(x)
+
+
+class Decoder(nn.Module):
+    """From (K, H/4, W/4) measurements back to (C, H, W) inputs in [0, 1]. Attention
+    works at the measurements' resolution, where its cost (quadratic in positions)
+    stays small: 56x56 for a 224x224 image."""
+
+    def __init__(self, measurements: int, out_channels: int, width: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            spectral_norm(nn.Conv2d(measurements, width, 3, padding=1)),
+            SelfAttention(width),
+            ResidualUp(width, width),
+            ResidualUp(width, width // 2),
+            nn.BatchNorm2d(width // 2),
+            nn.ReLU(),
+            spectral_norm(nn.Conv2d(width // 2, out_channels, 3, padding=1)),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y)
+
+
+class DeepCOD(nn.Module):
+    def __init__(self, in_channels: int, ratio: float = 0.1, centres: int = 8, width: int = 64):
+        super().__init__()
+        self.ratio = ratio
+        self.encoder = SamplingEncoder(in_channels, ratio)
+        self.quantizer = SoftToHardQuantizer(centres)
+        self.decoder = Decoder(self.encoder.out_channels, in_channels, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.quantizer(self.encoder(x)))

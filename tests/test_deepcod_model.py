@@ -1,0 +1,64 @@
+"""DeepCOD's networks and its training command (the `deepcod` offloader builds on
+them; end-to-end figures belong to its own tests)."""
+
+import torch
+
+from testbed import plugins
+from testbed.deepcod import train as deepcod_train
+from testbed.deepcod.model import DeepCOD, SamplingEncoder, SoftToHardQuantizer, encoder_channels
+
+
+def test_encoder_channels_follow_the_official_rule():
+    assert encoder_channels(3, 0.1) == 4  # int(3*16*0.1)
+    assert encoder_channels(1, 0.1) == 1
+    assert encoder_channels(1, 0.01) == 1  # at least one
+    assert SamplingEncoder(3, 0.1)(torch.rand(2, 3, 224, 224)).shape == (2, 4, 56, 56)
+
+
+def test_quantizer_outputs_centres_and_passes_gradients():
+    quantizer = SoftToHardQuantizer(8)
+    x = torch.randn(4, 1, 7, 7, requires_grad=True)
+    q = quantizer(x)
+    centres = set(quantizer.centres.detach().tolist())
+    assert set(q.detach().flatten().tolist()) <= centres  # hard values forward
+    q.sum().backward()
+    assert x.grad.abs().sum() > 0  # soft assignment backward (straight through)
+    assert quantizer.centres.grad.abs().sum() > 0  # the centres are learned
+    indices = quantizer.indices(x)
+    assert torch.equal(quantizer.centres[indices], q.detach())
+
+
+def test_orthogonality_term_can_be_driven_down():
+    encoder = SamplingEncoder(3, 0.1)
+    optimiser = torch.optim.Adam(encoder.parameters(), lr=1e-2)
+    encoder(torch.rand(1, 3, 8, 8))  # spectral norm's first power iteration
+    before = encoder.orthogonality_loss().item()
+    for _ in range(200):
+        optimiser.zero_grad()
+        encoder.orthogonality_loss().backward()
+        optimiser.step()
+    assert encoder.orthogonality_loss().item() < 0.1 * before
+
+
+def test_decoder_starts_without_attention_and_restores_the_input_shape():
+    model = DeepCOD(1, 0.1)
+    attention = model.decoder.net[1]
+    assert attention.gamma.item() == 0.0
+    out = model(torch.rand(2, 1, 28, 28))
+    assert out.shape == (2, 1, 28, 28) and out.min() >= 0 and out.max() <= 1
+
+
+def test_training_command_writes_a_loadable_artefact(tmp_path):
+    out = tmp_path / "deepcod.pt"
+    status = deepcod_train.main(["--plugin", "fashion_cnn", "--epochs", "1", "--limit", "256",
+                                 "--batch-size", "64", "--threads", "1", "--out", str(out)])  # fmt: skip
+    assert status == 0
+    saved = torch.load(out, weights_only=True)
+    assert saved["config"]["ratio"] == 0.1 and saved["config"]["plugin"] == "fashion_cnn"
+    model = DeepCOD(1, 0.1)
+    model.load_state_dict(saved["state_dict"])
+
+
+def test_artefact_sits_beside_the_plugin():
+    path = deepcod_train.artefact_path(plugins.get("fashion_cnn"), 0.1)
+    assert path.parent.name == "fashion_cnn" and path.name == "deepcod-r0.1.pt"
