@@ -111,6 +111,8 @@ def run(
     plugin = plugins.get(scenario.model)
     check_plugin(plugin)
     model = plugin.load_model()
+    for spec in scenario.offloaders:  # a missing artefact is bad input, found before any start
+        offloaders.get(spec.name)(plugin, model, **spec.params)
     data = plugin.test_data()
     indices = choose_samples(scenario, len(data))
     reference = reference_predictions(plugin, model, data.inputs[indices])

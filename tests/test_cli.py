@@ -79,3 +79,11 @@ def test_not_root_exits_3_with_the_fix():
         assert not (folder / "out").exists()
     finally:
         shutil.rmtree(folder)
+
+
+def test_offloader_without_its_networks_is_refused_before_anything_starts(tmp_path):
+    scenario = write_scenario(tmp_path / "s.yaml", offloaders=[{"name": "deepcod", "ratio": 0.37}])
+    proc = cli(scenario, "--out", tmp_path / "out")
+    assert proc.returncode == 2, proc.stderr
+    assert "python -m testbed.deepcod.train --plugin fashion_cnn --ratio 0.37" in proc.stderr
+    assert not (tmp_path / "out").exists()

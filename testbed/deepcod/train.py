@@ -41,7 +41,7 @@ def artefact_path(plugin, ratio: float) -> Path:
     return Path(module.__file__).resolve().parent / f"{key}.pt"
 
 
-def train(plugin, ratio, centres, epochs, seed, lr, batch_size, threads, limit=None):
+def train(plugin, ratio, centres, epochs, seed, lr, batch_size, threads, limit=None, width=64):
     torch.manual_seed(seed)
     np.random.seed(seed)
     torch.use_deterministic_algorithms(True)
@@ -51,7 +51,7 @@ def train(plugin, ratio, centres, epochs, seed, lr, batch_size, threads, limit=N
         p.requires_grad_(False)
     data = plugin.train_data()
     inputs = data.inputs[:limit] if limit else data.inputs
-    deepcod = DeepCOD(plugin.input_spec.shape[0], ratio, centres)
+    deepcod = DeepCOD(plugin.input_spec.shape[0], ratio, centres, width)
     optimiser = torch.optim.Adam(deepcod.parameters(), lr=lr, betas=(0.0, 0.9))
     generator = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
@@ -102,13 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, help="train on the first N samples only")
+    parser.add_argument("--width", type=int, default=64, help="decoder channels")
     parser.add_argument("--out", type=Path, help="default: beside the plugin's code")
     args = parser.parse_args(argv)
     try:
         plugin = plugins.get(args.plugin)
         started = time.monotonic()
         deepcod = train(plugin, args.ratio, args.centres, args.epochs, args.seed, args.lr,
-                        args.batch_size, args.threads, args.limit)  # fmt: skip
+                        args.batch_size, args.threads, args.limit, args.width)  # fmt: skip
         score, unsplit = agreement(plugin, deepcod)
     except TestbedError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     config = {"plugin": plugin.name, "ratio": args.ratio, "centres": args.centres,
               "epochs": args.epochs, "seed": args.seed, "lr": args.lr,
               "batch_size": args.batch_size, "threads": args.threads, "limit": args.limit or 0,
-              "in_channels": plugin.input_spec.shape[0]}  # fmt: skip
+              "in_channels": plugin.input_spec.shape[0], "width": args.width}  # fmt: skip
     buffer = io.BytesIO()  # through memory: the file's bytes must not depend on its name
     torch.save({"config": config, "state_dict": deepcod.state_dict()}, buffer)
     out.write_bytes(buffer.getvalue())
