@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   mininet iperf3 ethtool iptables iproute2 bridge-utils net-tools cgroup-tools
   libpcap0.8 libnetfilter-queue1 libnetfilter-queue-dev gcc python3-dev python3-venv
-  dataset-fashion-mnist git mate-backgrounds
+  dataset-fashion-mnist git mate-backgrounds flite espeak-ng sox pocketsphinx-testdata
 )
 
 if [ "$(id -u)" -ne 0 ]; then
