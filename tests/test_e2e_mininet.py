@@ -229,3 +229,28 @@ def test_failing_gate_exits_4_with_its_values(tmp_path):
     assert "raw.p50_ms < 1  (raw.p50_ms = " in proc.stderr
     assert "raw.failed == 0" not in proc.stderr  # only the failing gate is reported
     assert (tmp_path / "out" / "summary.csv").exists()  # results are written all the same
+
+
+def test_deepcod_through_the_agents(tmp_path):
+    """DeepCOD with the committed fashion_cnn networks (ratio 0.25) beside raw on a
+    narrow uplink: far fewer bytes, a shorter uplink, its accuracy drop recorded."""
+    scenario = write_scenario(
+        tmp_path / "deepcod.yaml",
+        samples=40,
+        offloaders=["raw", {"name": "deepcod", "ratio": 0.25}],
+        network={"uplink": {"bandwidth_mbps": 0.25, "delay_ms": 5}},
+    )
+    out = tmp_path / "out"
+    proc = run_cli(scenario, "--out", out, "--skip-fidelity")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["offloader"]: r for r in read_csv(out / "summary.csv")}
+    assert rows["deepcod"]["n"] == "40" and rows["deepcod"]["failed"] == "0"
+    assert float(rows["deepcod"]["mean_bytes_up"]) < float(rows["raw"]["mean_bytes_up"]) / 5
+    requests = read_csv(out / "requests.csv")
+    uplink = {
+        name: statistics.median(float(r["uplink_ms"]) for r in requests if r["offloader"] == name)
+        for name in ("raw", "deepcod")
+    }
+    assert uplink["deepcod"] < uplink["raw"] / 2, uplink
+    assert all(float(r["encode_ms"]) > 0 for r in requests if r["offloader"] == "deepcod")
+    assert float(rows["deepcod"]["accuracy_drop_pp"]) < 15  # see plugins/fashion_cnn/README.md
