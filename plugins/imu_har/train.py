@@ -10,28 +10,16 @@ that the file's bytes do not depend on its name.
 from __future__ import annotations
 
 import argparse
-import io
-import os
-import random
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from plugins.imu_har import WEIGHTS, make_plugin
-from testbed.plugin_api import Dataset, Plugin
-
-
-def seed_everything(seed: int, threads: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(threads)
+from testbed.training import count_correct, save_state_dict, seed_everything
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -39,17 +27,6 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     people move with different vigour, and only 7 training subjects show it."""
     gain = 0.8 + 0.4 * torch.rand(x.shape[0], 2, 1, generator=generator)
     return x * gain.repeat_interleave(3, dim=1)
-
-
-@torch.inference_mode()
-def count_correct(plugin: Plugin, model: nn.Module, data: Dataset, batch_size: int = 1000) -> int:
-    model.eval()
-    correct = 0
-    for start in range(0, len(data), batch_size):
-        x = plugin.to_tensor(data.inputs[start : start + batch_size])
-        y = torch.from_numpy(data.labels[start : start + batch_size])
-        correct += int((model(x).argmax(dim=1) == y).sum())
-    return correct
 
 
 def train(
@@ -90,17 +67,6 @@ def train(
     bar.close()
 
     return model, count_correct(plugin, model, test_data), len(test_data)
-
-
-def save_state_dict(model: nn.Module, out: Path) -> int:
-    """Write atomically, so that an interrupted run never leaves a half-written file."""
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, out)
-    return len(buffer.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,6 @@ of pocketsphinx-testdata (see `data.real_digit_words` and `spot`), a report only
 from __future__ import annotations
 
 import argparse
-import io
-import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -26,16 +23,9 @@ from tqdm import tqdm
 from plugins.speech_kws import WEIGHTS, make_plugin
 from plugins.speech_kws.synth import CLASSES, SAMPLE_RATE, SILENCE, UNKNOWN, make_plan
 from testbed.plugin_api import Dataset, Plugin
+from testbed.training import save_state_dict, seed_everything
 
 MAX_SHIFT = SAMPLE_RATE // 10  # time shifts of up to +-100 ms during training
-
-
-def seed_everything(seed: int, threads: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(threads)
 
 
 def shift(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -137,16 +127,6 @@ def real_speech_report(plugin: Plugin, model: nn.Module) -> None:
         said = [w for w in text.split() if w in CLASSES]
         found = spot(plugin, model, _read(REAL_DIR / name))
         print(f"real spotting {name}: said digits {said}, spotted {found} ({text!r})")
-
-
-def save_state_dict(model: nn.Module, out: Path) -> int:
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, out)
-    return len(buffer.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,12 +13,10 @@ deterministic from the seed on one machine (fixed threads, deterministic kernels
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -26,6 +24,7 @@ from tqdm import tqdm
 from testbed import plugins
 from testbed.deepcod.model import DeepCOD
 from testbed.errors import TestbedError
+from testbed.training import save_reproducibly, seed_everything
 
 RECONSTRUCTION_WEIGHT = 10.0
 LOGIT_WEIGHT = 1.0
@@ -42,10 +41,7 @@ def artefact_path(plugin, ratio: float) -> Path:
 
 
 def train(plugin, ratio, centres, epochs, seed, lr, batch_size, threads, limit=None, width=64):
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(threads)
+    seed_everything(seed, threads)
     model = plugin.load_model()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -119,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
               "epochs": args.epochs, "seed": args.seed, "lr": args.lr,
               "batch_size": args.batch_size, "threads": args.threads, "limit": args.limit or 0,
               "in_channels": plugin.input_spec.shape[0], "width": args.width}  # fmt: skip
-    buffer = io.BytesIO()  # through memory: the file's bytes must not depend on its name
-    torch.save({"config": config, "state_dict": deepcod.state_dict()}, buffer)
-    out.write_bytes(buffer.getvalue())
+    save_reproducibly({"config": config, "state_dict": deepcod.state_dict()}, out)
     print(f"{plugin.metric} through DeepCOD {100 * score:.2f}% (unsplit model {100 * unsplit:.2f}%) "
           f"on {min(2000, len(plugin.test_data()))} test samples; {time.monotonic() - started:.0f} s; "
           f"wrote {out}")  # fmt: skip

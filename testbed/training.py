@@ -1,0 +1,53 @@
+"""What every training command of the project shares: seeding for byte-reproducible
+weights on one machine, counting correct predictions, and saving a state dict.
+
+Reproducibility on CPU needs every random draw seeded, deterministic kernels, and a
+fixed thread count (a different split of a reduction changes the rounding); saving
+goes through memory because `torch.save` to a file stores the file's name inside the
+archive, and the rename makes an interrupted run leave no half-written file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def seed_everything(seed: int, threads: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(threads)
+
+
+@torch.inference_mode()
+def count_correct(plugin, model: nn.Module, data, batch_size: int = 1000) -> int:
+    model.eval()
+    correct = 0
+    for start in range(0, len(data), batch_size):
+        x = plugin.to_tensor(data.inputs[start : start + batch_size])
+        y = torch.from_numpy(data.labels[start : start + batch_size])
+        correct += int((model(x).argmax(dim=1) == y).sum())
+    return correct
+
+
+def save_reproducibly(state: dict, out: Path) -> int:
+    """Write `state` (torch.save-able) to `out` atomically; return its size in bytes."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, out)
+    return len(buffer.getvalue())
+
+
+def save_state_dict(model: nn.Module, out: Path) -> int:
+    return save_reproducibly(model.state_dict(), out)
