@@ -15,6 +15,7 @@ import torch
 from plugins.fashion_cnn.data import ENV_VAR, load_split, read_idx
 from testbed import plugins
 from testbed.errors import PluginError
+from testbed.training import count_correct
 
 INSTALL = "apt-get install dataset-fashion-mnist"
 
@@ -86,13 +87,7 @@ def test_load_model(plugin):
 
 
 def test_weights_accuracy(plugin, test_data):
-    model = plugin.load_model()
-    correct = 0
-    with torch.inference_mode():
-        for start in range(0, len(test_data), 1000):
-            x = plugin.to_tensor(test_data.inputs[start : start + 1000])
-            y = torch.from_numpy(test_data.labels[start : start + 1000])
-            correct += int((model(x).argmax(dim=1) == y).sum())
+    correct = count_correct(plugin, plugin.load_model(), test_data)
     assert correct / len(test_data) >= 0.89
 
 
