@@ -51,3 +51,25 @@ def save_reproducibly(state: dict, out: Path) -> int:
 
 def save_state_dict(model: nn.Module, out: Path) -> int:
     return save_reproducibly(model.state_dict(), out)
+
+
+def parse_arguments(
+    argv, *, prog: str, doc: str, out: Path, epochs: int, batch_size: int, threads: int
+):
+    """The options every plugin's training command takes, with its own defaults."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=out, help="default: %(default)s")
+    parser.add_argument(
+        "--threads", type=int, default=threads,
+        help="fixed for reproducibility (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.threads < 1 or args.batch_size < 1:
+        parser.error("--epochs, --threads and --batch-size must be positive")
+    return args

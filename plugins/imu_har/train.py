@@ -9,17 +9,15 @@ that the file's bytes do not depend on its name.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from plugins.imu_har import WEIGHTS, make_plugin
-from testbed.training import count_correct, save_state_dict, seed_everything
+from testbed.training import count_correct, parse_arguments, save_state_dict, seed_everything
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -70,20 +68,10 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m plugins.imu_har.train", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=WEIGHTS, help="default: %(default)s")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="fixed for reproducibility (default: %(default)s)"
-    )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    args = parser.parse_args(argv)
-    if args.epochs < 1 or args.threads < 1 or args.batch_size < 1:
-        parser.error("--epochs, --threads and --batch-size must be positive")
+    args = parse_arguments(
+        argv, prog="python -m plugins.imu_har.train", doc=__doc__, out=WEIGHTS,
+        epochs=30, batch_size=64, threads=1,
+    )  # fmt: skip
 
     started = time.monotonic()
     model, correct, total = train(args.epochs, args.seed, args.threads, args.batch_size, args.lr)

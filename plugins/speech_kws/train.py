@@ -10,10 +10,8 @@ of pocketsphinx-testdata (see `data.real_digit_words` and `spot`), a report only
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +21,7 @@ from tqdm import tqdm
 from plugins.speech_kws import WEIGHTS, make_plugin
 from plugins.speech_kws.synth import CLASSES, SAMPLE_RATE, SILENCE, UNKNOWN, make_plan
 from testbed.plugin_api import Dataset, Plugin
-from testbed.training import save_state_dict, seed_everything
+from testbed.training import parse_arguments, save_state_dict, seed_everything
 
 MAX_SHIFT = SAMPLE_RATE // 10  # time shifts of up to +-100 ms during training
 
@@ -130,20 +128,10 @@ def real_speech_report(plugin: Plugin, model: nn.Module) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m plugins.speech_kws.train", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=WEIGHTS, help="default: %(default)s")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="fixed for reproducibility (default: %(default)s)"
-    )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    args = parser.parse_args(argv)
-    if args.epochs < 1 or args.threads < 1 or args.batch_size < 1:
-        parser.error("--epochs, --threads and --batch-size must be positive")
+    args = parse_arguments(
+        argv, prog="python -m plugins.speech_kws.train", doc=__doc__, out=WEIGHTS,
+        epochs=20, batch_size=64, threads=1,
+    )  # fmt: skip
 
     started = time.monotonic()
     model = train(args.epochs, args.seed, args.threads, args.batch_size, args.lr)
