@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from testbed import offloaders, plugins
+from testbed.bandwidth import LinkEstimate
 from testbed.offloaders.base import PhaseTimer, warm_kernels
 from testbed.protocol import (
     HEADER,
@@ -94,12 +95,16 @@ class EdgeLink:
                 return send_ns, reply
 
 
-def run_request(link: EdgeLink, offloader, index: int, request: int, sample) -> dict:
+def run_request(
+    link: EdgeLink, offloader, index: int, request: int, sample, estimate: LinkEstimate
+) -> dict:
     record = {"device_ms": 0.0, "encode_ms": 0.0, "uplink_ms": 0.0, "decode_ms": 0.0}
     record.update({"edge_ms": 0.0, "downlink_ms": 0.0, "bytes_up": 0, "bytes_down": 0})
+    record["est_uplink_mbps"] = estimate.uplink_mbps  # what the device believed, before
     timer = PhaseTimer()
     start = time.monotonic_ns()
     result = offloader.device(sample, timer)
+    record["choice"] = json.dumps(result.choice, sort_keys=True) if result.choice else ""
     record["device_ms"] = timer.ms.get("device", 0.0)
     record["encode_ms"] = timer.ms.get("encode", 0.0)
     prediction, status, error = result.prediction, "ok", ""
@@ -119,6 +124,7 @@ def run_request(link: EdgeLink, offloader, index: int, request: int, sample) -> 
                     reply.payload
                 )
                 record["uplink_ms"] = (recv_ns - send_ns) / 1e6
+                estimate.observe_upload(len(frame), record["uplink_ms"])
                 record["decode_ms"] = decode_ms
                 record["edge_ms"] = edge_ms
                 record["downlink_ms"] = (reply.received_ns - sent_ns) / 1e6
@@ -145,11 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     data = plugin.test_data()
     built = [offloaders.get(o["name"])(plugin, model, **o["params"]) for o in job["offloaders"]]
     kernels_s = warm_kernels(type(o) for o in built)
+    started = time.monotonic()
+    for offloader in built:  # profiling on this (CPU-limited) host; calibration is cached
+        offloader.prepare("device")
+    prepare_s = time.monotonic() - started
     hello = {"plugin": job["plugin"], "offloaders": job["offloaders"]}
     link = EdgeLink(job["edge_host"], job["edge_port"], hello, job["timeout_s"])
     link.open()
-    meta = {"rtt_ms": link.rtt_ms(job["pings"]), "offloaders": link.described,
-            "device_kernel_warmup_s": kernels_s}  # fmt: skip
+    estimate = LinkEstimate()
+    estimate.observe_rtt(link.rtt_ms(job["pings"]))
+    for offloader, edge_half in zip(built, link.described, strict=True):
+        offloader.connect(edge_half, estimate)
+    meta = {"rtt_ms": estimate.rtt_ms, "offloaders": link.described,
+            "device_offloaders": [o.describe() for o in built],
+            "device_kernel_warmup_s": kernels_s, "device_prepare_s": prepare_s}  # fmt: skip
     Path(job["meta"]).write_text(json.dumps(meta))
 
     request = 0
@@ -157,11 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         for index, (spec, offloader) in enumerate(zip(job["offloaders"], built, strict=True)):
             for _ in range(job["warmup"]):  # first calls pay allocation and JIT costs
                 request += 1
-                run_request(link, offloader, index, request, data.inputs[job["samples"][0]])
+                first = data.inputs[job["samples"][0]]
+                run_request(link, offloader, index, request, first, estimate)
             for sample in job["samples"]:
                 request += 1
                 try:
-                    record = run_request(link, offloader, index, request, data.inputs[sample])
+                    record = run_request(
+                        link, offloader, index, request, data.inputs[sample], estimate
+                    )
                 except (ProtocolError, OSError, RuntimeError) as exc:
                     record = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
                     link.open()

@@ -102,6 +102,8 @@ class Session:
                 name = str(item["name"])
                 params = offloaders.validate_params(name, dict(item.get("params", {})))
                 built.append(offloaders.get(name)(plugin, model, **params))
+            for offloader in built:  # e.g. stage profiles, sent back in the reply
+                offloader.prepare("edge")
         except (KeyError, TypeError, ValueError, TestbedError) as exc:
             return encode_error(ErrorCode.BAD_HELLO, f"bad HELLO: {type(exc).__name__}: {exc}")
         self.offloaders = built

@@ -15,12 +15,15 @@ import numpy as np
 REQUEST_COLUMNS = [
     "offloader", "request", "sample", "device_ms", "encode_ms", "uplink_ms", "decode_ms",
     "edge_ms", "downlink_ms", "total_ms", "bytes_up", "bytes_down", "prediction", "label",
-    "correct", "agrees", "status", "error",
+    "correct", "agrees", "status", "error", "choice", "est_uplink_mbps",
 ]  # fmt: skip
 SUMMARY_COLUMNS = [
     "offloader", "n", "p50_ms", "p95_ms", "p99_ms", "mean_bytes_up", "accuracy",
-    "accuracy_drop_pp", "speedup_vs_raw", "failed",
+    "accuracy_drop_pp", "speedup_vs_raw", "failed", "p50_device_ms", "p50_encode_ms",
+    "p50_uplink_ms", "choice",
 ]  # fmt: skip
+# what a choice says about the request's configuration (the rest is prediction)
+CHOICE_KEYS = ("split", "bits", "quality")
 
 
 TRAFFIC_COLUMNS = [
@@ -96,6 +99,10 @@ def summarize(
                 "accuracy_drop_pp": (reference_score - score) * 100,
                 "speedup_vs_raw": "",
                 "failed": len(mine) - len(ok),
+                "p50_device_ms": _pct(_column(ok, "device_ms"), 50),
+                "p50_encode_ms": _pct(_column(ok, "encode_ms"), 50),
+                "p50_uplink_ms": _pct(_column(ok, "uplink_ms"), 50),
+                "choice": _common_choice(ok),
             }
         )
     raw = next((s for s in summary if s["offloader"] == "raw"), None)
@@ -106,6 +113,26 @@ def summarize(
     return summary
 
 
+def _column(rows: list[dict], key: str) -> np.ndarray:
+    return np.array([float(r[key]) for r in rows if r.get(key, "") != ""])
+
+
+def _common_choice(rows: list[dict]) -> str:
+    """The most frequent configuration adaptive offloaders chose, with its share:
+    `split=4 bits=3 (28/30)`; empty for offloaders that choose nothing."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        if not row.get("choice"):
+            continue
+        choice = json.loads(row["choice"])
+        text = " ".join(f"{k}={choice[k]}" for k in CHOICE_KEYS if k in choice)
+        counts[text] = counts.get(text, 0) + 1
+    if not counts:
+        return ""
+    text, count = max(counts.items(), key=lambda item: item[1])
+    return f"{text} ({count}/{len(rows)})" if count < len(rows) else text
+
+
 def _pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
@@ -113,14 +140,15 @@ def _pct(values: np.ndarray, q: float) -> float:
 def table(summary: list[dict]) -> str:
     """The summary as a Markdown table (also readable in a terminal)."""
     head = ["offloader", "n", "p50 ms", "p95 ms", "p99 ms", "bytes up", "accuracy", "drop pp"]
-    head.append("vs raw")
+    head += ["vs raw", "encode ms", "choice"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
         speed = f"{s['speedup_vs_raw']:.2f}x" if s["speedup_vs_raw"] != "" else "-"
         cells = [
             s["offloader"], str(s["n"]), f"{s['p50_ms']:.1f}", f"{s['p95_ms']:.1f}",
             f"{s['p99_ms']:.1f}", f"{s['mean_bytes_up']:.0f}", f"{100 * s['accuracy']:.1f}%",
-            f"{s['accuracy_drop_pp']:+.2f}", speed,
+            f"{s['accuracy_drop_pp']:+.2f}", speed, f"{s['p50_encode_ms']:.2f}",
+            s["choice"] or "-",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -112,8 +112,11 @@ class Decoder(nn.Module):
     works at the measurements' resolution, where its cost (quadratic in positions)
     stays small: 56x56 for a 224x224 image."""
 
-    def __init__(self, measurements: int, out_channels: int, width: int = 64) -> None:
+    def __init__(
+        self, measurements: int, out_channels: int, width: int = 64, bounded: bool = True
+    ) -> None:
         super().__init__()
+        # inputs live in [0, 1] (a sigmoid); a split's features are unbounded (identity)
         self.net = nn.Sequential(
             spectral_norm(nn.Conv2d(measurements, width, 3, padding=1)),
             SelfAttention(width),
@@ -122,7 +125,7 @@ class Decoder(nn.Module):
             nn.BatchNorm2d(width // 2),
             nn.ReLU(),
             spectral_norm(nn.Conv2d(width // 2, out_channels, 3, padding=1)),
-            nn.Sigmoid(),
+            nn.Sigmoid() if bounded else nn.Identity(),
         )
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
@@ -130,12 +133,49 @@ class Decoder(nn.Module):
 
 
 class DeepCOD(nn.Module):
-    def __init__(self, in_channels: int, ratio: float = 0.1, centres: int = 8, width: int = 64):
+    """`bounded=False` where DeepCOD encodes a split's features instead of the input."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        ratio: float = 0.1,
+        centres: int = 8,
+        width: int = 64,
+        bounded: bool = True,
+    ):
         super().__init__()
         self.ratio = ratio
         self.encoder = SamplingEncoder(in_channels, ratio)
         self.quantizer = SoftToHardQuantizer(centres)
-        self.decoder = Decoder(self.encoder.out_channels, in_channels, width)
+        self.decoder = Decoder(self.encoder.out_channels, in_channels, width, bounded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.quantizer(self.encoder(x)))
+
+
+class Critic(nn.Module):
+    """WGAN-GP critic for the optional adversarial loss: strided convolutions to one
+    score per sample. No batch norm (the gradient penalty is per sample)."""
+
+    def __init__(self, in_channels: int, width: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, width, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 1, 3, padding=1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+def gradient_penalty(critic: Critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """(||grad critic(mix)|| - 1)^2 on random mixes of real and fake (Gulrajani et al.)."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1)
+    mix = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(mix).sum(), mix, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()

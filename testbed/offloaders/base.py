@@ -51,10 +51,12 @@ class _Phase:
 
 @dataclass
 class DeviceResult:
-    """What the device half produced: a payload to send, or a final prediction."""
+    """What the device half produced: a payload to send, or a final prediction; `choice`
+    says what an adaptive offloader chose for this request (split, bits...), recorded."""
 
     payload: bytes | None = None
     prediction: int | None = None
+    choice: dict[str, Any] | None = None
 
 
 class Offloader(ABC):
@@ -69,7 +71,8 @@ class Offloader(ABC):
     def __init__(self, plugin, model, **params) -> None:
         self.plugin = plugin
         self.model = model  # torch Sequential of the plugin's stages, eval mode
-        self.config = params
+        # defaults filled here too, for callers that skip validate_params (tests, scripts)
+        self.config = {key: spec.default for key, spec in self.params.items()} | params
 
     @abstractmethod
     def device(self, sample: np.ndarray, timer: PhaseTimer) -> DeviceResult:
@@ -78,6 +81,25 @@ class Offloader(ABC):
     def edge(self, payload: bytes, timer: PhaseTimer) -> int:
         """Edge half: phases `decode` and `edge`. Raise ValueError on a malformed payload."""
         raise NotImplementedError(f"{self.name} sends nothing to the edge")
+
+    def calibrate(self) -> None:
+        """Measure what the device half's choices cost in accuracy and bytes
+        (`testbed.calibration`, cached on disk). The runner calls it at full speed
+        before the hosts start, so that the device's own call only reads the cache."""
+        return None  # most offloaders have nothing to calibrate
+
+    def prepare(self, side: str) -> None:
+        """Measurements that belong to the host running this half (`side` is "device"
+        or "edge"): stage profiling, then calibration on the device. The agents call it
+        once after construction; the runner, which constructs offloaders to check their
+        artefacts, does not."""
+        if side == "device":
+            self.calibrate()
+
+    def connect(self, edge: dict[str, Any], link) -> None:
+        """Device half only, after HELLO: `edge` is the edge half's `describe()` (e.g. its
+        profile), `link` the run's `testbed.bandwidth.LinkEstimate`."""
+        return None  # only adaptive offloaders use them
 
     def describe(self) -> dict[str, Any]:
         """What this instance used (split, bits, quality...), recorded with the results."""

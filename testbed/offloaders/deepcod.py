@@ -1,9 +1,11 @@
-"""`deepcod`: DeepCOD on the input (Yao et al., SenSys 2020).
+"""`deepcod`: DeepCOD (Yao et al., SenSys 2020), on the input or after a split point.
 
 Device (`encode` phase): the learned sampling convolution, nearest-centre quantization
-and entropy coding by the Numba kernels. Edge (`decode` phase): entropy decoding, the
-centres' values, the decoder back to the input's space; then (`edge`) the plugin's
-unmodified model. The networks come from `python -m testbed.deepcod.train`.
+and entropy coding by the Numba kernels; with `split: k` the device first runs
+stages[:k] (`device` phase) and DeepCOD encodes their features. Edge (`decode` phase):
+entropy decoding, the centres' values, the decoder back to the input's (or the
+features') space; then (`edge`) the plugin's unmodified model (stages[k:]). The
+networks come from `python -m testbed.deepcod.train`.
 """
 
 from __future__ import annotations
@@ -16,41 +18,59 @@ from testbed.deepcod.train import artefact_path
 from testbed.errors import PluginError
 from testbed.offloaders import register
 from testbed.offloaders.base import DeviceResult, Offloader, Param
+from testbed.offloaders.split import feature_shape
 
 
 @register
 class DeepCODOffloader(Offloader):
     name = "deepcod"
     description = "learned sampling encoder + quantizer + entropy coding, decoder on the edge"
-    params = {"ratio": Param(float, 0.1, "a number > 0 and <= 1", lambda r: 0 < r <= 1)}  # noqa: RUF012
+    params = {  # noqa: RUF012
+        "ratio": Param(float, 0.1, "a number > 0 and <= 1", lambda r: 0 < r <= 1),
+        "split": Param(
+            int, 0, "0 (the input) or one of the plugin's split points", lambda k: k >= 0
+        ),
+    }
     uses_kernels = True
 
     def __init__(self, plugin, model, **params) -> None:
         super().__init__(plugin, model, **params)
         from kernels import quantize
 
-        path = artefact_path(plugin, params["ratio"])
+        self.split = split = self.config["split"]
+        if split and split not in plugin.split_points:
+            raise PluginError(
+                f"deepcod: split {split} is not a split point of plugin {plugin.name!r} "
+                f"({', '.join(map(str, plugin.split_points))}; 0 for the input)"
+            )
+        path = artefact_path(plugin, self.config["ratio"], split)
         if not path.is_file():
+            at = f" --split {split}" if split else ""
             raise PluginError(
                 f"deepcod: no trained networks for plugin {plugin.name!r} at ratio "
-                f"{params['ratio']:g} ({path}); train them with: python -m testbed.deepcod.train "
-                f"--plugin {plugin.name} --ratio {params['ratio']:g}"
+                f"{self.config['ratio']:g}{f' after split {split}' if split else ''} ({path}); "
+                f"train them with: python -m testbed.deepcod.train --plugin {plugin.name} "
+                f"--ratio {self.config['ratio']:g}{at}"
             )
         saved = torch.load(path, map_location="cpu", weights_only=True)
         config = saved["config"]
         self.networks = DeepCOD(config["in_channels"], config["ratio"], config["centres"],
-                                config.get("width", 64))  # fmt: skip
+                                config.get("width", 64), bounded=split == 0)  # fmt: skip
         self.networks.load_state_dict(saved["state_dict"])
         self.networks.eval()
         self.codebook = quantize.Codebook(self.networks.quantizer.centres.detach().numpy())
-        h, w = plugin.input_spec.shape[1:]
+        h, w = feature_shape(plugin, split)[1:]
         self.shape = (1, self.networks.encoder.out_channels, h // 4, w // 4)
 
     def device(self, sample, timer):
         from kernels import entropy, quantize
 
+        if self.split:
+            with timer.phase("device"), torch.inference_mode():
+                x = self.model[: self.split](self.plugin.to_tensor(sample[None]))
         with timer.phase("encode"), torch.inference_mode():
-            y = self.networks.encoder(self.plugin.to_tensor(sample[None])).numpy()
+            x = x if self.split else self.plugin.to_tensor(sample[None])
+            y = self.networks.encoder(x).numpy()
             indices = quantize.nearest_centre(y, self.codebook)
             payload = entropy.encode(indices)
         return DeviceResult(payload=payload)
@@ -70,7 +90,7 @@ class DeepCODOffloader(Offloader):
             y = quantize.centre_values(indices, self.codebook)
             recon = self.networks.decoder(torch.from_numpy(np.ascontiguousarray(y)))
         with timer.phase("edge"), torch.inference_mode():
-            logits = self.model(recon)
+            logits = self.model[self.split :](recon)
         return int(logits.argmax(dim=1)[0])
 
     def describe(self):

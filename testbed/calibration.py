@@ -1,0 +1,117 @@
+"""Accuracy and size of an offloader's options, measured once and cached.
+
+An adaptive offloader must know, before it runs, what each option (a JPEG quality,
+a split with k-bit features) costs in accuracy and in bytes. That is measured here on
+a calibration set drawn from the plugin's *train* split (never the test samples the
+scenario is scored on): the option's predictions against the labels (or, for
+plugins without labels, against the unsplit model), as a drop in percentage points
+from the unsplit model on the same samples, and its mean payload size.
+
+The runner calibrates at full speed before the hosts start; the results go to the
+testbed cache, keyed by everything they depend on (the model's weights, the option,
+the calibration set), so the CPU-limited device agent only reads them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from testbed.cache import cache_dir
+
+VERSION = 1
+BATCH = 32
+
+
+@dataclass(frozen=True)
+class Score:
+    drop_pp: float  # points below the unsplit model on the calibration set
+    mean_bytes: float
+
+
+def file_digest(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+class Calibrator:
+    """Scores options of one family (`jpeg`, `jalad`...) for one plugin and model.
+
+    `run(option, inputs)` takes a batch of raw inputs and returns (logits, payload
+    sizes); `identity` names whatever else the scores depend on (an artefact's digest).
+    """
+
+    def __init__(self, plugin, model, family: str, run: Callable, count: int = 200,
+                 identity: str = "") -> None:  # fmt: skip
+        self.plugin, self.model, self.run = plugin, model, run
+        weights = plugin.artefacts.get("weights")
+        key = json.dumps([VERSION, plugin.name, family, count, identity,
+                          file_digest(weights) if weights else ""])  # fmt: skip
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        self.path = cache_dir("calibration") / f"{plugin.name}-{family}-{digest}.json"
+        self.count = count
+        self._scores: dict[str, Score] = {}
+        self._data = None
+        if self.path.is_file():
+            try:
+                saved = json.loads(self.path.read_text())
+                self._scores = {k: Score(**v) for k, v in saved["scores"].items()}
+            except (ValueError, KeyError, TypeError):
+                self._scores = {}  # a damaged cache file is measured again
+
+    def _calibration_set(self):
+        """The first `count` of a seeded permutation of the train split, the unsplit
+        model's predictions on them, and its score there."""
+        if self._data is None:
+            data = self.plugin.train_data()
+            order = np.random.default_rng(0).permutation(len(data))[: self.count]
+            inputs, labels = data.inputs[order], data.labels[order]
+            reference = self._predict(lambda x: (self.model(self.plugin.to_tensor(x)), []), inputs)[
+                0
+            ]
+            truth = labels if self.plugin.metric == "accuracy" else reference
+            self._data = (inputs, truth, float(np.mean(reference == truth)))
+        return self._data
+
+    @torch.inference_mode()
+    def _predict(self, run, inputs) -> tuple[np.ndarray, list[int]]:
+        predictions, sizes = [], []
+        for start in range(0, len(inputs), BATCH):
+            logits, batch_sizes = run(inputs[start : start + BATCH])
+            predictions.append(logits.argmax(dim=1).numpy())
+            sizes += list(batch_sizes)
+        return np.concatenate(predictions), sizes
+
+    def score(self, option: Hashable) -> Score:
+        key = json.dumps(option)
+        if key not in self._scores:
+            inputs, truth, reference_score = self._calibration_set()
+            predictions, sizes = self._predict(lambda x: self.run(option, x), inputs)
+            drop = 100 * (reference_score - float(np.mean(predictions == truth)))
+            self._scores[key] = Score(round(drop, 4), float(np.mean(sizes)) if sizes else 0.0)
+            self._save()
+        return self._scores[key]
+
+    def lowest(self, options: list, max_drop_pp: float):
+        """The first option (in the order given, cheapest first) within the bound, and
+        its score; the last option and its score when none is."""
+        for option in options:
+            score = self.score(option)
+            if score.drop_pp <= max_drop_pp:
+                return option, score
+        return options[-1], self.score(options[-1])
+
+    def _save(self) -> None:
+        tmp = self.path.with_name(self.path.name + f".{id(self)}.tmp")
+        scores = {k: vars(v) for k, v in self._scores.items()}
+        tmp.write_text(json.dumps({"plugin": self.plugin.name, "scores": scores}, indent=1))
+        Path(tmp).replace(self.path)

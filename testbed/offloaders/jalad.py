@@ -1,0 +1,90 @@
+"""`jalad`: Li et al., ICPADS 2018. A split plus k-bit quantization of the features
+(per-tensor min/max) and entropy coding (Huffman, the kernels). Each split's smallest
+k whose accuracy drop stays within `max_drop_pp` is found once on a calibration set
+(`testbed.calibration`); per request, the (split, k) with the lowest predicted latency
+at the estimated bandwidth runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from testbed.calibration import Calibrator
+from testbed.offloaders import register
+from testbed.offloaders.adaptive import PRIOR, AdaptiveSplit
+from testbed.offloaders.base import DeviceResult, Param
+from testbed.offloaders.split import Candidate, pack_coded, run_head, run_tail, unpack_coded
+from testbed.protocol import HEADER
+
+BITS = tuple(range(1, 9))
+
+
+@register
+class JALAD(AdaptiveSplit):
+    name = "jalad"
+    description = "split + k-bit feature quantization + entropy coding, within an accuracy bound"
+    params = {  # noqa: RUF012
+        "prior_mbps": PRIOR,
+        "max_drop_pp": Param(float, 1.0, "a number of points >= 0", lambda v: v >= 0),
+        "calibration_samples": Param(int, 200, "an integer >= 10", lambda v: v >= 10),
+    }
+    uses_kernels = True
+
+    def __init__(self, plugin, model, **params) -> None:
+        super().__init__(plugin, model, **params)
+        self.options: list[dict[str, Any]] | None = None
+
+    def _run(self, option, inputs):
+        split, bits = option
+        x = self.plugin.to_tensor(inputs)
+        features = self.model[:split](x).numpy()
+        sizes, restored = [], []
+        for one in features:
+            payload = pack_coded(split, bits, one)
+            sizes.append(HEADER.size + len(payload))
+            restored.append(unpack_coded(self.plugin, payload, {split})[2])
+        return self.model[split:](torch.from_numpy(np.stack(restored))), sizes
+
+    def calibrate(self) -> None:
+        if self.options is not None:
+            return
+        calibrator = Calibrator(self.plugin, self.model, "jalad", self._run,
+                                self.config["calibration_samples"])  # fmt: skip
+        options = []
+        for split in self.plugin.split_points:
+            (_, bits), score = calibrator.lowest([[split, b] for b in BITS],
+                                                 self.config["max_drop_pp"])  # fmt: skip
+            options.append({"split": split, "bits": bits, "drop_pp": score.drop_pp,
+                            "mean_bytes": round(score.mean_bytes, 1),
+                            "within_bound": score.drop_pp <= self.config["max_drop_pp"]})  # fmt: skip
+        self.options = options
+
+    def candidates(self) -> list[Candidate]:
+        self.calibrate()
+        within = [o for o in self.options if o["within_bound"]]
+        # no split meets the bound: fall back to 8 bits everywhere (recorded in describe)
+        chosen = within or [{**o, "bits": 8} for o in self.options]
+        return [Candidate(o["split"], o["mean_bytes"], o["bits"]) for o in chosen]
+
+    def device(self, sample, timer):
+        best, choice = self.choose()
+        with timer.phase("device"):
+            features = run_head(self.plugin, self.model, sample, best.split)
+        with timer.phase("encode"):
+            payload = pack_coded(best.split, best.bits, features)
+        return DeviceResult(payload=payload, choice=choice)
+
+    def edge(self, payload, timer):
+        with timer.phase("decode"):
+            split, _, features = unpack_coded(self.plugin, payload, set(self.plugin.split_points))
+        with timer.phase("edge"):
+            return run_tail(self.model, features, split)
+
+    def describe(self):
+        out = super().describe()
+        if self.options is not None:
+            out["options"] = self.options
+        return out

@@ -1,0 +1,58 @@
+"""The adaptive offloaders through the real agents on an emulated link: the device's
+bandwidth estimate against the configured rate, and the splits chosen from it."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from tests.mininet_utils import needs_mininet, write_scenario
+from tests.test_e2e_mininet import read_csv, run_cli
+
+pytestmark = [needs_mininet, pytest.mark.mininet]
+
+
+def test_estimate_and_choices_follow_the_link(tmp_path):
+    """speech_kws sends 32 KB of raw audio: at 2 Mbit/s about 130 ms on the wire, plenty
+    for the estimate; raw runs first, so the adaptive offloaders start informed."""
+    scenario = write_scenario(
+        tmp_path / "adaptive.yaml",
+        model="speech_kws",
+        samples=12,
+        device={"cpu": 0.5},
+        network={
+            "uplink": {"bandwidth_mbps": 2, "delay_ms": 10},
+            "downlink": {"bandwidth_mbps": 2, "delay_ms": 10},
+        },
+        offloaders=["raw", "local", "neurosurgeon", "jalad"],
+    )
+    out = tmp_path / "out"
+    proc = run_cli(scenario, "--out", out, "--skip-fidelity")
+    assert proc.returncode == 0, proc.stderr
+    requests = read_csv(out / "requests.csv")
+    rows = {r["offloader"]: r for r in read_csv(out / "summary.csv")}
+    assert all(rows[name]["failed"] == "0" for name in rows), rows
+    # goodput of the frames: 2 Mbit/s less the TCP/IP/Ethernet headers (1448 of 1514)
+    estimates = [float(r["est_uplink_mbps"]) for r in requests if r["offloader"] == "local"]
+    assert estimates and all(e == pytest.approx(2 * 0.956, rel=0.12) for e in estimates), estimates
+
+    neuro = [r for r in requests if r["offloader"] == "neurosurgeon"]
+    choices = [json.loads(r["choice"]) for r in neuro]
+    assert all(c["est_mbps"] == pytest.approx(2 * 0.956, rel=0.12) for c in choices), choices
+    # what it chose was no slower than the better of its two extremes, measured
+    best_fixed = min(float(rows["raw"]["p50_ms"]), float(rows["local"]["p50_ms"]))
+    assert float(rows["neurosurgeon"]["p50_ms"]) < 1.25 * best_fixed, rows
+    assert float(rows["neurosurgeon"]["accuracy_drop_pp"]) == 0  # float32: nothing lost
+
+    jalad = [json.loads(r["choice"]) for r in requests if r["offloader"] == "jalad"]
+    assert all(1 <= c["bits"] <= 8 and c["split"] in (1, 2, 3, 4) for c in jalad), jalad
+    jalad_bytes = statistics.median(
+        int(r["bytes_up"]) for r in requests if r["offloader"] == "jalad"
+    )
+    assert jalad_bytes < float(rows["raw"]["mean_bytes_up"]) / 4
+    agree = [int(r["agrees"]) for r in requests if r["offloader"] == "jalad"]
+    assert sum(agree) >= len(agree) - 2, agree  # a 1-point bound on calibration data
+    env = json.loads((out / "environment.json").read_text())
+    assert len(env["offloaders"][2]["edge_stage_ms"]) == 5
