@@ -103,12 +103,20 @@ class Calibrator:
 
     def lowest(self, options: list, max_drop_pp: float):
         """The first option (in the order given, cheapest first) within the bound, and
-        its score; the last option and its score when none is."""
-        for option in options:
-            score = self.score(option)
-            if score.drop_pp <= max_drop_pp:
-                return option, score
-        return options[-1], self.score(options[-1])
+        its score; the last option and its score when none is. A bisection: the options
+        are ordered by fidelity, so the drop falls along them (up to the calibration
+        set's noise), and 20 JPEG qualities cost 5 measurements instead of up to 20."""
+        last = self.score(options[-1])
+        if last.drop_pp > max_drop_pp:
+            return options[-1], last
+        lo, hi = 0, len(options) - 1  # options[hi] is within the bound
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.score(options[mid]).drop_pp <= max_drop_pp:
+                hi = mid
+            else:
+                lo = mid + 1
+        return options[lo], self.score(options[lo])
 
     def _save(self) -> None:
         tmp = self.path.with_name(self.path.name + f".{id(self)}.tmp")

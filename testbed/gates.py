@@ -17,7 +17,8 @@ _COMPARE = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
 _ALLOWED = (ast.Expression, ast.Compare, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Constant,
             ast.Name, ast.Load, ast.USub, ast.And, ast.Or, *_BINARY, *_COMPARE)  # fmt: skip
 METRICS = ("n", "p50_ms", "p95_ms", "p99_ms", "mean_bytes_up", "accuracy", "accuracy_drop_pp",
-           "speedup_vs_raw", "failed")  # fmt: skip
+           "speedup_vs_raw", "failed", "p50_device_ms", "p50_encode_ms",
+           "p50_uplink_ms")  # fmt: skip
 
 
 class GateSyntaxError(ValueError):

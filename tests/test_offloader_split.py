@@ -8,7 +8,7 @@ import torch
 
 from testbed import offloaders, plugins
 from testbed.bandwidth import LinkEstimate
-from testbed.calibration import Calibrator
+from testbed.calibration import Calibrator, Score
 from testbed.offloaders.base import PhaseTimer
 from testbed.offloaders.split import (
     feature_shape,
@@ -192,3 +192,24 @@ def test_calibrator_scores_drops_against_the_unsplit_model(fashion):
     assert calibrator.lowest(["constant"], 1.0)[0] == "constant"  # none within: the last
     saved = json.loads(calibrator.path.read_text())
     assert set(saved["scores"]) == {'"same"', '"constant"'}
+
+
+def test_lowest_bisects_the_options(fashion):
+    plugin, model, _ = fashion
+    drops = dict(
+        zip(range(5, 101, 5), [40, 30, 20, 9, 5, 3, 2, 1.5, 1.0, 0.5] + [0] * 10, strict=True)
+    )
+    asked = []
+
+    class Fake(Calibrator):
+        def score(self, option):
+            asked.append(option)
+            return Score(drops[option], 0.0)
+
+    fake = Fake(plugin, model, "fake", run=None, count=10)
+    assert fake.lowest(list(drops), 1.0)[0] == 45
+    assert len(asked) <= 6  # 1 + log2(20), not 20
+    assert fake.lowest(list(drops), 0.0)[0] == 55
+    assert fake.lowest(list(drops), 100.0)[0] == 5
+    drops[100] = 2.0  # nothing within 1 point: the last option, the highest fidelity
+    assert fake.lowest(list(drops), 1.0) == (100, Score(2.0, 0.0))

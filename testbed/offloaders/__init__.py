@@ -49,6 +49,7 @@ def validate_params(name: str, given: dict[str, Any]) -> dict[str, Any]:
 # Importing the modules registers the offloaders, in the order listed.
 from testbed.offloaders import local, raw  # noqa: E402,F401,I001  (listing order)
 from testbed.offloaders import deepcod  # noqa: E402, F401
+from testbed.offloaders import image_codec  # noqa: E402, F401
 from testbed.offloaders import neurosurgeon, jalad  # noqa: E402, F401
 
 __all__ = ["DeviceResult", "Offloader", "Param", "PhaseTimer", "get", "names", "register"]

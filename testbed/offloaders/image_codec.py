@@ -1,0 +1,205 @@
+"""`jpeg` and `webp`: the device compresses the raw image with a standard codec
+(Pillow) and the edge decodes it and runs the whole model: the classic baselines
+DeepCOD is compared against.
+
+`quality: auto` picks, once per plugin and model, the lowest quality on a fixed ladder
+whose accuracy drop on a calibration set from the train split stays within
+`max_drop_pp` (`testbed.calibration`, cached on disk): a codec is then compared at the
+accuracy the scenario allows, not at an arbitrary setting that favours or hurts it.
+
+The edge treats the payload as untrusted network input: only the expected format's
+decoder is tried, and the header's size, mode and frame count are checked before any
+pixel is decoded, so a small payload cannot make the edge decode a huge image.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import PIL
+import torch
+from PIL import Image, features
+
+from testbed.calibration import Calibrator, Score
+from testbed.errors import EnvironmentMissing, PluginError
+from testbed.offloaders import register, validate_params
+from testbed.offloaders.base import DeviceResult, Offloader, Param
+
+# the qualities "auto" tries, cheapest first
+LADDER = tuple(range(5, 101, 5))
+
+
+def _is_quality(value: Any) -> bool:
+    if value == "auto":
+        return True
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100
+
+
+class ImageCodec(Offloader):
+    """What both codecs share; a subclass names the format and its fixed options."""
+
+    format: ClassVar[str]  # Pillow's format name, also what a payload must open as
+    feature: ClassVar[str]  # PIL.features name of the codec library
+    max_side: ClassVar[int]  # the largest width or height the format can hold
+    gray_mode: ClassVar[str]  # the mode a grayscale image travels in
+    # fixed, so that the same image and quality always give the same bytes
+    save_options: ClassVar[dict[str, Any]]
+    params: ClassVar[dict[str, Param]] = {
+        "quality": Param(object, "auto", 'an integer 1-100 or "auto"', _is_quality),
+        "max_drop_pp": Param(
+            float,
+            1.0,
+            'a finite number >= 0 (accuracy points "auto" may lose)',
+            lambda drop: 0 <= drop < math.inf,
+        ),
+        "calibration_samples": Param(int, 200, "an integer >= 1", lambda n: n >= 1),
+    }
+
+    def __init__(self, plugin, model, **params) -> None:
+        super().__init__(plugin, model, **validate_params(self.name, params))
+        spec = plugin.input_spec
+        if spec.dtype != "uint8" or len(spec.shape) != 3 or spec.shape[0] not in (1, 3):
+            raise PluginError(
+                f"{self.name}: plugin {plugin.name!r} takes {spec.describe()}; {self.name} "
+                f"needs an image: uint8 of shape (1, H, W) grayscale or (3, H, W) RGB"
+            )
+        channels, height, width = spec.shape
+        if not (1 <= height <= self.max_side and 1 <= width <= self.max_side):
+            raise PluginError(
+                f"{self.name}: plugin {plugin.name!r} images are {width}x{height}; "
+                f"{self.format} holds at most {self.max_side} pixels a side"
+            )
+        if not features.check(self.feature):
+            raise EnvironmentMissing(
+                f"{self.name}: this Pillow ({PIL.__version__}) was built without "
+                f"{self.format} support; install a Pillow wheel from PyPI"
+            )
+        self.shape = (channels, height, width)
+        self.wire_mode = "RGB" if channels == 3 else self.gray_mode
+        quality = self.config["quality"]
+        self.quality: int | None = None if quality == "auto" else quality
+        self.score: Score | None = None  # the chosen quality's calibration, under "auto"
+
+    # ------------------------------------------------------------------------- codec
+
+    def encode(self, sample: np.ndarray, quality: int) -> bytes:
+        pixels = np.ascontiguousarray(sample, dtype=np.uint8)
+        image = Image.fromarray(pixels[0] if self.shape[0] == 1 else pixels.transpose(1, 2, 0))
+        if image.mode != self.wire_mode:
+            image = image.convert(self.wire_mode)
+        buffer = io.BytesIO()
+        image.save(buffer, format=self.format, quality=quality, **self.save_options)
+        return buffer.getvalue()
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        """Payload -> uint8 pixels of the plugin's shape; ValueError for anything else."""
+        what = f"{self.name} payload"
+        if not payload:
+            raise ValueError(f"{what} is empty")
+        channels, height, width = self.shape
+        try:
+            image = Image.open(io.BytesIO(payload), formats=[self.format])
+        except Exception as exc:  # Pillow raises many kinds for foreign or damaged data
+            raise ValueError(
+                f"{what} of {len(payload)} bytes is not a {self.format} image "
+                f"({type(exc).__name__}: {exc})"
+            ) from None
+        with image:
+            if image.format != self.format:
+                raise ValueError(f"{what} is {image.format}, expected {self.format}")
+            if getattr(image, "n_frames", 1) != 1:
+                raise ValueError(f"{what} has {image.n_frames} frames, expected 1")
+            if image.size != (width, height):
+                raise ValueError(
+                    f"{what} is {image.size[0]}x{image.size[1]}, expected {width}x{height}"
+                )
+            if image.mode != self.wire_mode:
+                raise ValueError(f"{what} in mode {image.mode}, expected {self.wire_mode}")
+            try:
+                image.load()
+                pixels = np.array(image.convert("L") if channels == 1 else image)  # writable: torch
+            except Exception as exc:
+                raise ValueError(
+                    f"{what} of {len(payload)} bytes does not decode ({type(exc).__name__}: {exc})"
+                ) from None
+        pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+        if pixels.shape != self.shape or pixels.dtype != np.uint8:  # the checks above hold
+            raise ValueError(f"{what} decoded to {pixels.shape} {pixels.dtype}")
+        return pixels
+
+    # ------------------------------------------------------------------- calibration
+
+    def calibrator(self) -> Calibrator:
+        return Calibrator(
+            self.plugin,
+            self.model,
+            self.name,
+            self._run_option,
+            count=self.config["calibration_samples"],
+            # the bytes depend on the codec library as much as on the options
+            identity=f"Pillow {PIL.__version__} {self.feature} {features.version(self.feature)} "
+            f"{sorted(self.save_options.items())}",
+        )
+
+    def calibrate(self) -> None:
+        """Under "auto": the lowest quality on LADDER within `max_drop_pp` (the highest
+        when none is)."""
+        if self.config["quality"] != "auto" or self.score is not None:
+            return
+        self.quality, self.score = self.calibrator().lowest(
+            list(LADDER), self.config["max_drop_pp"]
+        )
+
+    def _run_option(self, quality: int, inputs: np.ndarray):
+        """The Calibrator's measurement: the batch through the codec, then the model."""
+        payloads = [self.encode(sample, quality) for sample in inputs]
+        decoded = np.stack([self.decode(payload) for payload in payloads])
+        return self.model(self.plugin.to_tensor(decoded)), [len(p) for p in payloads]
+
+    # ------------------------------------------------------------------------ halves
+
+    def device(self, sample, timer):
+        if self.quality is None:  # not prepared: calibrate (or read the cache) now
+            self.calibrate()
+        with timer.phase("encode"):
+            payload = self.encode(sample, self.quality)
+        return DeviceResult(payload=payload, choice={"quality": self.quality})
+
+    def edge(self, payload, timer):
+        with timer.phase("decode"):
+            pixels = self.decode(payload)
+        with timer.phase("edge"), torch.inference_mode():
+            logits = self.model(self.plugin.to_tensor(pixels[None]))
+        return int(logits.argmax(dim=1)[0])
+
+    def describe(self):
+        out = dict(self.config)
+        if self.score is not None:
+            out.update(
+                chosen_quality=self.quality,
+                calibration_drop_pp=self.score.drop_pp,
+                calibration_mean_bytes=round(self.score.mean_bytes, 1),
+            )
+        return out
+
+
+@register
+class Jpeg(ImageCodec):
+    name = "jpeg"
+    description = "input image as JPEG (Pillow), whole model on the edge"
+    format, feature, max_side, gray_mode = "JPEG", "jpg", 65_500, "L"
+    # optimized Huffman tables: still deterministic, and a third fewer bytes on small
+    # images, whose fixed tables would otherwise be much of the payload
+    save_options: ClassVar = {"optimize": True, "progressive": False, "subsampling": "4:2:0"}
+
+
+@register
+class WebP(ImageCodec):
+    name = "webp"
+    description = "input image as lossy WebP (Pillow, libwebp), whole model on the edge"
+    # lossy WebP has no grayscale: a gray image travels as RGB and is converted back
+    format, feature, max_side, gray_mode = "WEBP", "webp", 16_383, "RGB"
+    save_options: ClassVar = {"method": 4, "lossless": False}
