@@ -51,5 +51,6 @@ from testbed.offloaders import local, raw  # noqa: E402,F401,I001  (listing orde
 from testbed.offloaders import deepcod  # noqa: E402, F401
 from testbed.offloaders import image_codec  # noqa: E402, F401
 from testbed.offloaders import neurosurgeon, jalad  # noqa: E402, F401
+from testbed.offloaders import bottlenet  # noqa: E402, F401
 
 __all__ = ["DeviceResult", "Offloader", "Param", "PhaseTimer", "get", "names", "register"]

@@ -1,0 +1,187 @@
+"""Train a BottleNet bottleneck at a split point of a plugin's model:
+
+    python -m testbed.bottlenet.train --plugin fashion_cnn --split 2 [--channels 4] [--bits 4]
+        [--stride 2] [--epochs 3] [--seed 0] [--threads 2] [--limit N] [--out PATH]
+
+The plugin's model stays frozen; the device's stages[:split] run on the fly for every
+batch (nothing is precomputed: a large plugin's features would not fit in memory). The
+loss is the feature reconstruction error (relative to the features' mean square, so
+that one weight suits every plugin and split) plus the KL divergence between the
+softmax of the logits through the bottleneck and the unsplit model's, as DeepCOD's
+training; the k-bit rounding is in the forward pass (straight-through). The artefact,
+`bottlenet-s<split>-c<channels>-b<bits>[-x<stride>].pt` beside the plugin's code, holds
+the config and the state dict; the run is deterministic from the seed with fixed
+threads (the same `--threads` gives the same bytes; another count does not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from testbed import plugins
+from testbed.bottlenet.model import BottleNet, check_feature_shape, resolve_split
+from testbed.errors import TestbedError
+from testbed.training import save_reproducibly, seed_everything
+
+RECONSTRUCTION_WEIGHT = 1.0
+LOGIT_WEIGHT = 1.0
+
+
+def artefact_key(split: int, channels: int, bits: int, stride: int) -> str:
+    """`bottlenet-s2-c4-b4-x2`: split, code channels, bits, encoder stride (the suffix is
+    left out for stride 1)."""
+    return f"bottlenet-s{split}-c{channels}-b{bits}" + (f"-x{stride}" if stride > 1 else "")
+
+
+def artefact_path(plugin, split: int, channels: int, bits: int, stride: int) -> Path:
+    """`plugin.artefacts[key]` where set (tests redirect it), else beside the plugin's code."""
+    key = artefact_key(split, channels, bits, stride)
+    if key in plugin.artefacts:
+        return Path(plugin.artefacts[key])
+    module = sys.modules[type(plugin).__module__]
+    return Path(module.__file__).resolve().parent / f"{key}.pt"
+
+
+def command(plugin_name: str, split: int, channels: int, bits: int, stride: int) -> str:
+    """The command that writes the artefact the offloader looks for."""
+    return (
+        f"python -m testbed.bottlenet.train --plugin {plugin_name} --split {split} "
+        f"--channels {channels} --bits {bits} --stride {stride}"
+    )
+
+
+def split_model(plugin, model, split: int):
+    """(device head, edge tail, feature shape at the split)."""
+    head, tail = model[:split], model[split:]
+    with torch.inference_mode():
+        x = plugin.to_tensor(np.zeros((1, *plugin.input_spec.shape), plugin.input_spec.dtype))
+        shape = tuple(head(x).shape[1:])
+    check_feature_shape(plugin, split, shape)
+    return head, tail, shape
+
+
+def train(plugin, split, channels, bits, epochs, seed, lr, batch_size, threads, limit=None,
+          width=0, stride=2, checkpoint=None):  # fmt: skip
+    """Train on the plugin's train set; `checkpoint(net, epochs_done)` after each epoch."""
+    seed_everything(seed, threads)
+    model = plugin.load_model()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head, tail, shape = split_model(plugin, model, split)
+    data = plugin.train_data()
+    inputs = data.inputs[:limit] if limit else data.inputs
+    net = BottleNet(shape, channels, bits, width, stride)
+    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        net.train()
+        order = torch.randperm(len(inputs), generator=generator).numpy()
+        bar = tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch + 1}/{epochs}")
+        for start in bar:
+            with torch.no_grad():
+                x = head(plugin.to_tensor(inputs[order[start : start + batch_size]]))
+                teacher = torch.log_softmax(tail(x), dim=1)
+                power = x.pow(2).mean().clamp_min(1e-12)
+            recon = net(x)
+            student = torch.log_softmax(tail(recon), dim=1)
+            mse = nn.functional.mse_loss(recon, x) / power
+            kl = nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean")
+            loss = RECONSTRUCTION_WEIGHT * mse + LOGIT_WEIGHT * kl
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            bar.set_postfix(rel_mse=f"{mse.item():.4f}", kl=f"{kl.item():.3f}")
+        net.eval()
+        if checkpoint is not None:
+            checkpoint(net, epoch + 1)
+    net.eval()
+    return net
+
+
+@torch.inference_mode()
+def evaluate(plugin, net, split, count=None, batch_size=500) -> tuple[float, float, int]:
+    """(accuracy or agreement through the bottleneck, the same for the unsplit model,
+    samples) on the first `count` test samples (all by default)."""
+    model, data = plugin.load_model(), plugin.test_data()
+    head, tail = model[:split], model[split:]
+    count = min(count or len(data), len(data))
+    direct, through = [], []
+    for start in range(0, count, batch_size):
+        x = head(plugin.to_tensor(data.inputs[start : min(count, start + batch_size)]))
+        direct.append(tail(x).argmax(1))
+        through.append(tail(net(x)).argmax(1))
+    direct, through = torch.cat(direct), torch.cat(through)
+    if plugin.metric == "accuracy":
+        labels = torch.from_numpy(data.labels[:count])
+        score = float((through == labels).float().mean())
+        return score, float((direct == labels).float().mean()), count
+    return float((through == direct).float().mean()), 1.0, count
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--plugin", required=True)
+    parser.add_argument("--split", type=int, default=-1,
+                        help="split point (default -1: the plugin's last)")  # fmt: skip
+    parser.add_argument("--channels", type=int, default=4, help="code channels")
+    parser.add_argument("--bits", type=int, default=4, help="bits per code, 1..8")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="fixed for reproducibility")
+    parser.add_argument("--limit", type=int, help="train on the first N samples only")
+    parser.add_argument("--width", type=int, default=0,
+                        help="decoder channels (default 0: the features' channels)")  # fmt: skip
+    parser.add_argument("--stride", type=int, default=2,
+                        help="the encoder's stride: 2 (default) halves the codes' height "
+                             "and width, 1 keeps them")  # fmt: skip
+    parser.add_argument("--eval", type=int, default=0, metavar="N",
+                        help="evaluate on the first N test samples (default 0: all)")  # fmt: skip
+    parser.add_argument("--out", type=Path, help="default: beside the plugin's code")
+    args = parser.parse_args(argv)
+    if not 1 <= args.bits <= 8 or min(args.channels, args.stride, args.epochs, args.threads) < 1:
+        parser.error("--bits must be in 1..8; --channels, --stride, --epochs, --threads positive")
+    try:
+        plugin = plugins.get(args.plugin)
+        split = resolve_split(plugin, args.split)
+        out = args.out or artefact_path(plugin, split, args.channels, args.bits, args.stride)
+        config = {"plugin": plugin.name, "split": split, "channels": args.channels,
+                  "bits": args.bits, "epochs": args.epochs, "seed": args.seed, "lr": args.lr,
+                  "batch_size": args.batch_size, "threads": args.threads,
+                  "limit": args.limit or 0}  # fmt: skip
+
+        def checkpoint(net, epochs_done):
+            full = {**config, "epochs": epochs_done,
+                    "feature_shape": list(net.feature_shape),
+                    "width": net.decoder[0].out_channels, "stride": net.stride}  # fmt: skip
+            save_reproducibly({"config": full, "state_dict": net.state_dict()}, out)
+
+        started = time.monotonic()
+        net = train(plugin, split, args.channels, args.bits, args.epochs, args.seed, args.lr,
+                    args.batch_size, args.threads, args.limit, args.width, args.stride, checkpoint)  # fmt: skip
+        trained = time.monotonic() - started
+        score, unsplit, count = evaluate(plugin, net, split, args.eval or None)
+    except TestbedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    codes = "x".join(map(str, net.code_shape))
+    print(f"{plugin.metric} through BottleNet {100 * score:.2f}% (unsplit model "
+          f"{100 * unsplit:.2f}%) on {count} test samples; codes {codes} at {args.bits} bits "
+          f"({int(np.prod(net.code_shape)) * args.bits / 8:g} bytes before entropy coding); "
+          f"trained in {trained:.0f} s; wrote {out}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
