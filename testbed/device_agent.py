@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import socket
 import statistics
 import sys
@@ -136,6 +137,17 @@ def run_request(
     return record
 
 
+def wait_for_limit(loaded: Path, cgroup: str, timeout_s: float = 60.0) -> None:
+    """Say that loading is done, then wait until the runner has moved this process into
+    the host's CPU cgroup: profiling and requests must run under the device's share."""
+    loaded.write_text(str(os.getpid()))
+    deadline = time.monotonic() + timeout_s
+    while f"/{cgroup}" not in Path("/proc/self/cgroup").read_text():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not moved into the CPU cgroup {cgroup!r} in {timeout_s:.0f} s")
+        time.sleep(0.02)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("job", type=Path)
@@ -151,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     data = plugin.test_data()
     built = [offloaders.get(o["name"])(plugin, model, **o["params"]) for o in job["offloaders"]]
     kernels_s = warm_kernels(type(o) for o in built)
+    if job.get("cgroup"):
+        wait_for_limit(Path(job["loaded"]), job["cgroup"])
     started = time.monotonic()
     for offloader in built:  # profiling on this (CPU-limited) host; calibration is cached
         offloader.prepare("device")

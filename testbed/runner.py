@@ -255,15 +255,20 @@ def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool)
         "pings": PINGS,
         "records": str(logs.parent / "records.jsonl"),
         "meta": str(logs / "device_meta.json"),
+        "loaded": str(logs / "device_loaded"),  # the agent's sign that it waits for its limit
+        "cgroup": topo.device.name,
     }
     job_path = logs / "device_job.json"
     job_path.write_text(json.dumps(job, indent=1))
     traffic = TrafficRun(topo) if scenario.traffic else None
     if traffic is not None:
         traffic.start()
+    # loaded outside the CPU limit, then moved in before it profiles or sends anything
     device = topo.popen(
-        topo.device, [py, "-m", "testbed.device_agent", str(job_path)], "device.log"
-    )
+        topo.device, [py, "-m", "testbed.device_agent", str(job_path)], "device.log",
+        limited=False,
+    )  # fmt: skip
+    _enter_limit(topo, device, Path(job["loaded"]), logs)
     _follow(
         device, edge, Path(job["records"]), len(indices) * len(labels), scenario, logs, progress
     )
@@ -312,6 +317,20 @@ def _follow(device, edge, records: Path, total: int, scenario, logs: Path, progr
         raise TestbedError(
             f"the device agent failed (exit {device.returncode}): " + " | ".join(tail)
         )
+
+
+def _enter_limit(topo, device, loaded: Path, logs: Path) -> None:
+    deadline = time.monotonic() + STARTUP_S
+    while not loaded.exists():
+        if device.poll() is not None:
+            tail = (logs / "device.log").read_text(errors="replace").strip().splitlines()[-3:]
+            raise TestbedError(
+                f"the device agent exited ({device.returncode}): " + " | ".join(tail)
+            )
+        if time.monotonic() > deadline:
+            raise TestbedError(f"the device agent did not load in {STARTUP_S:.0f} s: see {logs}")
+        time.sleep(0.05)
+    topo.limit(topo.device, device.pid)
 
 
 def _count_lines(path: Path) -> int:

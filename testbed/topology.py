@@ -291,6 +291,18 @@ class OffloadTopology:
         self.teardown.add(f"{log_name} process", lambda: (stop_process(proc), log_file.close()))
         return proc
 
+    def limit(self, host, pid: int) -> None:
+        """Move a process started with `limited=False` into the host's CPU cgroups: the
+        device agent loads torch and its model at full speed (minutes at 3% of a core,
+        and no part of any request), then runs everything it measures under the limit."""
+        for controller in ("cpu", "cpuacct", "cpuset"):
+            group = Path("/sys/fs/cgroup", controller, host.name)
+            if not (group / "cgroup.procs").exists():
+                continue
+            if controller == "cpuset" and not (group / "cpuset.cpus").read_text().strip():
+                continue  # an unconfigured cpuset (no cores pinned) takes no process
+            (group / "cgroup.procs").write_text(f"{pid}\n")
+
     # -- teardown -------------------------------------------------------------
     def stop(self) -> list[str]:
         return self.teardown.run()

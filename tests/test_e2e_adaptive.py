@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from tests.mininet_utils import needs_mininet, write_scenario
+from tests.mininet_utils import ROOT, needs_mininet, write_scenario
 from tests.test_e2e_mininet import read_csv, run_cli
 
 pytestmark = [needs_mininet, pytest.mark.mininet]
@@ -56,3 +56,15 @@ def test_estimate_and_choices_follow_the_link(tmp_path):
     assert sum(agree) >= len(agree) - 2, agree  # a 1-point bound on calibration data
     env = json.loads((out / "environment.json").read_text())
     assert len(env["offloaders"][2]["edge_stage_ms"]) == 5
+
+
+def test_fashion_lowbw_holds_its_gates(tmp_path):
+    """lowbw's quick version, as shipped, with fewer samples: every offloader through
+    the agents, and the scenario's own `expect:` gates (exit 4 if one fails)."""
+    out = tmp_path / "out"
+    proc = run_cli(ROOT / "scenarios" / "fashion_lowbw.yaml", "--out", out, "--samples", "40")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["offloader"]: r for r in read_csv(out / "summary.csv")}
+    assert list(rows) == ["raw", "local", "jpeg", "webp", "neurosurgeon", "jalad", "bottlenet",
+                          "deepcod"]  # fmt: skip
+    assert all(r["n"] == "40" for r in rows.values())

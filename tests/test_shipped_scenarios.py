@@ -1,0 +1,36 @@
+"""Every scenario in scenarios/ is valid as shipped: it loads, its gates parse and name
+offloaders it runs, and every offloader it names can be built (its artefacts exist)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from testbed import offloaders, plugins
+from testbed.runner import check_gates, offloader_labels
+from testbed.scenario import load_scenario, unsupported
+
+SCENARIOS = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.yaml"))
+_MODELS: dict = {}
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.name)
+def test_shipped_scenario_is_complete(path):
+    scenario = load_scenario(path)
+    assert unsupported(scenario) == []
+    check_gates(scenario, offloader_labels(scenario.offloaders))
+    if scenario.model not in _MODELS:
+        plugin = plugins.get(scenario.model)
+        _MODELS[scenario.model] = (plugin, plugin.load_model())
+    plugin, model = _MODELS[scenario.model]
+    for spec in scenario.offloaders:
+        offloaders.get(spec.name)(plugin, model, **spec.params)
+
+
+def test_the_main_job_is_the_mobilenet_scenario():
+    main = load_scenario(SCENARIOS[0].parent / "lowbw.yaml")
+    assert main.model == "mobilenet_v2"
+    assert main.network.uplink.bandwidth_mbps == 1 and main.network.uplink.delay_ms == 20
+    names = {spec.name for spec in main.offloaders}
+    assert names == set(offloaders.names()), "the main job runs every offloader"
