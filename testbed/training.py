@@ -38,6 +38,28 @@ def count_correct(plugin, model: nn.Module, data, batch_size: int = 1000) -> int
     return correct
 
 
+@torch.inference_mode()
+def score_through(plugin, codec: nn.Module, split: int, count: int | None = None,
+                  batch_size: int = 64) -> tuple[float, float, int]:  # fmt: skip
+    """(accuracy, or agreement for plugins without labels, with `codec` between
+    stages[:split] and stages[split:]; the same for the unsplit model; samples) on the
+    first `count` test samples (all by default), in batches."""
+    model, data = plugin.load_model(), plugin.test_data()
+    head, tail = model[:split], model[split:]
+    count = min(count or len(data), len(data))
+    direct, through = [], []
+    for start in range(0, count, batch_size):
+        x = head(plugin.to_tensor(data.inputs[start : min(count, start + batch_size)]))
+        direct.append(tail(x).argmax(1))
+        through.append(tail(codec(x)).argmax(1))
+    direct, through = torch.cat(direct), torch.cat(through)
+    if plugin.metric == "accuracy":
+        labels = torch.from_numpy(data.labels[:count])
+        score = float((through == labels).float().mean())
+        return score, float((direct == labels).float().mean()), count
+    return float((through == direct).float().mean()), 1.0, count
+
+
 def save_reproducibly(state: dict, out: Path) -> int:
     """Write `state` (torch.save-able) to `out` atomically; return its size in bytes."""
     buffer = io.BytesIO()

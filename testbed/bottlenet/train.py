@@ -29,7 +29,7 @@ from tqdm import tqdm
 from testbed import plugins
 from testbed.bottlenet.model import BottleNet, check_feature_shape, resolve_split
 from testbed.errors import TestbedError
-from testbed.training import save_reproducibly, seed_everything
+from testbed.training import save_reproducibly, score_through, seed_everything
 
 RECONSTRUCTION_WEIGHT = 1.0
 LOGIT_WEIGHT = 1.0
@@ -106,24 +106,10 @@ def train(plugin, split, channels, bits, epochs, seed, lr, batch_size, threads, 
     return net
 
 
-@torch.inference_mode()
 def evaluate(plugin, net, split, count=None, batch_size=500) -> tuple[float, float, int]:
     """(accuracy or agreement through the bottleneck, the same for the unsplit model,
     samples) on the first `count` test samples (all by default)."""
-    model, data = plugin.load_model(), plugin.test_data()
-    head, tail = model[:split], model[split:]
-    count = min(count or len(data), len(data))
-    direct, through = [], []
-    for start in range(0, count, batch_size):
-        x = head(plugin.to_tensor(data.inputs[start : min(count, start + batch_size)]))
-        direct.append(tail(x).argmax(1))
-        through.append(tail(net(x)).argmax(1))
-    direct, through = torch.cat(direct), torch.cat(through)
-    if plugin.metric == "accuracy":
-        labels = torch.from_numpy(data.labels[:count])
-        score = float((through == labels).float().mean())
-        return score, float((direct == labels).float().mean()), count
-    return float((through == direct).float().mean()), 1.0, count
+    return score_through(plugin, net, split, count, batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:

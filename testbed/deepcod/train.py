@@ -25,7 +25,7 @@ from tqdm import tqdm
 from testbed import plugins
 from testbed.deepcod.model import Critic, DeepCOD, gradient_penalty
 from testbed.errors import TestbedError
-from testbed.training import save_reproducibly, seed_everything
+from testbed.training import save_reproducibly, score_through, seed_everything
 
 RECONSTRUCTION_WEIGHT = 10.0
 LOGIT_WEIGHT = 1.0
@@ -118,23 +118,10 @@ def train(plugin, ratio, centres, epochs, seed, lr, batch_size, threads, limit=N
     return deepcod
 
 
-@torch.inference_mode()
-def agreement(plugin, deepcod, split=0, count=2000, batch_size=16) -> tuple[float, float]:
+def agreement(plugin, deepcod, split=0, count=2000) -> tuple[float, float]:
     """(accuracy or agreement through DeepCOD, the same for the unsplit model), in
-    batches: the decoder's attention is quadratic in positions."""
-    model, data = plugin.load_model(), plugin.test_data()
-    head, tail = model[:split], model[split:]
-    count = min(count, len(data))
-    direct, through = [], []
-    for start in range(0, count, batch_size):
-        x = head(plugin.to_tensor(data.inputs[start : min(count, start + batch_size)]))
-        direct.append(tail(x).argmax(1))
-        through.append(tail(deepcod(x)).argmax(1))
-    direct, through = torch.cat(direct), torch.cat(through)
-    if plugin.metric == "accuracy":
-        labels = torch.from_numpy(data.labels[:count])
-        return float((through == labels).float().mean()), float((direct == labels).float().mean())
-    return float((through == direct).float().mean()), 1.0
+    batches of 16: the decoder's attention is quadratic in positions."""
+    return score_through(plugin, deepcod, split, count, batch_size=16)[:2]
 
 
 def main(argv: list[str] | None = None) -> int:
