@@ -1,0 +1,391 @@
+"""The results report: bootstrap statistics, what the plots draw, report.md's numbers.
+
+Run and sweep folders are synthetic, written with the results module's own writers and
+column lists, with latencies drawn from known distributions.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from testbed import report, results, stats
+
+ROOT = Path(__file__).resolve().parent.parent
+# share of total_ms per phase; the remaining 5% is unattributed
+SHARES = {"device_ms": 0.2, "encode_ms": 0.05, "uplink_ms": 0.4, "decode_ms": 0.05}
+SHARES |= {"edge_ms": 0.1, "downlink_ms": 0.15}
+
+
+def write_run(
+    folder: Path,
+    spec: dict[str, dict],
+    *,
+    seed: int = 0,
+    extra_columns: tuple[str, ...] = (),
+    name: str = "synthetic",
+) -> dict[str, np.ndarray]:
+    """A run folder; spec: offloader -> {median, n, bytes, wrong, failed, queue, devices}.
+    Returns each offloader's completed latencies."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    records, totals = [], {}
+    request = 0
+    for offloader, s in spec.items():
+        n = s.get("n", 40)
+        total = s["median"] * rng.lognormal(0.0, 0.2, n)
+        # as requests.csv holds them (4 decimals)
+        totals[offloader] = np.array([float(f"{t:.4f}") for t in total[s.get("failed", 0) :]])
+        for i, t in enumerate(total):
+            failed = i < s.get("failed", 0)
+            wrong = i < s.get("wrong", 0)
+            record = {
+                "offloader": offloader, "request": request, "sample": i,
+                "total_ms": 0.0 if failed else float(t), "bytes_up": s.get("bytes", 1000),
+                "bytes_down": 40, "prediction": (i + 1) % 10 if wrong else i % 10,
+                "label": i % 10, "status": "timeout" if failed else "ok",
+            }  # fmt: skip
+            for phase, share in SHARES.items():
+                record[phase] = 0.0 if failed else float(t) * share
+            if "queue_ms" in extra_columns:
+                record["queue_ms"] = 0.0 if failed else float(t) * 0.02
+            if "device" in extra_columns:
+                record["device"] = i % s.get("devices", 1)
+            records.append(record)
+            request += 1
+    rows = results.complete_records(records, {i: i % 10 for i in range(1000)})
+    for row, record in zip(rows, records, strict=True):
+        row.update({k: record[k] for k in extra_columns})
+    columns = results.REQUEST_COLUMNS + [
+        c for c in extra_columns if c not in results.REQUEST_COLUMNS
+    ]
+    results.write_csv(folder / "requests.csv", rows, columns)
+    summary = results.summarize(rows, list(spec), 1.0, "accuracy")
+    results.write_csv(folder / "summary.csv", summary, results.SUMMARY_COLUMNS)
+    scenario = {"name": name, "model": "fashion_cnn", "samples": 40, "seed": seed}
+    (folder / "resolved_scenario.yaml").write_text(yaml.safe_dump(scenario))
+    environment = {"kernel": "6.1-test", "link_backend": "htb+test", "commit": "c0ffee" * 7}
+    (folder / "environment.json").write_text(json.dumps(environment))
+    return totals
+
+
+BASE = {
+    "local": {"median": 500.0, "bytes": 0},
+    "raw": {"median": 2000.0, "bytes": 100_000},
+    "deepcod": {"median": 250.0, "bytes": 2000, "wrong": 1},
+}
+
+
+def test_bootstrap_interval_covers_the_true_median_most_of_the_time():
+    rng = np.random.default_rng(7)
+    hits = 0
+    for trial in range(200):
+        sample = rng.lognormal(0.0, 1.0, 150)  # true median exp(0) = 1
+        hits += stats.median_ci(sample, resamples=400, seed=trial).contains(1.0)
+    assert 0.88 <= hits / 200 <= 0.995
+
+
+def test_bootstrap_interval_narrows_with_more_data_and_is_seeded():
+    rng = np.random.default_rng(1)
+    small = stats.median_ci(rng.normal(10, 2, 40))
+    large = stats.median_ci(rng.normal(10, 2, 4000))
+    assert large.high - large.low < (small.high - small.low) / 4
+    assert large.contains(10.0)
+    values = rng.normal(0, 1, 300)
+    assert stats.median_ci(values) == stats.median_ci(values)
+    assert stats.median_ci(values, seed=1) != stats.median_ci(values, seed=2)
+
+
+def test_ratio_of_medians():
+    rng = np.random.default_rng(2)
+    fast = rng.lognormal(np.log(100), 0.3, 500)
+    slow = rng.lognormal(np.log(400), 0.3, 500)
+    ratio = stats.ratio_of_medians_ci(slow, fast)
+    assert ratio.value == pytest.approx(np.median(slow) / np.median(fast))
+    assert ratio.contains(4.0) and ratio.low > 3 and ratio.high < 5.5
+    exact = stats.ratio_of_medians_ci(np.arange(1, 102) * 3.0, np.arange(1, 102))
+    assert exact.value == pytest.approx(3.0)
+    assert np.isnan(stats.ratio_of_medians_ci([], [1.0]).value)
+    assert np.isnan(stats.median_ci([np.nan]).value)
+    assert stats.median_ci([5.0]) == stats.Estimate(5.0, 5.0, 5.0)
+
+
+def assert_png(path: Path) -> None:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.width > 300 and image.height > 200
+        pixels = np.asarray(image.convert("L"), dtype=float)
+    assert pixels.std() > 5  # drawn, not blank
+
+
+def test_run_report_numbers_speedup_and_failed_offloaders(tmp_path):
+    spec = {**BASE, "jpeg": {"median": 300.0, "failed": 40}, "ghost": {"median": 1.0, "n": 0}}
+    totals = write_run(tmp_path, spec)
+    path = report.write_report(tmp_path)
+    text = path.read_text()
+    study = report.load_study(tmp_path)
+    (group,) = study.groups
+    deepcod = group.offloaders["deepcod"]
+    assert deepcod.median.value == pytest.approx(np.median(totals["deepcod"]), rel=1e-6)
+    assert deepcod.drop_pp == pytest.approx(100 / 40)  # one wrong in 40
+    line = next(row for row in text.splitlines() if row.startswith("| deepcod |"))
+    assert f"| 40 | {report._estimate_text(deepcod.median)} |" in line
+    assert "| +2.50 |" in line
+    jpeg = next(row for row in text.splitlines() if row.startswith("| jpeg |"))
+    assert jpeg.startswith("| jpeg | 0 | - | - | - |") and jpeg.endswith("| 40 |")
+    assert "| ghost | 0 | - |" in text
+    # the speedup over raw: 2000 / 250 by construction
+    speed = report.speedups(study, "deepcod")[0]["raw"]
+    expected = np.median(totals["raw"]) / np.median(totals["deepcod"])
+    assert speed.value == pytest.approx(expected) and 6 < speed.value < 10
+    assert "## DeepCOD speedup" in text
+    local = report.speedups(study, "deepcod")[0]["local"]
+    best = report.best_baseline(group, report.baselines(study))
+    assert best == min(("local", "raw"), key=lambda n: np.median(totals[n]))
+    best_text = f"{best}: {report._ratio_text(report.speedups(study, 'deepcod')[0][best])}"
+    row = f"| all requests | {best_text} | {report._ratio_text(local)} | {report._ratio_text(speed)} | - | - |"
+    assert row in text
+    assert "No latency-against-axis plot" in text
+    assert "queue_ms" not in study.phases  # closed loop: no queue segment
+    for name in ("latency_cdf", "phases", "bytes", "drop_vs_latency"):
+        assert f"](plots/{name}.png)" in text
+        assert_png(tmp_path / "plots" / f"{name}.png")
+    first = path.read_bytes()
+    assert report.write_report(tmp_path).read_bytes() == first  # deterministic
+
+
+def test_a_run_where_nothing_completed_still_reports(tmp_path):
+    write_run(
+        tmp_path, {"raw": {"median": 100.0, "failed": 40}, "deepcod": {"median": 1.0, "n": 0}}
+    )
+    text = report.write_report(tmp_path).read_text()
+    assert "| raw | 0 | - | - | - | 0.0 | +100.00 | 40 |" in text
+    assert "| deepcod | 0 | - | - | - | - | - | 0 |" in text
+    assert "| all requests | - |" in text  # no speedup without latencies
+    assert "No request completed: nothing to plot." in text
+    # figures of such a study draw nothing but do not fail either
+    study = report.load_study(tmp_path)
+    assert not report.drop_figure(study).axes[0].collections
+    assert not report.cdf_figure(study)[0].axes[0].lines
+
+
+def write_sweep(folder: Path, *, missing: bool = True) -> dict:
+    """Bandwidth x devices, two repeats; latency falls with bandwidth, grows with devices;
+    DeepCOD's bytes differ with bandwidth."""
+    axes = {"network.uplink.bandwidth_mbps": [0.25, 1, 4], "devices": [1, 2]}
+    cells, pooled = [], {}
+    index = 0
+    for bw in axes["network.uplink.bandwidth_mbps"]:
+        for devices in axes["devices"]:
+            for repeat in range(2):
+                values = {"network.uplink.bandwidth_mbps": bw, "devices": devices}
+                cell_id = f"c{index:03d}"
+                status = "failed" if missing and (bw, devices, repeat) == (4, 2, 1) else "done"
+                rel = f"cells/{cell_id}-bw{bw}-d{devices}-r{repeat}"
+                cells.append({"id": cell_id, "dir": rel, "values": values, "repeat": repeat,
+                              "seed": index, "status": status})  # fmt: skip
+                index += 1
+                if status != "done":
+                    continue
+                spec = {
+                    "local": {"median": 500.0 * devices, "bytes": 0},
+                    "raw": {"median": 2000.0 / bw, "bytes": 100_000},
+                    "deepcod": {
+                        "median": 200.0 / bw + 20 * devices,
+                        "bytes": int(800 / bw),
+                        "wrong": 2,
+                    },
+                }
+                got = write_run(folder / rel, spec, seed=index, name="paper")
+                for name, values_ in got.items():
+                    pooled.setdefault((bw, devices, name), []).extend(values_)
+    sweep = {"name": "paper", "source": "/abs/scenarios/paper.yaml", "repeats": 2,
+             "axes": axes, "cells": cells}  # fmt: skip
+    (folder / "sweep.json").write_text(json.dumps(sweep))
+    return {k: np.array(v) for k, v in pooled.items()}
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A sweep folder with its report written (rendering is the slow part: once)."""
+    folder = tmp_path_factory.mktemp("sweep")
+    pooled = write_sweep(folder)
+    text = report.write_report(folder, title="Paper sweep").read_text()
+    return folder, pooled, text
+
+
+def test_sweep_figures_draw_the_pooled_statistics(sweep):
+    folder, pooled, _ = sweep
+    study = report.load_study(folder)
+    assert len(study.groups) == 6 and study.done == 11 and len(study.missing) == 1
+    bw = "network.uplink.bandwidth_mbps"
+    assert report.numeric_axes(study) == [bw, "devices"]
+
+    fig = report.latency_figure(study, bw)
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.lines]
+    assert [ax.get_title() for ax in panels] == ["devices=1", "devices=2"]
+    for ax, devices in zip(panels, (1, 2), strict=True):
+        assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+        for line in ax.lines:
+            name = line.get_label()
+            assert list(line.get_xdata()) == [0.25, 1, 4]
+            expected = [np.median(pooled[(b, devices, name)]) for b in (0.25, 1, 4)]
+            assert np.allclose(line.get_ydata(), expected)
+            (band,) = [c for c in ax.collections if c.get_gid() == f"band:{name}"]
+            ys = band.get_paths()[0].vertices[:, 1]
+            assert all(ys.min() <= e <= ys.max() for e in expected)
+            assert len(np.unique(ys)) > 2  # a band, not a line
+    cdf, shown = report.cdf_figure(study)
+    assert shown == list(range(6))
+    for ax, group in zip([a for a in cdf.axes if a.lines], study.groups, strict=True):
+        for line in ax.lines:
+            key = (group.values[bw], group.values["devices"], line.get_label())
+            assert line.get_ydata()[-1] == 1.0 and line.get_ydata()[0] == 0.0
+            assert np.allclose(line.get_xdata()[1:], np.sort(pooled[key]))
+
+    phases, _ = report.phase_figure(study)
+    ax = phases.axes[0]
+    group = study.groups[0]
+    names = [t.get_text() for t in ax.get_xticklabels()]
+    assert names == ["local", "raw", "deepcod"]
+    stacks = np.zeros(3)
+    for container in ax.containers:
+        heights = np.array([bar.get_height() for bar in container])
+        key = {v: k for k, v in report.PHASE_NAMES.items()}[container.get_label()]
+        for name, height in zip(names, heights, strict=True):
+            data = pooled[(0.25, 1, name)]
+            share = SHARES.get(key, 0.05)
+            assert height == pytest.approx(np.mean(data) * share, rel=1e-3, abs=1e-3)
+        stacks += heights
+    means = [np.mean(group.offloaders[n].totals) for n in names]
+    assert np.allclose(stacks, means, rtol=1e-4)
+
+    bytes_fig, profiles = report.bytes_figure(study)
+    assert profiles == 3  # deepcod's bytes change with bandwidth, not with devices
+    bars = bytes_fig.axes[0].containers
+    assert [bar.get_height() for bar in bars[0]] == pytest.approx([0, 100_000, 3200])
+    assert bytes_fig.axes[0].get_yscale() == "log"
+
+    drop = report.drop_figure(study)
+    (points,) = [c for c in drop.axes[0].collections if c.get_label() == "deepcod"]
+    medians = [np.median(pooled[(g.values[bw], g.values["devices"], "deepcod")])
+               for g in study.groups]  # fmt: skip
+    assert np.allclose(points.get_offsets()[:, 0], medians)
+    assert np.allclose(points.get_offsets()[:, 1], 5.0)  # 2 wrong in 40
+
+    devices = report.devices_figure(study, report.devices_axis(study))
+    edge = [ln for ax in devices.axes for ln in ax.lines if ln.get_gid() == "edge:local"]
+    assert len(edge) == 3  # one row per bandwidth
+    local = pooled[(1, 1, "local")], pooled[(1, 2, "local")]
+    assert np.allclose(edge[1].get_ydata(), [np.median(v * 0.15) for v in local], rtol=1e-3)
+
+
+def test_sweep_report_lists_groups_missing_cells_and_speedups(sweep):
+    folder, pooled, text = sweep
+    assert text.startswith("# Paper sweep\n")
+    assert "- Cells: 11 done, 1 missing" in text
+    assert "| c011 | bandwidth_mbps=4, devices=2 | 1 | failed |" in text
+    assert "### bandwidth_mbps=4, devices=2 (1 cell)" in text
+    assert "### bandwidth_mbps=0.25, devices=1 (2 cells)" in text
+    study = report.load_study(folder)
+    group = study.groups[0]
+    median = stats.median_ci(pooled[(0.25, 1, "raw")])
+    assert group.offloaders["raw"].median == median
+    assert f"| raw | 80 | {report._estimate_text(median)} |" in text
+    rows = report.speedups(study, "deepcod")
+    assert rows[0]["raw"].value == pytest.approx(
+        np.median(pooled[(0.25, 1, "raw")]) / np.median(pooled[(0.25, 1, "deepcod")])
+    )
+    best = report.best_baseline(group, report.baselines(study))
+    assert best == "local"  # the fastest baseline in this group, by construction
+    assert (
+        f"| bandwidth_mbps=0.25, devices=1 | local: {report._ratio_text(rows[0]['local'])} | "
+        f"{report._ratio_text(rows[0]['local'])} |" in text
+    )
+    for name in (
+        "latency_vs_network_uplink_bandwidth_mbps",
+        "latency_vs_devices",
+        "devices_devices",
+    ):
+        assert f"](plots/{name}.png)" in text
+        assert_png(folder / "plots" / f"{name}.png")
+
+
+def test_queue_and_device_columns_are_used(tmp_path):
+    write_run(
+        tmp_path, {"deepcod": {"median": 100.0, "devices": 3}, "raw": {"median": 300.0}},
+        extra_columns=("queue_ms", "device"),
+    )  # fmt: skip
+    study = report.load_study(tmp_path)
+    assert study.phases[0] == "queue_ms"
+    phases, _ = report.phase_figure(study)
+    (queue,) = [c for c in phases.axes[0].containers if c.get_label() == "queue"]
+    totals = [study.groups[0].offloaders[n].totals for n in ("deepcod", "raw")]
+    assert [bar.get_height() for bar in queue] == pytest.approx(
+        [np.mean(t) * 0.02 for t in totals], rel=1e-3
+    )
+    stacks = np.sum([[bar.get_height() for bar in c] for c in phases.axes[0].containers], axis=0)
+    assert np.allclose(stacks, [np.mean(t) for t in totals], rtol=1e-4)
+    text = report.write_report(tmp_path).read_text()
+    assert "| offloader | device 0 | device 1 | device 2 |" in text
+    per_device = study.groups[0].offloaders["deepcod"].per_device
+    assert sorted(per_device) == ["0", "1", "2"]
+    expected = report._ms(float(np.median(per_device["1"])))
+    assert f"| deepcod | {report._ms(float(np.median(per_device['0'])))} | {expected} |" in text
+
+
+def test_string_axis_several_deepcods_and_an_all_failed_sweep(tmp_path):
+    spec = {**BASE, "deepcod_ratio0.1": {"median": 120.0, "bytes": 900}}
+    cells = []
+    for i, trace in enumerate(["/traces/a.up", "/traces/b.up"]):
+        write_run(tmp_path / f"c{i}", spec, seed=i)
+        cells.append({"id": f"c{i}", "dir": f"c{i}", "values": {"trace": trace}, "status": "done"})
+    sweep = {"name": "t", "source": "s.yaml", "repeats": 1, "axes": {"trace": ["/traces/a.up",
+             "/traces/b.up"]}, "cells": cells}  # fmt: skip
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    text = report.write_report(tmp_path).read_text()
+    assert "No latency-against-axis plot: no swept axis is numeric." in text
+    assert "### deepcod\n" in text and "### deepcod_ratio0.1\n" in text
+    assert "| trace=/traces/b.up |" in text
+    # a sweep whose every cell failed still gets a report, saying so
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cells = [{"id": "c0", "dir": "x", "values": {}, "status": "failed"}]
+    (empty / "sweep.json").write_text(json.dumps({"name": "e", "axes": {}, "cells": cells}))
+    text = report.write_report(empty).read_text()
+    assert "0 done, 1 missing" in text and "nothing to report" in text
+
+
+def test_bad_folders_exit_2_with_a_message(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "neither a run folder" in err
+    (tmp_path / "sweep.json").write_text("{not json")
+    assert report.main([str(tmp_path)]) == 2
+    assert "sweep.json: not valid JSON" in capsys.readouterr().err
+    (tmp_path / "sweep.json").write_text('{"cells": 3}')
+    assert report.main([str(tmp_path)]) == 2
+    assert "a list `cells`" in capsys.readouterr().err
+
+
+def test_command_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "testbed.report", str(tmp_path / "nowhere")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "neither a run folder" in proc.stderr
+    write_run(tmp_path, BASE)
+    proc = subprocess.run(
+        [sys.executable, "-m", "testbed.report", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "report.md")
