@@ -7,6 +7,22 @@ bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 mkdir -p results
-# benchmarks run with a short budget; their medians are saved for comparison
+stamp=$(mktemp)
+trap 'rm -f "$stamp"' EXIT
+# benchmarks run with a short budget; their timings are saved for comparison
+status=0
 .venv/bin/python -m pytest -p no:cacheprovider --benchmark-min-rounds=3 \
-  --benchmark-max-time=0.2 --benchmark-json=results/benchmarks.json "$@"
+  --benchmark-max-time=0.2 --benchmark-json=results/benchmarks.json "$@" || status=$?
+# benchmark regressions: ratios to baselines timed in this run against the committed ones
+# (docs/kernels.md). The whole suite must produce every pair; a subset compares what ran.
+# A regression is timed twice more and fails only if it reproduces.
+if [ results/benchmarks.json -nt "$stamp" ]; then
+  partial=()
+  if [ $# -gt 0 ]; then partial=(--partial); fi
+  .venv/bin/python -m testbed.benchcompare --confirm 2 "${partial[@]}" \
+    results/benchmarks.json tests/benchmarks/baseline.json || {
+    rc=$?
+    [ "$status" -ne 0 ] || status=$rc
+  }
+fi
+exit "$status"
