@@ -8,7 +8,6 @@ Exit status: 0 ok; 2 bad input; 3 missing environment; 4 an `expect:` gate faile
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import sys
 from pathlib import Path
@@ -85,6 +84,49 @@ def cleanup_stale() -> None:
         print("no stale runs")
 
 
+def _run_one(sweep, out: Path, options: dict) -> tuple[list[str], list[str], Path | None]:
+    """One document: a plain run, or a sweep of runs. Returns (gate failures, failed
+    runs, the report's path)."""
+    from testbed import runner
+    from testbed.results import table
+    from testbed.sweep import run_sweep, sweep_table
+
+    if not sweep.is_grid:
+        result = runner.run(sweep.cells[0].scenario, out, **options)
+        print(table(result.summary))
+        return result.gate_failures, [], _report(out)
+    print(f"{sweep.name}: {len(sweep.cells)} runs into {out} (after an interruption, the "
+          f"same command with --out {out} resumes)", file=sys.stderr)  # fmt: skip
+    try:
+        result = run_sweep(sweep, out, **options)
+    except KeyboardInterrupt:
+        print(f"resume with: --out {out}", file=sys.stderr)
+        raise
+    print(f"{sweep.name}: median latency (ms) per grid point, the median of its repeats' p50s")
+    print(sweep_table(result.summary, sweep))
+    return result.gate_failures, result.failed_cells, _report(out)
+
+
+def _write_index(out: Path, source: Path, reports: list) -> None:
+    """OUT/report.md for a file of several documents: one link per document's report."""
+    lines = [f"# {source.name}", "", f"Scenario file: `{source}`; one report per document:", ""]
+    for name, path in reports:
+        lines.append(f"- [{name}]({name}/report.md)" if path else f"- {name}: no report")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _report(out: Path) -> Path | None:
+    """report.md and its plots; a failure to plot never loses the measured results."""
+    try:
+        from testbed import report
+
+        return report.write_report(out)
+    except Exception as exc:  # the CSVs are written: say what went wrong, keep them
+        print(f"warning: the report could not be written: {type(exc).__name__}: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from testbed.cleanup import Terminated
@@ -99,25 +141,39 @@ def main(argv: list[str] | None = None) -> int:
             cleanup_stale()
         if not args.scenario:
             return 0
-        from testbed import runner
-        from testbed.results import table
-        from testbed.scenario import load_scenario
+        from testbed.sweep import load_sweeps
 
-        scenario = load_scenario(args.scenario)
+        sweeps = load_sweeps(args.scenario)
         if args.samples is not None:
             if args.samples < 1:
                 raise ScenarioError(f"--samples: got {args.samples}; allowed: an integer >= 1")
-            scenario = dataclasses.replace(scenario, samples=args.samples)
+            sweeps = [s.with_samples(args.samples) for s in sweeps]
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = args.out or Path("results") / f"{scenario.name}-{stamp}"
-        result = runner.run(
-            scenario, out, progress=not args.no_progress, fidelity=not args.skip_fidelity,
-            strict=args.strict, capture=args.capture,
-        )  # fmt: skip
-        print(table(result.summary))
-        print(f"results: {out}")
-        if result.gate_failures:
-            raise GateFailed("expect gates failed:\n  " + "\n  ".join(result.gate_failures))
+        name = sweeps[0].name if len(sweeps) == 1 else args.scenario.stem
+        out = args.out or Path("results") / f"{name}-{stamp}"
+        options = {"progress": not args.no_progress, "fidelity": not args.skip_fidelity,
+                   "strict": args.strict, "capture": args.capture}  # fmt: skip
+        failures, failed_runs, reports = [], [], []
+        for sweep in sweeps:  # a file of several documents: OUT/<name>/ each
+            where = out / sweep.name if len(sweeps) > 1 else out
+            gates, failed, report_path = _run_one(sweep, where, options)
+            tag = f"{sweep.name}: " if len(sweeps) > 1 else ""
+            failures += [tag + g for g in gates]
+            failed_runs += [tag + f for f in failed]
+            reports.append((sweep.name, report_path))
+        if len(sweeps) > 1:
+            _write_index(out, args.scenario, reports)
+        print(
+            f"results: {out}"
+            + (f"; report: {reports[0][1]}" if len(reports) == 1 and reports[0][1] else "")
+        )
+        if failed_runs:
+            raise TestbedError(
+                f"{len(failed_runs)} runs failed (the same command with --out {out} retries "
+                "them):\n  " + "\n  ".join(failed_runs)
+            )
+        if failures:
+            raise GateFailed("expect gates failed:\n  " + "\n  ".join(failures))
         return 0
     except TestbedError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -15,12 +15,13 @@ import numpy as np
 REQUEST_COLUMNS = [
     "offloader", "request", "sample", "device_ms", "encode_ms", "uplink_ms", "decode_ms",
     "edge_ms", "downlink_ms", "total_ms", "bytes_up", "bytes_down", "prediction", "label",
-    "correct", "agrees", "status", "error", "choice", "est_uplink_mbps",
+    "correct", "agrees", "status", "error", "choice", "est_uplink_mbps", "queue_ms",
+    "intended_ms", "device",
 ]  # fmt: skip
 SUMMARY_COLUMNS = [
     "offloader", "n", "p50_ms", "p95_ms", "p99_ms", "mean_bytes_up", "accuracy",
     "accuracy_drop_pp", "speedup_vs_raw", "failed", "p50_device_ms", "p50_encode_ms",
-    "p50_uplink_ms", "choice",
+    "p50_uplink_ms", "choice", "p50_queue_ms",
 ]  # fmt: skip
 # what a choice says about the request's configuration (the rest is prediction)
 CHOICE_KEYS = ("split", "bits", "quality")
@@ -103,6 +104,8 @@ def summarize(
                 "p50_encode_ms": _pct(_column(ok, "encode_ms"), 50),
                 "p50_uplink_ms": _pct(_column(ok, "uplink_ms"), 50),
                 "choice": _common_choice(ok),
+                # open loop: how late the device started requests (0 in closed loop)
+                "p50_queue_ms": _pct(_column(ok, "queue_ms"), 50),
             }
         )
     raw = next((s for s in summary if s["offloader"] == "raw"), None)

@@ -97,7 +97,9 @@ def run(
     fidelity: bool = True,
     strict: bool = False,
     capture: bool = False,
+    bar=None,
 ) -> RunResult:
+    """`bar`: a tqdm bar to advance (a sweep's, shared by its cells) instead of a new one."""
     bad = unsupported(scenario)
     if bad:
         raise ScenarioError(f"{scenario.source}: " + "; ".join(bad) + " (refused, not ignored)")
@@ -116,7 +118,7 @@ def run(
         started = time.monotonic()
         built.calibrate()  # at full speed here; the device host reads the cached results
         if time.monotonic() - started > 1 and progress:
-            print(f"calibrated {spec.name} in {time.monotonic() - started:.0f} s", file=sys.stderr)
+            _say(f"calibrated {spec.name} in {time.monotonic() - started:.0f} s", bar)
     data = plugin.test_data()
     indices = choose_samples(scenario, len(data))
     reference = reference_predictions(plugin, model, data.inputs[indices])
@@ -132,8 +134,9 @@ def run(
     logs = out_dir / "logs"
     logs.mkdir(exist_ok=True)
     (out_dir / "resolved_scenario.yaml").write_text(yaml.safe_dump(scenario.to_dict()))
-    records_path = out_dir / "records.jsonl"
-    records_path.unlink(missing_ok=True)
+    records_paths = [out_dir / records_name(i) for i in range(scenario.devices)]
+    for path in records_paths:
+        path.unlink(missing_ok=True)
 
     topo = OffloadTopology(scenario, workdir=logs)
     extra: dict = {"run_prefix": topo.prefix, "seed": scenario.seed, "samples": indices.tolist()}
@@ -148,7 +151,7 @@ def run(
                 extra["fidelity"] = _fidelity(topo, out_dir, strict)
             if capture:
                 _start_capture(topo, out_dir / "capture.pcap", logs)
-            extra.update(_agents(scenario, plugin, topo, indices, labels, logs, progress))
+            extra.update(_agents(scenario, plugin, topo, indices, labels, logs, progress, bar))
             extra["trace_players"] = {
                 d: {"rate_changes": p.calls, "skipped": p.skipped, "max_late_ms": p.max_late_ms}
                 for d, p in topo.players.items()
@@ -166,7 +169,8 @@ def run(
             finally:
                 extra["interrupted"] = interrupted
                 summary = _write_results(
-                    out_dir, results.read_records(records_path), labels, reference_by_sample,
+                    out_dir, [r for p in records_paths for r in results.read_records(p)],
+                    labels, reference_by_sample,
                     reference_score, plugin.metric, extra,
                 )  # fmt: skip
     by_name = {row["offloader"]: row for row in summary}
@@ -229,7 +233,12 @@ def _capture_report(out_dir: Path, records: list[dict], labels: list[str]) -> li
     return lines
 
 
-def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool) -> dict:
+def records_name(device: int) -> str:
+    """records.jsonl for the first device (as with one), records-d1.jsonl, ..."""
+    return "records.jsonl" if device == 0 else f"records-d{device}.jsonl"
+
+
+def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool, bar) -> dict:
     py = sys.executable
     cores = os.cpu_count() or 1
     edge_threads = max(1, min(cores, round(scenario.edge.cpu)))
@@ -240,42 +249,61 @@ def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool)
         "edge.log",
     )  # fmt: skip
     wait_ready(edge, "edge agent", timeout_s=STARTUP_S)
-    job = {
-        "plugin": plugin.name,
-        "offloaders": [
-            {"name": s.name, "params": s.params, "label": label}
-            for s, label in zip(scenario.offloaders, labels, strict=True)
-        ],
-        "samples": indices.tolist(),
-        "edge_host": topo.edge.IP(),
-        "edge_port": EDGE_PORT,
-        "timeout_s": scenario.request_timeout_s,
-        "threads": max(1, min(cores, round(scenario.device.cpu))),
-        "warmup": WARMUP_REQUESTS,
-        "pings": PINGS,
-        "records": str(logs.parent / "records.jsonl"),
-        "meta": str(logs / "device_meta.json"),
-        "loaded": str(logs / "device_loaded"),  # the agent's sign that it waits for its limit
-        "cgroup": topo.device.name,
-    }
-    job_path = logs / "device_job.json"
-    job_path.write_text(json.dumps(job, indent=1))
+    barrier = logs / "barrier"  # several devices start each offloader together
+    if scenario.devices > 1:
+        barrier.mkdir(exist_ok=True)
+    jobs = []
+    for i, host in enumerate(topo.devices):
+        suffix = "" if i == 0 else f"-d{i}"
+        job = {
+            "plugin": plugin.name,
+            "offloaders": [
+                {"name": s.name, "params": s.params, "label": label}
+                for s, label in zip(scenario.offloaders, labels, strict=True)
+            ],
+            "samples": indices.tolist(),
+            "edge_host": topo.edge.IP(),
+            "edge_port": EDGE_PORT,
+            "timeout_s": scenario.request_timeout_s,
+            "threads": max(1, min(cores, round(scenario.device.cpu))),
+            "warmup": WARMUP_REQUESTS,
+            "pings": PINGS,
+            "arrival": dict(scenario.arrival),
+            "seed": scenario.seed,
+            "device_index": i,
+            "devices": scenario.devices,
+            "barrier": str(barrier) if scenario.devices > 1 else None,
+            "records": str(logs.parent / records_name(i)),
+            "meta": str(logs / f"device_meta{suffix}.json"),
+            "loaded": str(logs / f"device_loaded{suffix}"),  # loaded; waits for its limit
+            "cgroup": host.name,
+        }
+        (logs / f"device_job{suffix}.json").write_text(json.dumps(job, indent=1))
+        jobs.append(job)
     traffic = TrafficRun(topo) if scenario.traffic else None
     if traffic is not None:
         traffic.start()
     # loaded outside the CPU limit, then moved in before it profiles or sends anything
-    device = topo.popen(
-        topo.device, [py, "-m", "testbed.device_agent", str(job_path)], "device.log",
-        limited=False,
-    )  # fmt: skip
-    _enter_limit(topo, device, Path(job["loaded"]), logs)
+    devices = []
+    for i, (host, job) in enumerate(zip(topo.devices, jobs, strict=True)):
+        suffix = "" if i == 0 else f"-d{i}"
+        device = topo.popen(
+            host, [py, "-m", "testbed.device_agent", str(logs / f"device_job{suffix}.json")],
+            f"device{suffix}.log", limited=False,
+        )  # fmt: skip
+        devices.append((device, host, Path(job["loaded"]), f"device{suffix}.log"))
+    for device, host, loaded, log_name in devices:
+        _enter_limit(topo, host, device, loaded, logs / log_name)
     _follow(
-        device, edge, Path(job["records"]), len(indices) * len(labels), scenario, logs, progress
-    )
+        devices, edge, [Path(j["records"]) for j in jobs], len(indices) * len(labels) * len(jobs),
+        scenario, logs, progress, bar,
+    )  # fmt: skip
     flows = traffic.stop() if traffic is not None else []
-    meta = json.loads(Path(job["meta"]).read_text())
+    metas = [json.loads(Path(j["meta"]).read_text()) for j in jobs]
+    meta = metas[0]
     return {
         "rtt_ms": meta["rtt_ms"],
+        "device_rtt_ms": [m["rtt_ms"] for m in metas],
         "offloaders": meta["offloaders"],  # the edge halves' descriptions (edge profiles)
         "device_offloaders": meta.get("device_offloaders"),  # device profiles, calibration
         "device_kernel_warmup_s": meta.get("device_kernel_warmup_s"),
@@ -289,16 +317,29 @@ def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool)
     }
 
 
-def _follow(device, edge, records: Path, total: int, scenario, logs: Path, progress: bool) -> None:
-    """Show progress until the device agent ends; fail fast if an agent dies or stalls."""
+def _follow(devices, edge, records: list[Path], total: int, scenario, logs: Path,
+            progress: bool, bar=None) -> None:  # fmt: skip
+    """Show progress until every device agent ends; fail fast if an agent dies or stalls."""
     from tqdm import tqdm
 
     done, last_change, started = 0, time.monotonic(), False
-    stall_s = scenario.request_timeout_s * (WARMUP_REQUESTS + 2) + 60
-    with tqdm(total=total, unit="req", desc=scenario.name, disable=not progress) as bar:
+    # longer than a device waits at the start barrier (timeout * 4 + 60 s), whose
+    # message is clearer
+    stall_s = scenario.request_timeout_s * (WARMUP_REQUESTS + 3) + 90
+    own = bar is None
+    if own:
+        bar = tqdm(total=total, unit="req", desc=scenario.name, disable=not progress)
+    try:
         while True:
-            finished = device.poll() is not None
-            count = _count_lines(records)
+            for device, _, _, log_name in devices:
+                if device.poll() is not None and device.returncode != 0:
+                    tail = (logs / log_name).read_text(errors="replace").strip().splitlines()
+                    raise TestbedError(
+                        f"the device agent failed (exit {device.returncode}): "
+                        + " | ".join(tail[-3:])
+                    )
+            finished = all(device.poll() is not None for device, *_ in devices)
+            count = sum(_count_lines(path) for path in records)
             if count != done:
                 bar.update(count - done)
                 done, last_change, started = count, time.monotonic(), True
@@ -312,25 +353,33 @@ def _follow(device, edge, records: Path, total: int, scenario, logs: Path, progr
             if time.monotonic() - last_change > limit:
                 raise TestbedError(f"no request finished for {limit:.0f} s: see {logs}/device.log")
             time.sleep(0.2)
-    if device.returncode != 0:
-        tail = (logs / "device.log").read_text(errors="replace").strip().splitlines()[-3:]
-        raise TestbedError(
-            f"the device agent failed (exit {device.returncode}): " + " | ".join(tail)
-        )
+    finally:
+        if own:
+            bar.close()
 
 
-def _enter_limit(topo, device, loaded: Path, logs: Path) -> None:
+def _enter_limit(topo, host, device, loaded: Path, log_file: Path) -> None:
     deadline = time.monotonic() + STARTUP_S
     while not loaded.exists():
         if device.poll() is not None:
-            tail = (logs / "device.log").read_text(errors="replace").strip().splitlines()[-3:]
+            tail = log_file.read_text(errors="replace").strip().splitlines()[-3:]
             raise TestbedError(
                 f"the device agent exited ({device.returncode}): " + " | ".join(tail)
             )
         if time.monotonic() > deadline:
-            raise TestbedError(f"the device agent did not load in {STARTUP_S:.0f} s: see {logs}")
+            raise TestbedError(
+                f"the device agent did not load in {STARTUP_S:.0f} s: see {log_file}"
+            )
         time.sleep(0.05)
-    topo.limit(topo.device, device.pid)
+    topo.limit(host, device.pid)
+
+
+def _say(text: str, bar) -> None:
+    """A line above the progress bar (or on stderr without one)."""
+    if bar is not None:
+        bar.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr)
 
 
 def _count_lines(path: Path) -> int:

@@ -29,13 +29,12 @@ from testbed import plugins as plugin_registry
 from testbed.errors import ScenarioError
 
 MAX_CPU = float(os.cpu_count() or 1)  # cpu shares are of ONE core; at most every core
+MAX_DEVICES = 32  # device hosts on one switch (addresses 10.0.0.20 + i)
 
 # Keys the schema accepts but this version cannot honour yet: key path -> why.
 # The runner should refuse a scenario that uses one (see `unsupported`); remove an
 # entry when its feature lands, and keep docs/scenarios.md in step.
-NOT_YET_SUPPORTED: dict[str, str] = {
-    "arrival.poisson": "open-loop (poisson) arrivals are not implemented yet",
-}
+NOT_YET_SUPPORTED: dict[str, str] = {}
 
 
 # --------------------------------------------------------------------------- results
@@ -95,6 +94,8 @@ class Scenario:
     # The file it came from (absolute). Not part of equality: a scenario saved with
     # `to_dict` and loaded from elsewhere is the same scenario.
     source: Path = field(compare=False)
+    devices: int = 1  # device hosts sharing the edge and the bottleneck
+    repeats: int = 1  # runs of a sweep cell, seeds seed, seed + 1, ... (see testbed.sweep)
 
     def to_dict(self) -> dict:
         """The resolved scenario as plain YAML-safe data, in the input file's layout;
@@ -114,6 +115,8 @@ class Scenario:
             "samples": self.samples,
             "arrival": dict(self.arrival),
             "request_timeout_s": self.request_timeout_s,
+            "devices": self.devices,
+            "repeats": self.repeats,
             "device": {"cpu": self.device.cpu},
             "edge": {"cpu": self.edge.cpu},
             "network": network,
@@ -145,9 +148,7 @@ def _link_dict(link: LinkSpec) -> dict:
 def unsupported(scenario: Scenario) -> list[str]:
     """The settings of `scenario` this version accepts but cannot honour yet, as
     'key path: reason' lines (empty when everything is supported)."""
-    found = []
-    if scenario.arrival.get("process") == "poisson":
-        found.append("arrival: " + NOT_YET_SUPPORTED["arrival.poisson"])
+    found: list[str] = []  # one check per NOT_YET_SUPPORTED entry (none at present)
     return found
 
 
@@ -608,6 +609,8 @@ _TOP = _Record(
         "samples": _Field(_Int(ge=1, le=100000), 100),
         "arrival": _Field(_Arrival(), "closed"),
         "request_timeout_s": _Field(_Num(gt=0), 30),
+        "devices": _Field(_Int(ge=1, le=MAX_DEVICES), 1),
+        "repeats": _Field(_Int(ge=1, le=1000), 1),
         "device": _Field(_HOST, {}),
         "edge": _Field(_HOST, {}),
         "network": _Field(
@@ -722,6 +725,24 @@ def _message(source: Path, err: _Invalid, lines: dict[str, int]) -> str:
 
 def load_scenario(path: str | Path) -> Scenario:
     """Read, validate and resolve a scenario file. Raises ScenarioError."""
+    data, lines = read_yaml(path)
+    return _parse(data, Path(path), lines)
+
+
+def read_yaml(path: str | Path) -> tuple[Any, dict[str, int]]:
+    """The file's data and the line of each key path, or ScenarioError for a file that
+    cannot be read or is not YAML (checked before any schema)."""
+    documents = read_yaml_documents(path)
+    if len(documents) > 1:
+        raise ScenarioError(
+            f"{path}: {len(documents)} YAML documents (`---`); allowed here: one scenario "
+            "(run_scenario.py runs files of several)"
+        )
+    return documents[0]
+
+
+def read_yaml_documents(path: str | Path) -> list[tuple[Any, dict[str, int]]]:
+    """Each `---` document's data and key lines (a file may hold several scenarios)."""
     source = Path(path)
     try:
         raw = source.read_bytes()
@@ -740,8 +761,11 @@ def load_scenario(path: str | Path) -> Scenario:
             " save the scenario as UTF-8"
         ) from None
     loader = _Loader(text)
+    documents = []
     try:
-        data = loader.get_single_data()
+        while loader.check_data():
+            documents.append((loader.get_data(), loader.lines))
+            loader.lines = {}  # key paths restart in the next document
     except _Invalid as err:
         raise ScenarioError(_message(source, err, loader.lines)) from None
     except yaml.MarkedYAMLError as exc:
@@ -754,17 +778,21 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(f"{source}: invalid YAML: {' '.join(str(exc).split())}") from None
     finally:
         loader.dispose()
-    if data is None:
+    if not documents or all(data is None for data, _ in documents):
         raise ScenarioError(
             f"{source}: the file is empty; a scenario needs at least `model:` and `network:`"
         )
-    return _parse(data, source, loader.lines)
+    for i, (data, _) in enumerate(documents):
+        if data is None:
+            raise ScenarioError(f"{source}: document {i + 1} (after a `---`) is empty")
+    return documents
 
 
-def parse_scenario(data: object, source: Path) -> Scenario:
+def parse_scenario(data: object, source: Path, lines: dict[str, int] | None = None) -> Scenario:
     """Validate and resolve already-loaded scenario data; `source` is the file it came
-    from (relative paths in it are relative to its folder). Raises ScenarioError."""
-    return _parse(data, Path(source), {})
+    from (relative paths in it are relative to its folder), `lines` the line of each key
+    path (from `read_yaml`) for the messages. Raises ScenarioError."""
+    return _parse(data, Path(source), lines or {})
 
 
 def _parse(data: object, source: Path, lines: dict[str, int]) -> Scenario:

@@ -1,9 +1,10 @@
-"""The emulated network of one run: a device host and an edge host on two Linux
-bridges joined by the bottleneck link, no controller, with the scenario's links and
-CPU shares. Competing-traffic hosts, when the scenario has traffic, sit beside them
-so that their flows share the bottleneck:
+"""The emulated network of one run: device hosts (one, or `devices: N`, each with the
+device's CPU share) and an edge host on two Linux bridges joined by the bottleneck
+link, no controller, with the scenario's links and CPU shares. Competing-traffic
+hosts, when the scenario has traffic, sit beside them so that their flows share the
+bottleneck:
 
-    device ──┐                       ┌── edge
+    devices ─┐                       ┌── edge
              switch A ═bottleneck═ switch B
     ta ──────┘                       └── tb
 
@@ -50,6 +51,11 @@ TRACE_HTB_FLOOR_MBPS = 0.2
 
 def htb_trace_rate(rate_mbps: float) -> float:
     return max(rate_mbps, TRACE_HTB_FLOOR_MBPS)
+
+
+def device_name(prefix: str, index: int) -> str:
+    """`dc12abd` for the first device host (as before several existed), then `d1`, ..."""
+    return f"{prefix}d" if index == 0 else f"{prefix}d{index}"
 
 
 def new_prefix() -> str:
@@ -108,7 +114,8 @@ class OffloadTopology:
         self.prefix = prefix or new_prefix()
         self.teardown = Teardown()
         self.net = None
-        self.device = self.edge = None
+        self.device = self.edge = None  # the first device host, the edge host
+        self.devices: list = []  # every device host (`devices: N`), first one first
         self.traffic_a = self.traffic_b = None  # competing-traffic hosts, device / edge side
         self.backend = None
         self.bottleneck: dict[str, str] = {}  # direction -> the HTB's interface
@@ -118,7 +125,7 @@ class OffloadTopology:
 
     @property
     def side_a(self) -> list:
-        return [h for h in (self.device, self.traffic_a) if h is not None]
+        return [h for h in (*self.devices, self.traffic_a) if h is not None]
 
     @property
     def side_b(self) -> list:
@@ -144,15 +151,21 @@ class OffloadTopology:
         self.teardown.add("cgroups", self._remove_cgroups)  # after the hosts are gone
         self.teardown.add("Mininet network", self._stop_net)
         limited = {"cls": CPULimitedHost, "period_us": CFS_PERIOD_US, "sched": "cfs"}
-        self.device = self.net.addHost(
-            f"{p}d", ip="10.0.0.1/24", cpu=self.scenario.device.cpu / cores, **limited
-        )
+        for i in range(self.scenario.devices):  # 10.0.0.1, then 10.0.0.21, .22, ...
+            ip = "10.0.0.1/24" if i == 0 else f"10.0.0.{20 + i}/24"
+            self.devices.append(
+                self.net.addHost(
+                    device_name(p, i), ip=ip, cpu=self.scenario.device.cpu / cores, **limited
+                )
+            )
+        self.device = self.devices[0]
         self.edge = self.net.addHost(
             f"{p}e", ip="10.0.0.2/24", cpu=self.scenario.edge.cpu / cores, **limited
         )
         switch_a = self.net.addSwitch(f"{p}sa", cls=LinuxBridge, dpid="1")
         switch_b = self.net.addSwitch(f"{p}sb", cls=LinuxBridge, dpid="2")
-        self.net.addLink(self.device, switch_a)
+        for device in self.devices:
+            self.net.addLink(device, switch_a)
         self.net.addLink(self.edge, switch_b)
         if self.scenario.traffic:
             self.traffic_a = self.net.addHost(f"{p}ta", cls=Host, ip="10.0.0.11/24")
@@ -312,7 +325,8 @@ class OffloadTopology:
             self.net.stop()
 
     def _remove_cgroups(self) -> None:
-        for host in (f"{self.prefix}d", f"{self.prefix}e", f"{self.prefix}ta", f"{self.prefix}tb"):
+        devices = [device_name(self.prefix, i) for i in range(self.scenario.devices)]
+        for host in (*devices, f"{self.prefix}e", f"{self.prefix}ta", f"{self.prefix}tb"):
             for controller in ("cpu", "cpuacct", "cpuset"):
                 path = Path("/sys/fs/cgroup", controller, host)
                 if path.is_dir():

@@ -40,7 +40,6 @@ def test_no_arguments_is_a_usage_error():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"arrival": {"process": "poisson", "rate_hz": 2}}, "arrival"),
         (
             {"network": {"trace": {"uplink": "bad.up", "downlink": "bad.up"}, "uplink": {}}},
             "bad.up: line 2",

@@ -52,7 +52,8 @@ def test_prints_table_and_writes_result_files(small_run):
     assert list(requests[0]) == [
         "offloader", "request", "sample", "device_ms", "encode_ms", "uplink_ms", "decode_ms",
         "edge_ms", "downlink_ms", "total_ms", "bytes_up", "bytes_down", "prediction", "label",
-        "correct", "agrees", "status", "error", "choice", "est_uplink_mbps",
+        "correct", "agrees", "status", "error", "choice", "est_uplink_mbps", "queue_ms",
+        "intended_ms", "device",
     ]  # fmt: skip
     assert len(requests) == 40 and {r["status"] for r in requests} == {"ok"}
     summary = {row["offloader"]: row for row in read_csv(out / "summary.csv")}

@@ -10,6 +10,7 @@ import pytest
 from testbed import offloaders, plugins
 from testbed.runner import check_gates, offloader_labels
 from testbed.scenario import load_scenario, unsupported
+from testbed.sweep import load_sweeps
 
 SCENARIOS = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.yaml"))
 _MODELS: dict = {}
@@ -17,15 +18,17 @@ _MODELS: dict = {}
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.name)
 def test_shipped_scenario_is_complete(path):
-    scenario = load_scenario(path)
-    assert unsupported(scenario) == []
-    check_gates(scenario, offloader_labels(scenario.offloaders))
-    if scenario.model not in _MODELS:
-        plugin = plugins.get(scenario.model)
-        _MODELS[scenario.model] = (plugin, plugin.load_model())
-    plugin, model = _MODELS[scenario.model]
-    for spec in scenario.offloaders:
-        offloaders.get(spec.name)(plugin, model, **spec.params)
+    """Every cell of every document, too."""
+    for cell in (c for sweep in load_sweeps(path) for c in sweep.cells):
+        scenario = cell.scenario
+        assert unsupported(scenario) == []
+        check_gates(scenario, offloader_labels(scenario.offloaders))
+        if scenario.model not in _MODELS:
+            plugin = plugins.get(scenario.model)
+            _MODELS[scenario.model] = (plugin, plugin.load_model())
+        plugin, model = _MODELS[scenario.model]
+        for spec in scenario.offloaders:
+            offloaders.get(spec.name)(plugin, model, **spec.params)
 
 
 def test_the_main_job_is_the_mobilenet_scenario():
