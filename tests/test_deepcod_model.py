@@ -1,11 +1,18 @@
 """DeepCOD's networks and its training command (the `deepcod` offloader builds on
 them; end-to-end figures belong to its own tests)."""
 
+import pytest
 import torch
 
-from testbed import plugins
+from testbed import errors, plugins
 from testbed.deepcod import train as deepcod_train
-from testbed.deepcod.model import DeepCOD, SamplingEncoder, SoftToHardQuantizer, encoder_channels
+from testbed.deepcod.model import (
+    DeepCOD,
+    SamplingEncoder,
+    SoftToHardQuantizer,
+    encoder_channels,
+    pad_to_patches,
+)
 
 
 def test_encoder_channels_follow_the_official_rule():
@@ -48,6 +55,58 @@ def test_decoder_starts_without_attention_and_restores_the_input_shape():
     assert out.shape == (2, 1, 28, 28) and out.min() >= 0 and out.max() <= 1
 
 
+@pytest.mark.parametrize("shape", [(1, 40, 101), (3, 13, 7), (2, 5, 12)])
+def test_odd_sizes_are_padded_and_cropped_back(shape):
+    torch.manual_seed(0)
+    model = DeepCOD(shape[0], 0.25, width=8, bounded=False).eval()
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        y = model.encoder(x)
+        out = model(x)
+        full = model.decoder(model.quantizer(y))
+    h, w = (-(-n // 4) for n in shape[1:])
+    assert y.shape == (2, model.encoder.out_channels, h, w)
+    assert out.shape == x.shape
+    assert torch.equal(out, full[..., : shape[1], : shape[2]])  # a crop of the 4h x 4w output
+
+
+def test_padding_replicates_the_last_row_and_column():
+    torch.manual_seed(0)
+    encoder = SamplingEncoder(1, 0.25).eval()
+    x = torch.randn(1, 1, 6, 9)
+    padded = pad_to_patches(x)
+    assert padded.shape == (1, 1, 8, 12)
+    assert torch.equal(padded[..., :6, :9], x)
+    assert torch.equal(padded[..., 6:, :9], x[..., 5:6, :].expand(1, 1, 2, 9))
+    assert torch.equal(padded[..., 9:], padded[..., 8:9].expand(1, 1, 8, 3))  # and corner
+    with torch.no_grad():
+        assert torch.equal(encoder(x), encoder.conv(padded))
+        zeros = torch.nn.functional.pad(x, (0, 3, 0, 2))
+        assert not torch.equal(encoder(x), encoder.conv(zeros))
+
+
+def test_sizes_that_fit_are_not_padded():
+    torch.manual_seed(0)
+    model = DeepCOD(3, 0.1, width=8).eval()
+    x = torch.rand(2, 3, 16, 28)
+    assert pad_to_patches(x) is x
+    with torch.no_grad():
+        y = model.quantizer(model.encoder(x))
+        assert torch.equal(model.encoder(x), model.encoder.conv(x))
+        assert torch.equal(model.decoder(y, (16, 28)), model.decoder(y))
+        assert torch.equal(model(x), model.decoder.net(y))
+
+
+def test_split_model_takes_odd_features_and_refuses_flat_ones():
+    plugin = plugins.get("speech_kws")
+    model = plugin.load_model()
+    assert deepcod_train.split_model(plugin, model, 1)[2] == (1, 40, 101)
+    with pytest.raises(
+        errors.TestbedError, match="CxHxW tensor at split 0 of 'speech_kws'; it is 1x16000"
+    ):
+        deepcod_train.split_model(plugin, model, 0)
+
+
 def test_training_command_writes_a_loadable_artefact(tmp_path):
     out = tmp_path / "deepcod.pt"
     status = deepcod_train.main(["--plugin", "fashion_cnn", "--epochs", "1", "--limit", "256",
@@ -55,6 +114,7 @@ def test_training_command_writes_a_loadable_artefact(tmp_path):
     assert status == 0
     saved = torch.load(out, weights_only=True)
     assert saved["config"]["ratio"] == 0.1 and saved["config"]["plugin"] == "fashion_cnn"
+    assert "padding" not in saved["config"]  # 28x28 fits: the format of the older artefacts
     model = DeepCOD(1, 0.1)
     model.load_state_dict(saved["state_dict"])
 

@@ -8,6 +8,13 @@ centres (`SoftToHardQuantizer`) and entropy coded by the kernels.
 Edge: `Decoder`, residual upsampling blocks with SAGAN-style self-attention (its gain
 starts at 0), spectral normalization, back to the input's space; then the plugin's
 unmodified model.
+
+Sizes that are not multiples of 4 (speech_kws's 40x101 log-mel features) are padded on
+the bottom/right to the next multiple by replicating the last row/column, and the
+decoder's output is cropped back. Replicate rather than zeros: a padded 4x4 patch then
+looks like a real one (the last frame held) instead of a step to 0, which is black for an
+image and the clip's mean level for speech_kws's normalised log-mel, a jump the encoder
+would spend measurements on. Sizes that are multiples of 4 are not padded at all.
 """
 
 from __future__ import annotations
@@ -17,6 +24,21 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 PATCH = 4
+PADDING = "replicate"  # torch.nn.functional.pad's mode; stored in an artefact that uses it
+
+
+def padded(size: int) -> int:
+    """The next multiple of PATCH: the size the encoder samples."""
+    return -(-size // PATCH) * PATCH
+
+
+def pad_to_patches(x: torch.Tensor, mode: str = PADDING) -> torch.Tensor:
+    """Bottom/right padding of (N, C, H, W) to multiples of PATCH; `x` itself when none
+    is needed, so that inputs that fit go through exactly the unpadded computation."""
+    h, w = x.shape[-2:]
+    if h % PATCH == 0 and w % PATCH == 0:
+        return x
+    return nn.functional.pad(x, (0, padded(w) - w, 0, padded(h) - h), mode=mode)
 
 
 def encoder_channels(in_channels: int, ratio: float) -> int:
@@ -25,15 +47,18 @@ def encoder_channels(in_channels: int, ratio: float) -> int:
 
 
 class SamplingEncoder(nn.Module):
-    def __init__(self, in_channels: int, ratio: float) -> None:
+    """(C, H, W) -> (K, ceil(H/4), ceil(W/4)) measurements; see the module's padding rule."""
+
+    def __init__(self, in_channels: int, ratio: float, padding: str = PADDING) -> None:
         super().__init__()
         self.out_channels = encoder_channels(in_channels, ratio)
+        self.padding = padding
         self.conv = spectral_norm(
             nn.Conv2d(in_channels, self.out_channels, PATCH, stride=PATCH, bias=False)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv(pad_to_patches(x, self.padding))
 
     def orthogonality_loss(self) -> torch.Tensor:
         """||W W^T - I||^2 over the measurement rows (W: out x in*16)."""
@@ -128,8 +153,12 @@ class Decoder(nn.Module):
             nn.Sigmoid() if bounded else nn.Identity(),
         )
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.net(y)
+    def forward(self, y: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """`size` (H, W): crop the (4h, 4w) output back to an input that was padded."""
+        out = self.net(y)
+        if size is not None and tuple(size) != tuple(out.shape[-2:]):
+            out = out[..., : size[0], : size[1]]
+        return out
 
 
 class DeepCOD(nn.Module):
@@ -142,15 +171,16 @@ class DeepCOD(nn.Module):
         centres: int = 8,
         width: int = 64,
         bounded: bool = True,
+        padding: str = PADDING,
     ):
         super().__init__()
         self.ratio = ratio
-        self.encoder = SamplingEncoder(in_channels, ratio)
+        self.encoder = SamplingEncoder(in_channels, ratio, padding)
         self.quantizer = SoftToHardQuantizer(centres)
         self.decoder = Decoder(self.encoder.out_channels, in_channels, width, bounded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.quantizer(self.encoder(x)))
+        return self.decoder(self.quantizer(self.encoder(x)), x.shape[-2:])
 
 
 class Critic(nn.Module):

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from testbed import plugins
-from testbed.deepcod.model import Critic, DeepCOD, gradient_penalty
+from testbed.deepcod.model import PADDING, PATCH, Critic, DeepCOD, gradient_penalty
 from testbed.errors import TestbedError
 from testbed.training import save_reproducibly, score_through, seed_everything
 
@@ -48,7 +48,8 @@ def artefact_path(plugin, ratio: float, split: int = 0) -> Path:
 
 
 def split_model(plugin, model, split: int):
-    """(device head, edge tail, shape DeepCOD encodes); split 0 is the input itself."""
+    """(device head, edge tail, shape DeepCOD encodes); split 0 is the input itself. H and
+    W need not be multiples of 4: the networks pad them (`model.pad_to_patches`)."""
     if split and split not in plugin.split_points:
         raise TestbedError(
             f"--split {split}: plugin {plugin.name!r} splits at {list(plugin.split_points)} "
@@ -58,10 +59,10 @@ def split_model(plugin, model, split: int):
     with torch.inference_mode():
         x = plugin.to_tensor(np.zeros((1, *plugin.input_spec.shape), plugin.input_spec.dtype))
         shape = tuple(head(x).shape[1:])
-    if len(shape) != 3 or shape[1] % 4 or shape[2] % 4:
+    if len(shape) != 3:
         raise TestbedError(
-            f"DeepCOD needs a CxHxW tensor with H and W divisible by 4 at split {split} of "
-            f"{plugin.name!r}; it is {'x'.join(map(str, shape))}"
+            f"DeepCOD needs a CxHxW tensor at split {split} of {plugin.name!r}; it is "
+            f"{'x'.join(map(str, shape))}"
         )
     return head, tail, shape
 
@@ -153,9 +154,12 @@ def main(argv: list[str] | None = None) -> int:
                   "epochs": args.epochs, "seed": args.seed, "lr": args.lr,
                   "batch_size": args.batch_size, "threads": args.threads,
                   "limit": args.limit or 0}  # fmt: skip
-        # split and adversarial only where used: older artefacts stay byte-identical
+        # split, adversarial, padding only where used: older artefacts stay byte-identical
         extra = {"split": args.split, "adversarial": args.adversarial}
         extra = extra if args.split or args.adversarial else {}
+        shape = split_model(plugin, plugin.load_model(), args.split)[2]
+        if shape[1] % PATCH or shape[2] % PATCH:
+            extra["padding"] = PADDING
 
         def checkpoint(deepcod, epochs_done):
             full = {**config, "epochs": epochs_done,

@@ -5,7 +5,8 @@ and entropy coding by the Numba kernels; with `split: k` the device first runs
 stages[:k] (`device` phase) and DeepCOD encodes their features. Edge (`decode` phase):
 entropy decoding, the centres' values, the decoder back to the input's (or the
 features') space; then (`edge`) the plugin's unmodified model (stages[k:]). The
-networks come from `python -m testbed.deepcod.train`.
+networks come from `python -m testbed.deepcod.train`. Sizes that are not multiples of 4
+are padded by the encoder and cropped back after the decoder (`testbed.deepcod.model`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from testbed.deepcod.model import DeepCOD
+from testbed.deepcod.model import PADDING, PATCH, DeepCOD, padded
 from testbed.deepcod.train import artefact_path
 from testbed.errors import PluginError
 from testbed.offloaders import register
@@ -55,12 +56,14 @@ class DeepCODOffloader(Offloader):
         saved = torch.load(path, map_location="cpu", weights_only=True)
         config = saved["config"]
         self.networks = DeepCOD(config["in_channels"], config["ratio"], config["centres"],
-                                config.get("width", 64), bounded=split == 0)  # fmt: skip
+                                config.get("width", 64), bounded=split == 0,
+                                padding=config.get("padding", PADDING))  # fmt: skip
         self.networks.load_state_dict(saved["state_dict"])
         self.networks.eval()
         self.codebook = quantize.Codebook(self.networks.quantizer.centres.detach().numpy())
-        h, w = feature_shape(plugin, split)[1:]
-        self.shape = (1, self.networks.encoder.out_channels, h // 4, w // 4)
+        self.size = feature_shape(plugin, split)[1:]
+        h, w = (padded(n) // PATCH for n in self.size)
+        self.shape = (1, self.networks.encoder.out_channels, h, w)
 
     def device(self, sample, timer):
         from kernels import entropy, quantize
@@ -88,7 +91,7 @@ class DeepCODOffloader(Offloader):
             if indices.size and int(indices.max()) >= len(self.codebook.centres):
                 raise ValueError("deepcod payload names a centre that does not exist")
             y = quantize.centre_values(indices, self.codebook)
-            recon = self.networks.decoder(torch.from_numpy(np.ascontiguousarray(y)))
+            recon = self.networks.decoder(torch.from_numpy(np.ascontiguousarray(y)), self.size)
         with timer.phase("edge"), torch.inference_mode():
             logits = self.model[self.split :](recon)
         return int(logits.argmax(dim=1)[0])
