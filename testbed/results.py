@@ -24,7 +24,7 @@ SUMMARY_COLUMNS = [
     "p50_uplink_ms", "choice", "p50_queue_ms",
 ]  # fmt: skip
 # what a choice says about the request's configuration (the rest is prediction)
-CHOICE_KEYS = ("split", "bits", "quality")
+CHOICE_KEYS = ("split", "bits", "scale", "quality", "mode")
 
 
 TRAFFIC_COLUMNS = [

@@ -52,5 +52,7 @@ from testbed.offloaders import deepcod  # noqa: E402, F401
 from testbed.offloaders import image_codec  # noqa: E402, F401
 from testbed.offloaders import neurosurgeon, jalad  # noqa: E402, F401
 from testbed.offloaders import bottlenet  # noqa: E402, F401
+from testbed.offloaders import feature_codec  # noqa: E402, F401
+from testbed.offloaders import deepdecision  # noqa: E402, F401
 
 __all__ = ["DeviceResult", "Offloader", "Param", "PhaseTimer", "get", "names", "register"]
