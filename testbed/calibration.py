@@ -3,9 +3,11 @@
 An adaptive offloader must know, before it runs, what each option (a JPEG quality,
 a split with k-bit features) costs in accuracy and in bytes. That is measured here on
 a calibration set drawn from the plugin's *train* split (never the test samples the
-scenario is scored on): the option's predictions against the labels (or, for
-plugins without labels, against the unsplit model), as a drop in percentage points
-from the unsplit model on the same samples, and its mean payload size.
+scenario is scored on; a plugin without one may name another in `calibration_data`,
+and says so): the option's predictions against the labels (or, for plugins without
+labels, against the unsplit model; for a detector, image-level box agreement,
+`testbed.predictions`), as a drop in percentage points from the unsplit model on the
+same samples, and its mean payload size.
 
 The runner calibrates at full speed before the hosts start; the results go to the
 testbed cache, keyed by everything they depend on (the model's weights, the option,
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from testbed import predictions
 from testbed.cache import cache_dir
 
 VERSION = 1
@@ -69,34 +72,41 @@ class Calibrator:
                 self._scores = {}  # a damaged cache file is measured again
 
     def _calibration_set(self):
-        """The first `count` of a seeded permutation of the train split, the unsplit
-        model's predictions on them, and its score there."""
+        """The first `count` of a seeded permutation of the calibration split (the
+        train split, unless the plugin says otherwise), what each is compared with (its
+        label, or the unsplit model's prediction), and the unsplit model's score there."""
         if self._data is None:
-            data = self.plugin.train_data()
+            data = self.plugin.calibration_data()
             order = np.random.default_rng(0).permutation(len(data))[: self.count]
             inputs, labels = data.inputs[order], data.labels[order]
-            reference = self._predict(lambda x: (self.model(self.plugin.to_tensor(x)), []), inputs)[
-                0
-            ]
-            truth = labels if self.plugin.metric == "accuracy" else reference
-            self._data = (inputs, truth, float(np.mean(reference == truth)))
+            run = lambda x: (self.model(self.plugin.to_tensor(x)), [])  # noqa: E731
+            reference = self._predict(run, inputs)[0]
+            truth = labels.tolist() if self.plugin.metric == "accuracy" else reference
+            self._data = (inputs, truth, self._agreement(reference, truth))
         return self._data
 
+    def _agreement(self, found: list, truth: list) -> float:
+        """The share of predictions that agree with the truth (`predictions.compare`:
+        equality for a classifier, all boxes matched for a detector)."""
+        compare = predictions.comparer(self.plugin)
+        return float(np.mean([compare(p, t).agrees for p, t in zip(found, truth, strict=True)]))
+
     @torch.inference_mode()
-    def _predict(self, run, inputs) -> tuple[np.ndarray, list[int]]:
-        predictions, sizes = [], []
+    def _predict(self, run, inputs) -> tuple[list, list[int]]:
+        found, sizes = [], []
         for start in range(0, len(inputs), BATCH):
-            logits, batch_sizes = run(inputs[start : start + BATCH])
-            predictions.append(logits.argmax(dim=1).numpy())
+            output, batch_sizes = run(inputs[start : start + BATCH])
+            found += [predictions.to_record(self.plugin, p)
+                      for p in predictions.predict(self.plugin, output)]  # fmt: skip
             sizes += list(batch_sizes)
-        return np.concatenate(predictions), sizes
+        return found, sizes
 
     def score(self, option: Hashable) -> Score:
         key = json.dumps(option)
         if key not in self._scores:
             inputs, truth, reference_score = self._calibration_set()
-            predictions, sizes = self._predict(lambda x: self.run(option, x), inputs)
-            drop = 100 * (reference_score - float(np.mean(predictions == truth)))
+            found, sizes = self._predict(lambda x: self.run(option, x), inputs)
+            drop = 100 * (reference_score - self._agreement(found, truth))
             self._scores[key] = Score(round(drop, 4), float(np.mean(sizes)) if sizes else 0.0)
             self._save()
         return self._scores[key]

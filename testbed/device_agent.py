@@ -39,13 +39,13 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed import offloaders, plugins
+from testbed import offloaders, plugins, predictions
 from testbed.bandwidth import LinkEstimate
 from testbed.cleanup import Terminated, sigterm_raises
 from testbed.offloaders.base import PhaseTimer, warm_kernels
 from testbed.protocol import (
     HEADER,
-    RESULT_STRUCT,
+    TIMING_STRUCT,
     ConnectionClosed,
     MessageType,
     ProtocolError,
@@ -206,10 +206,11 @@ class Requests:
 
     def __init__(
         self, host: str, port: int, hello: dict, timeout_s: float, writer: RecordWriter,
-        estimate: LinkEstimate,
+        estimate: LinkEstimate, plugin=None,
     ) -> None:  # fmt: skip
+        """`plugin` says how its predictions travel and are recorded (None: a classifier)."""
         self.address, self.hello, self.timeout_s = (host, port), hello, timeout_s
-        self.writer, self.estimate = writer, estimate
+        self.writer, self.estimate, self.plugin = writer, estimate, plugin
         self.cond = threading.Condition()
         self.inflight: dict[int, InFlight] = {}
         self.uploads: list[tuple[int, float]] = []  # for the estimate, fed on this thread
@@ -327,8 +328,13 @@ class Requests:
         record["bytes_down"] = HEADER.size + len(reply.payload)
         record["stream"][2] = offset  # where the reply starts in the edge's stream
         prediction, status, error = None, "ok", ""
-        if reply.type == MessageType.RESULT and len(reply.payload) == RESULT_STRUCT.size:
-            recv_ns, decode_ms, edge_ms, sent_ns, prediction = RESULT_STRUCT.unpack(reply.payload)
+        if reply.type == MessageType.RESULT:
+            try:
+                prediction = self._result_prediction(reply.payload)
+            except ValueError as exc:
+                status, error = "error", f"bad RESULT: {exc}"
+        if reply.type == MessageType.RESULT and status == "ok":
+            recv_ns, decode_ms, edge_ms, sent_ns = TIMING_STRUCT.unpack_from(reply.payload)
             # The edge stamps a frame's last byte when it reads it, after answering the
             # connection's earlier frames; so with others outstanding, uplink_ms includes
             # waiting behind them. Only an upload sent with nothing outstanding measures
@@ -342,10 +348,18 @@ class Requests:
             record["downlink_ms"] = (reply.received_ns - sent_ns) / 1e6
         elif reply.type == MessageType.ERROR:
             status, error = "error", decode_error(reply.payload)[1]
-        else:
+        elif reply.type != MessageType.RESULT:
             status, error = "error", f"unexpected {reply.type.name} reply"
         record["total_ms"] = (reply.received_ns - flight.intended_ns) / 1e6
         self._finish(flight.request, record, prediction, status, error)
+
+    def _result_prediction(self, payload: bytes):
+        """The prediction a RESULT carries after its timings; ValueError if malformed."""
+        if len(payload) < TIMING_STRUCT.size:
+            raise ValueError(
+                f"{len(payload)} bytes, shorter than its {TIMING_STRUCT.size}-byte timings"
+            )
+        return predictions.decode(self.plugin, payload[TIMING_STRUCT.size :])
 
     def _expire(self, now_ns: int) -> None:
         with self.cond:
@@ -375,7 +389,8 @@ class Requests:
     def _finish(self, request: int, record: dict, prediction, status: str, error: str) -> None:
         if self.closed:
             return
-        record.update(prediction=-1 if prediction is None else int(prediction), status=status)
+        recorded = -1 if prediction is None else predictions.to_record(self.plugin, prediction)
+        record.update(prediction=recorded, status=status)
         record["error"] = error
         self.writer.complete(request, record)
         with self.cond:
@@ -468,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(job["records"], "a", buffering=1) as out, sigterm_raises():
         requests = Requests(
             job["edge_host"], job["edge_port"], hello, job["timeout_s"], RecordWriter(out),
-            estimate,
+            estimate, plugin,
         )  # fmt: skip
         try:
             conn = requests.open()

@@ -17,11 +17,11 @@ import sys
 import threading
 import time
 
-from testbed import offloaders, plugins
+from testbed import offloaders, plugins, predictions
 from testbed.errors import TestbedError
 from testbed.offloaders.base import PhaseTimer, warm_kernels
 from testbed.protocol import (
-    RESULT_STRUCT,
+    TIMING_STRUCT,
     ConnectionClosed,
     ErrorCode,
     MessageType,
@@ -115,18 +115,19 @@ class Session:
         if frame.offloader >= len(self.offloaders):
             raise ProtocolError(ErrorCode.BAD_PAYLOAD, f"no offloader #{frame.offloader}")
         timer = PhaseTimer()
+        offloader = self.offloaders[frame.offloader]
         try:
-            prediction = self.offloaders[frame.offloader].edge(frame.payload, timer)
+            prediction = offloader.edge(frame.payload, timer)
         except ValueError as exc:
             raise ProtocolError(ErrorCode.BAD_PAYLOAD, str(exc)) from exc
-        result = RESULT_STRUCT.pack(
+        encoded = predictions.encode(offloader.plugin, prediction)
+        result = TIMING_STRUCT.pack(
             frame.received_ns,
             timer.ms.get("decode", 0.0),
             timer.ms.get("edge", 0.0),
             time.monotonic_ns(),
-            prediction,
         )
-        return encode(MessageType.RESULT, result, frame.offloader, frame.request)
+        return encode(MessageType.RESULT, result + encoded, frame.offloader, frame.request)
 
     def _send(self, data: bytes) -> None:
         with contextlib.suppress(OSError):

@@ -46,10 +46,15 @@ class Plugin(ABC):
     num_classes: int
     # split points k in 1..len(stages)-1, in stage order
     split_points: tuple[int, ...]
-    # "accuracy" (labels exist) or "agreement" (top-1 agreement with the unsplit model)
+    # "accuracy" (labels exist) or "agreement" (top-1 agreement with the unsplit model);
+    # for task "detection": "detection_agreement" (boxes against the unmodified model's)
     metric: str = "accuracy"
     # artefact name -> path; "weights" is the model's own
     artefacts: dict[str, Path] = field(default_factory=dict)
+    # what a prediction is (testbed.predictions): "classification" (logits of
+    # num_classes) or "detection" (the plugin then declares output_shape, predict(output)
+    # and counts(pred, ref) -> tp, fp, fn)
+    task: str = "classification"
 
     @abstractmethod
     def build_stages(self) -> list:
@@ -60,6 +65,11 @@ class Plugin(ABC):
 
     @abstractmethod
     def train_data(self) -> Dataset: ...
+
+    def calibration_data(self) -> Dataset:
+        """Where adaptive offloaders measure their options (testbed.calibration): the
+        train split; a plugin without one may say otherwise, and documents it."""
+        return self.train_data()
 
     def to_tensor(self, inputs: np.ndarray):
         """Raw inputs (batch) -> float tensor for stages[0]. Default: scale to [0, 1]."""
@@ -87,11 +97,16 @@ class Plugin(ABC):
         return model
 
 
+# the metrics a plugin of each task may declare
+METRICS = {"classification": ("accuracy", "agreement"), "detection": ("detection_agreement",)}
+
+
 def check_plugin(plugin: Plugin) -> list[tuple[int, ...]]:
     """Check what a plugin declares against what its model does; return each stage's
     output shape (one sample). A PluginError names the plugin, the stage and the fix."""
     import torch
 
+    from testbed import predictions
     from testbed.errors import PluginError
 
     stages = plugin.build_stages()
@@ -104,9 +119,12 @@ def check_plugin(plugin: Plugin) -> list[tuple[int, ...]]:
             f"each between 1 and {len(stages) - 1} (it has {len(stages)} stages)"
         )
     spec = plugin.input_spec
-    if plugin.metric not in ("accuracy", "agreement"):
+    task = predictions.task_of(plugin)
+    metrics = METRICS[task.name]
+    if plugin.metric not in metrics:
         raise PluginError(
-            f"plugin {plugin.name!r}: metric {plugin.metric!r}; allowed: accuracy, agreement"
+            f"plugin {plugin.name!r}: metric {plugin.metric!r}; allowed for a {task.name} "
+            f"plugin: {', '.join(metrics)}"
         )
     x = plugin.to_tensor(np.full((1, *spec.shape), spec.low, dtype=spec.dtype))
     shapes = []
@@ -124,9 +142,5 @@ def check_plugin(plugin: Plugin) -> list[tuple[int, ...]]:
                     f"{spec.describe()}: {type(exc).__name__}: {exc}"
                 ) from None
             shapes.append(tuple(x.shape[1:]))
-    if shapes[-1] != (plugin.num_classes,):
-        raise PluginError(
-            f"plugin {plugin.name!r}: the last stage gives {shapes[-1]}, "
-            f"expected ({plugin.num_classes},) logits"
-        )
+    task.check_output(plugin, shapes[-1])
     return shapes

@@ -36,7 +36,7 @@ class MessageType(enum.IntEnum):
     HELLO = 1  # device -> edge: JSON {"plugin", "offloaders": [{"name", "params"}]}
     HELLO_OK = 2  # edge -> device: JSON {"offloaders": [describe()...]}
     REQUEST = 3  # device -> edge: the offloader's payload
-    RESULT = 4  # edge -> device: RESULT_STRUCT
+    RESULT = 4  # edge -> device: TIMING_STRUCT, then the prediction (testbed.predictions)
     ERROR = 5  # either way: u16 code + UTF-8 message
     PING = 6  # device -> edge: echoed back as PONG, to measure the round trip
     PONG = 7
@@ -52,7 +52,10 @@ class ErrorCode(enum.IntEnum):
 
 
 # RESULT: edge monotonic ns when the request's last byte arrived, decode ms,
-# edge compute ms, edge monotonic ns just before sending the result, prediction.
+# edge compute ms, edge monotonic ns just before sending the result (TIMING_STRUCT),
+# then the prediction as `testbed.predictions.encode` writes it for the plugin's task:
+# for a classifier an int32, so that its whole RESULT payload is RESULT_STRUCT.
+TIMING_STRUCT = struct.Struct("!qddq")
 RESULT_STRUCT = struct.Struct("!qddqi")
 ERROR_STRUCT = struct.Struct("!H")
 

@@ -2,26 +2,37 @@
 
 A request that failed or timed out stays in requests.csv with its status, and
 counts as a wrong prediction in `accuracy`, so failures can never raise accuracy.
+
+For a detection plugin (`testbed.predictions`) a request `agrees` when its boxes match
+the unmodified model's on the original input one to one (no false positive, no false
+negative), `tp`/`fp`/`fn` count its boxes against those (a failed request found
+nothing: its reference boxes are all false negatives), `accuracy` is the share of
+images that agree, and `precision`/`recall` pool the boxes; both are empty for a
+classifier.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from testbed.predictions import Comparison
 
 REQUEST_COLUMNS = [
     "offloader", "request", "sample", "device_ms", "encode_ms", "uplink_ms", "decode_ms",
     "edge_ms", "downlink_ms", "total_ms", "bytes_up", "bytes_down", "prediction", "label",
     "correct", "agrees", "status", "error", "choice", "est_uplink_mbps", "queue_ms",
-    "intended_ms", "device",
+    "intended_ms", "device", "tp", "fp", "fn",
 ]  # fmt: skip
 SUMMARY_COLUMNS = [
     "offloader", "n", "p50_ms", "p95_ms", "p99_ms", "mean_bytes_up", "accuracy",
     "accuracy_drop_pp", "speedup_vs_raw", "failed", "p50_device_ms", "p50_encode_ms",
-    "p50_uplink_ms", "choice", "p50_queue_ms",
+    "p50_uplink_ms", "choice", "p50_queue_ms", "precision", "recall",
 ]  # fmt: skip
 # what a choice says about the request's configuration (the rest is prediction)
 CHOICE_KEYS = ("split", "bits", "scale", "quality", "mode")
@@ -51,15 +62,24 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
-def complete_records(records: list[dict], reference: dict[int, int]) -> list[dict]:
-    """Add `correct` and `agrees` (with the unsplit model's prediction on the sample)."""
+def complete_records(
+    records: list[dict], reference: dict, compare: Callable[[Any, Any], Comparison] | None = None
+) -> list[dict]:
+    """Add `correct` and `agrees` (with the unsplit model's prediction on the sample) and,
+    for detection, `tp`/`fp`/`fn`: `compare` is the plugin's (`predictions.comparer`;
+    None: a classifier's equality)."""
+    compare = compare or (lambda prediction, ref: Comparison(agrees=prediction == ref))
     out = []
     for record in records:
         row = {column: record.get(column, "") for column in REQUEST_COLUMNS}
         ok = record.get("status") == "ok"
         prediction, label = record.get("prediction", -1), record.get("label", -1)
         row["correct"] = int(ok and label >= 0 and prediction == label)
-        row["agrees"] = int(ok and prediction == reference.get(record.get("sample")))
+        ref = reference.get(record.get("sample"))
+        found = compare(prediction if ok else None, ref) if ref is not None else Comparison(False)
+        row["agrees"] = int(ok and found.agrees)
+        for key in ("tp", "fp", "fn"):
+            row[key] = "" if getattr(found, key) is None else getattr(found, key)
         out.append(row)
     return out
 
@@ -73,6 +93,8 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def _fmt(value):
+    if isinstance(value, list | tuple):  # a detection's boxes
+        return json.dumps(value, separators=(",", ":"))
     return f"{value:.4f}" if isinstance(value, float) else value
 
 
@@ -106,6 +128,7 @@ def summarize(
                 "choice": _common_choice(ok),
                 # open loop: how late the device started requests (0 in closed loop)
                 "p50_queue_ms": _pct(_column(ok, "queue_ms"), 50),
+                **_pooled(mine),
             }
         )
     raw = next((s for s in summary if s["offloader"] == "raw"), None)
@@ -114,6 +137,19 @@ def summarize(
             if row["p50_ms"] > 0:
                 row["speedup_vs_raw"] = raw["p50_ms"] / row["p50_ms"]
     return summary
+
+
+def _pooled(rows: list[dict]) -> dict:
+    """Precision and recall of the boxes of all requests (failed ones included: they
+    found nothing); empty where the requests carry no box counts (a classifier)."""
+    counted = [r for r in rows if r.get("tp", "") != ""]
+    if not counted:
+        return {"precision": "", "recall": ""}
+    tp, fp, fn = (sum(int(r[k]) for r in counted) for k in ("tp", "fp", "fn"))
+    return {
+        "precision": tp / (tp + fp) if tp + fp else 1.0,  # nothing found: nothing wrong
+        "recall": tp / (tp + fn) if tp + fn else 1.0,  # nothing to find
+    }
 
 
 def _column(rows: list[dict], key: str) -> np.ndarray:
@@ -144,6 +180,9 @@ def table(summary: list[dict]) -> str:
     """The summary as a Markdown table (also readable in a terminal)."""
     head = ["offloader", "n", "p50 ms", "p95 ms", "p99 ms", "bytes up", "accuracy", "drop pp"]
     head += ["vs raw", "encode ms", "choice"]
+    boxes = any(s.get("precision", "") != "" for s in summary)  # a detector's
+    if boxes:
+        head += ["precision", "recall"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
         speed = f"{s['speedup_vs_raw']:.2f}x" if s["speedup_vs_raw"] != "" else "-"
@@ -153,5 +192,11 @@ def table(summary: list[dict]) -> str:
             f"{s['accuracy_drop_pp']:+.2f}", speed, f"{s['p50_encode_ms']:.2f}",
             s["choice"] or "-",
         ]  # fmt: skip
+        if boxes:
+            cells += [_share(s.get("precision", "")), _share(s.get("recall", ""))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _share(value) -> str:
+    return "-" if value == "" else f"{100 * value:.1f}%"

@@ -18,7 +18,17 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from testbed import capture, environment, gates, measure, offloaders, plugins, results, stale
+from testbed import (
+    capture,
+    environment,
+    gates,
+    measure,
+    offloaders,
+    plugins,
+    predictions,
+    results,
+    stale,
+)
 from testbed.cleanup import Terminated, sigterm_raises
 from testbed.errors import ScenarioError, TestbedError
 from testbed.link.trace import load_trace
@@ -79,15 +89,19 @@ def choose_samples(scenario, count: int) -> np.ndarray:
     return np.random.default_rng(scenario.seed).choice(count, scenario.samples, replace=False)
 
 
-def reference_predictions(plugin, model, inputs: np.ndarray) -> np.ndarray:
+def reference_predictions(plugin, model, inputs: np.ndarray) -> list:
+    """The unmodified model's prediction on each input, as records hold predictions
+    (`testbed.predictions.to_record`): what every offloader's is compared with."""
     import torch
 
     out = []
+    # batches of at most 256 inputs and 256 MiB of float input (a 640x480 frame is 3.7 MB)
+    step = max(1, min(256, (256 << 20) // (4 * int(np.prod(plugin.input_spec.shape)))))
     with torch.inference_mode():
-        for start in range(0, len(inputs), 256):
-            logits = model(plugin.to_tensor(inputs[start : start + 256]))
-            out.append(logits.argmax(dim=1).numpy())
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+        for start in range(0, len(inputs), step):
+            output = model(plugin.to_tensor(inputs[start : start + step]))
+            out += [predictions.to_record(plugin, p) for p in predictions.predict(plugin, output)]
+    return out
 
 
 def run(
@@ -124,9 +138,9 @@ def run(
     reference = reference_predictions(plugin, model, data.inputs[indices])
     # compile the kernels here, at full speed, so that agents on slow hosts only load them
     kernels_s = warm_kernels(offloaders.get(spec.name) for spec in scenario.offloaders)
-    reference_by_sample = dict(zip(indices.tolist(), reference.tolist(), strict=True))
+    reference_by_sample = dict(zip(indices.tolist(), reference, strict=True))
     if plugin.metric == "accuracy":
-        reference_score = float(np.mean(reference == data.labels[indices]))
+        reference_score = float(np.mean(np.array(reference) == data.labels[indices]))
     else:
         reference_score = 1.0
 
@@ -171,7 +185,7 @@ def run(
                 summary = _write_results(
                     out_dir, [r for p in records_paths for r in results.read_records(p)],
                     labels, reference_by_sample,
-                    reference_score, plugin.metric, extra,
+                    reference_score, plugin.metric, extra, predictions.comparer(plugin),
                 )  # fmt: skip
     by_name = {row["offloader"]: row for row in summary}
     failed = []
@@ -390,17 +404,25 @@ def _count_lines(path: Path) -> int:
         return 0
 
 
-def _write_results(out_dir, records, labels, reference, reference_score, metric, extra):
+def _write_results(
+    out_dir, records, labels, reference, reference_score, metric, extra, compare=None
+):
     if (out_dir / "capture.pcap").exists():
         extra["capture"] = _capture_report(out_dir, records, labels)
-    rows = results.complete_records(records, reference)
+    rows = results.complete_records(records, reference, compare)
     results.write_csv(out_dir / "requests.csv", rows, results.REQUEST_COLUMNS)
     summary = results.summarize(rows, labels, reference_score, metric)
     results.write_csv(out_dir / "summary.csv", summary, results.SUMMARY_COLUMNS)
     env = environment.collect(extra)
     (out_dir / "environment.json").write_text(json.dumps(env, indent=2, default=str))
     lines = [f"# {out_dir.name}", "", results.table(summary), ""]
-    if metric != "accuracy":
+    if metric == "detection_agreement":
+        lines.append(
+            "`accuracy` is detection agreement: the share of images whose boxes all match "
+            "the unmodified detector's (IoU >= 0.5, one to one); precision and recall pool "
+            "the boxes (summary.csv)."
+        )
+    elif metric != "accuracy":
         lines.append("`accuracy` is top-1 agreement with the unsplit model (no labels).")
     lines.append(
         f"Link backend: {env['link_backend']}; round trip {extra.get('rtt_ms', 0):.2f} ms."

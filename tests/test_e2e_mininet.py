@@ -53,7 +53,7 @@ def test_prints_table_and_writes_result_files(small_run):
         "offloader", "request", "sample", "device_ms", "encode_ms", "uplink_ms", "decode_ms",
         "edge_ms", "downlink_ms", "total_ms", "bytes_up", "bytes_down", "prediction", "label",
         "correct", "agrees", "status", "error", "choice", "est_uplink_mbps", "queue_ms",
-        "intended_ms", "device",
+        "intended_ms", "device", "tp", "fp", "fn",
     ]  # fmt: skip
     assert len(requests) == 40 and {r["status"] for r in requests} == {"ok"}
     summary = {row["offloader"]: row for row in read_csv(out / "summary.csv")}

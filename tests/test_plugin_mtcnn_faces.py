@@ -1,5 +1,6 @@
-"""The mtcnn_faces detector (not registered yet): MTCNN in plain torch with facenet-pytorch's
-weights, its NMS, the detection-agreement metric, the test frames and the plugin class.
+"""The mtcnn_faces detector: MTCNN in plain torch with facenet-pytorch's weights, its NMS,
+the detection-agreement metric, the test frames, the plugin class, and one run through the
+agents over Mininet (raw and JPEG, predictions as box lists on the wire).
 
 Tests that need the weights skip, naming the install command, when facenet-pytorch is not
 installed; the NMS and metric tests never need it. The frames are prepared into the
@@ -21,6 +22,8 @@ import torch
 from plugins.mtcnn_faces import data, metric, model
 from plugins.mtcnn_faces.plugin import MAX_DETECTIONS, make_plugin
 from testbed.errors import PluginError
+from tests.mininet_utils import needs_mininet, write_scenario
+from tests.test_e2e_mininet import read_csv, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -265,6 +268,49 @@ def test_plugin_model_output_and_predict(detector, frames):
     for image, boxes in zip(batch, predicted, strict=True):
         expected = detector.detect(torch.from_numpy(image).float())
         assert np.allclose(np.array(boxes).reshape(-1, 5), expected.numpy())
-    json.dumps(predicted)  # goes on the wire as JSON
+    json.dumps(predicted)  # JSON-ready, as records keep it
     with pytest.raises(PluginError, match="no train split"):
         plugin.train_data()
+
+
+# --- through the agents -----------------------------------------------------------------
+
+
+@needs_weights
+@needs_mininet
+@pytest.mark.mininet
+@pytest.mark.slow
+def test_raw_and_jpeg_through_the_agents_send_box_lists(tmp_path):
+    """Four frames over a fast emulated link: every record's prediction is a box list,
+    raw agrees with the unmodified detector on every frame, JPEG sends a tenth of the
+    bytes or less, and the summary has box precision and recall."""
+    scenario = write_scenario(
+        tmp_path / "faces.yaml", model="mtcnn_faces", samples=4, seed=3,
+        network={"uplink": {"bandwidth_mbps": 50, "delay_ms": 5},
+                 "downlink": {"bandwidth_mbps": 50, "delay_ms": 5}},
+        offloaders=["raw", {"name": "jpeg", "quality": 50}],
+        expect=["raw.accuracy == 1 and raw.recall == 1 and raw.precision == 1"],
+    )  # fmt: skip
+    out = tmp_path / "out"
+    proc = run_cli(scenario, "--out", out, "--skip-fidelity")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 8 and {r["status"] for r in records} == {"ok"}
+    for record in records:
+        boxes = record["prediction"]
+        assert isinstance(boxes, list) and all(len(box) == 5 for box in boxes), boxes
+    assert sum(len(r["prediction"]) for r in records) > 0  # some frame has a face
+    rows = read_csv(out / "requests.csv")
+    raw = [r for r in rows if r["offloader"] == "raw"]
+    jpeg = [r for r in rows if r["offloader"] == "jpeg"]
+    assert all(r["agrees"] == "1" and r["fp"] == "0" and r["fn"] == "0" for r in raw)
+    for a, b in zip(raw, jpeg, strict=True):
+        assert int(b["bytes_up"]) < int(a["bytes_up"]) / 10
+        # the reply: 32 bytes of timings, a u16 count, 20 bytes per box, a 16-byte header
+        boxes = json.loads(b["prediction"])
+        assert int(b["bytes_down"]) == 16 + 32 + 2 + 20 * len(boxes)
+    summary = {row["offloader"]: row for row in read_csv(out / "summary.csv")}
+    assert float(summary["raw"]["accuracy"]) == 1.0
+    assert float(summary["raw"]["precision"]) == float(summary["raw"]["recall"]) == 1.0
+    assert 0 <= float(summary["jpeg"]["recall"]) <= 1
+    assert "detection agreement" in (out / "summary.md").read_text()

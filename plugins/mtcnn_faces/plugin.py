@@ -1,10 +1,6 @@
-"""mtcnn_faces: MTCNN face detection on 640x480 RGB frames, as a testbed Plugin.
-
-Deliberately not registered yet: the registry imports every *package* under `plugins/`,
-and this folder has no `__init__.py`, so it stays out of `--list-plugins` and scenarios
-until the runner can handle detection output (see README.md, "Integration"). Registering
-it is one file: `plugins/mtcnn_faces/__init__.py` with `from plugins.mtcnn_faces.plugin
-import make_plugin`.
+"""mtcnn_faces: MTCNN face detection on 640x480 RGB frames, as a testbed Plugin of task
+"detection" (`testbed.predictions`): its predictions are box lists, compared with the
+unmodified detector's by `metric.counts` (one-to-one at IoU >= 0.5).
 
 The model is one stage (no split points): each cascade stage re-reads the image (P-Net at
 every pyramid scale, R-Net and O-Net on crops of it), so there is no cut where less than
@@ -47,6 +43,12 @@ class MTCNNFaces(Plugin):
             f"(facenet-pytorch), and no learned offloader is trained for detection yet"
         )
 
+    def calibration_data(self) -> Dataset:
+        """There is no train split: adaptive offloaders (jpeg/webp `quality: auto`,
+        deepdecision) calibrate on the test frames themselves, which is optimistic
+        (options are chosen on the frames they are then scored on); scenarios say so."""
+        return self.test_data()
+
     def to_tensor(self, inputs: np.ndarray):
         """uint8 (B, 3, H, W) -> float pixel values in [0, 255]: MTCNN normalises itself,
         and keeping the raw scale avoids a round trip through [0, 1]."""
@@ -80,6 +82,13 @@ class MTCNNFaces(Plugin):
         rows (JSON-ready), best first, padding removed."""
         rows = np.asarray(output.detach().cpu() if hasattr(output, "detach") else output)
         return [[[float(v) for v in row] for row in image if row[4] > 0] for image in rows]
+
+    @staticmethod
+    def counts(pred, ref) -> tuple[int, int, int]:
+        """(TP, FP, FN) of one image's boxes against the reference's (`metric.counts`)."""
+        from plugins.mtcnn_faces.metric import counts
+
+        return counts(pred, ref)
 
 
 def make_plugin() -> MTCNNFaces:

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from testbed import predictions
+
 
 @dataclass(frozen=True)
 class Param:
@@ -55,7 +57,7 @@ class DeviceResult:
     says what an adaptive offloader chose for this request (split, bits...), recorded."""
 
     payload: bytes | None = None
-    prediction: int | None = None
+    prediction: Any = None  # testbed.predictions: an int for a classifier
     choice: dict[str, Any] | None = None
 
 
@@ -67,8 +69,22 @@ class Offloader(ABC):
     # into the on-disk cache before the hosts start, and the agents load them at start,
     # so no request pays for compilation (see kernels/warmup.py)
     uses_kernels: ClassVar[bool] = False
+    # the plugin tasks (testbed.predictions) it works with: those that split the model,
+    # code its features or are trained per plugin assume a classifier's logits
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
 
     def __init__(self, plugin, model, **params) -> None:
+        task = predictions.task_name(plugin)
+        if task not in self.tasks:
+            from testbed import offloaders
+            from testbed.errors import PluginError
+
+            fit = [n for n in offloaders.names() if task in offloaders.get(n).tasks]
+            raise PluginError(
+                f"offloader {self.name!r} works with {' and '.join(self.tasks)} plugins "
+                f"only (it splits the model, codes its features or is trained on logits); "
+                f"plugin {plugin.name!r} is a {task} plugin: use {', '.join(fit) or 'none'}"
+            )
         self.plugin = plugin
         self.model = model  # torch Sequential of the plugin's stages, eval mode
         # defaults filled here too, for callers that skip validate_params (tests, scripts)
@@ -78,7 +94,7 @@ class Offloader(ABC):
     def device(self, sample: np.ndarray, timer: PhaseTimer) -> DeviceResult:
         """Device half: phases `device` (model compute) and `encode`."""
 
-    def edge(self, payload: bytes, timer: PhaseTimer) -> int:
+    def edge(self, payload: bytes, timer: PhaseTimer) -> Any:
         """Edge half: phases `decode` and `edge`. Raise ValueError on a malformed payload."""
         raise NotImplementedError(f"{self.name} sends nothing to the edge")
 

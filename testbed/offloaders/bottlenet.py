@@ -22,6 +22,7 @@ import struct
 import numpy as np
 import torch
 
+from testbed import predictions
 from testbed.bottlenet.model import BottleNet, resolve_split, step
 from testbed.bottlenet.train import artefact_path, command
 from testbed.errors import PluginError
@@ -115,7 +116,7 @@ class BottleNetOffloader(Offloader):
             features = self.net.decoder(torch.from_numpy(y)[None])
         with timer.phase("edge"), torch.inference_mode():
             logits = self.model[self.split :](features)
-        return int(logits.argmax(dim=1)[0])
+        return predictions.predict(self.plugin, logits)[0]
 
     def unpack(self, payload: bytes) -> np.ndarray:
         """The codes, after checking everything: the payload is untrusted network input."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from testbed import predictions
 from testbed.deepcod.model import PADDING, PATCH, DeepCOD, padded
 from testbed.deepcod.train import artefact_path
 from testbed.errors import PluginError
@@ -94,7 +95,7 @@ class DeepCODOffloader(Offloader):
             recon = self.networks.decoder(torch.from_numpy(np.ascontiguousarray(y)), self.size)
         with timer.phase("edge"), torch.inference_mode():
             logits = self.model[self.split :](recon)
-        return int(logits.argmax(dim=1)[0])
+        return predictions.predict(self.plugin, logits)[0]
 
     def describe(self):
         return {

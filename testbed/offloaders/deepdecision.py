@@ -39,6 +39,7 @@ import PIL
 import torch
 from PIL import Image, features
 
+from testbed import predictions
 from testbed.bandwidth import LinkEstimate
 from testbed.calibration import Calibrator
 from testbed.errors import EnvironmentMissing, PluginError
@@ -67,6 +68,7 @@ class DeepDecision(Offloader):
         "per request: local, or the image downscaled + JPEG, by predicted latency within "
         "an accuracy bound"
     )
+    tasks: ClassVar = ("classification", "detection")  # whole model, either side
     params: ClassVar[dict[str, Param]] = {
         "prior_mbps": PRIOR,
         "max_drop_pp": Param(
@@ -316,7 +318,9 @@ class DeepDecision(Offloader):
         if best.get("mode") == LOCAL:
             with timer.phase("device"), torch.inference_mode():
                 logits = self.model(self.plugin.to_tensor(sample[None]))
-            return DeviceResult(prediction=int(logits.argmax(dim=1)[0]), choice=choice)
+            return DeviceResult(
+                prediction=predictions.predict(self.plugin, logits)[0], choice=choice
+            )
         with timer.phase("encode"):
             payload = self.encode(sample, best["scale"], best["quality"])
         return DeviceResult(payload=payload, choice=choice)
@@ -326,7 +330,7 @@ class DeepDecision(Offloader):
             _, pixels = self.decode(payload)
         with timer.phase("edge"), torch.inference_mode():
             logits = self.model(self.plugin.to_tensor(pixels[None]))
-        return int(logits.argmax(dim=1)[0])
+        return predictions.predict(self.plugin, logits)[0]
 
     def describe(self) -> dict[str, Any]:
         out = dict(self.config)

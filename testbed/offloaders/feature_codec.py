@@ -48,6 +48,7 @@ import PIL
 import torch
 from PIL import Image, features
 
+from testbed import predictions
 from testbed.calibration import Calibrator
 from testbed.errors import EnvironmentMissing, PluginError
 from testbed.offloaders import register, validate_params
@@ -400,7 +401,9 @@ class FeatureCodec(AdaptiveSplit):
         if best.split == len(self.model):
             with timer.phase("device"), torch.inference_mode():
                 logits = self.model(self.plugin.to_tensor(sample[None]))
-            return DeviceResult(prediction=int(logits.argmax(dim=1)[0]), choice=choice)
+            return DeviceResult(
+                prediction=predictions.predict(self.plugin, logits)[0], choice=choice
+            )
         if best.quality is not None:
             choice["quality"] = best.quality
         if best.split == 0:
@@ -417,7 +420,7 @@ class FeatureCodec(AdaptiveSplit):
         with timer.phase("decode"):
             split, values = self.decode(payload)
         with timer.phase("edge"):
-            return run_tail(self.model, values, split)
+            return run_tail(self.plugin, self.model, values, split)
 
     def describe(self):
         out = super().describe()

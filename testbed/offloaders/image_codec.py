@@ -23,6 +23,7 @@ import PIL
 import torch
 from PIL import Image, features
 
+from testbed import predictions
 from testbed.calibration import Calibrator, Score
 from testbed.errors import EnvironmentMissing, PluginError
 from testbed.offloaders import register, validate_params
@@ -47,6 +48,7 @@ class ImageCodec(Offloader):
     gray_mode: ClassVar[str]  # the mode a grayscale image travels in
     # fixed, so that the same image and quality always give the same bytes
     save_options: ClassVar[dict[str, Any]]
+    tasks: ClassVar = ("classification", "detection")  # whole model on the edge
     params: ClassVar[dict[str, Param]] = {
         "quality": Param(object, "auto", 'an integer 1-100 or "auto"', _is_quality),
         "max_drop_pp": Param(
@@ -173,7 +175,7 @@ class ImageCodec(Offloader):
             pixels = self.decode(payload)
         with timer.phase("edge"), torch.inference_mode():
             logits = self.model(self.plugin.to_tensor(pixels[None]))
-        return int(logits.argmax(dim=1)[0])
+        return predictions.predict(self.plugin, logits)[0]
 
     def describe(self):
         out = dict(self.config)

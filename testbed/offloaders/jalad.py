@@ -81,7 +81,7 @@ class JALAD(AdaptiveSplit):
         with timer.phase("decode"):
             split, _, features = unpack_coded(self.plugin, payload, set(self.plugin.split_points))
         with timer.phase("edge"):
-            return run_tail(self.model, features, split)
+            return run_tail(self.plugin, self.model, features, split)
 
     def describe(self):
         out = super().describe()

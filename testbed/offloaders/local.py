@@ -2,6 +2,7 @@
 
 import torch
 
+from testbed import predictions
 from testbed.offloaders import register
 from testbed.offloaders.base import DeviceResult, Offloader
 
@@ -10,9 +11,10 @@ from testbed.offloaders.base import DeviceResult, Offloader
 class Local(Offloader):
     name = "local"
     description = "whole model on the device, nothing offloaded"
+    tasks = ("classification", "detection")
 
     def device(self, sample, timer):
         with timer.phase("device"), torch.inference_mode():
             logits = self.model(self.plugin.to_tensor(sample[None]))
-            prediction = int(logits.argmax(dim=1)[0])
+            prediction = predictions.predict(self.plugin, logits)[0]
         return DeviceResult(prediction=prediction)

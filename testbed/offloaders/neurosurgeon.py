@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from testbed import predictions
 from testbed.offloaders import register
 from testbed.offloaders.adaptive import AdaptiveSplit
 from testbed.offloaders.base import DeviceResult
@@ -48,7 +49,9 @@ class Neurosurgeon(AdaptiveSplit):
         if best.split == len(self.model):
             with timer.phase("device"), torch.inference_mode():
                 logits = self.model(self.plugin.to_tensor(sample[None]))
-            return DeviceResult(prediction=int(logits.argmax(dim=1)[0]), choice=choice)
+            return DeviceResult(
+                prediction=predictions.predict(self.plugin, logits)[0], choice=choice
+            )
         if best.split == 0:
             features = np.ascontiguousarray(sample, dtype=self.plugin.input_spec.dtype)
         else:
@@ -62,4 +65,4 @@ class Neurosurgeon(AdaptiveSplit):
         with timer.phase("decode"):
             split, features = unpack_features(self.plugin, payload, {0, *self.plugin.split_points})
         with timer.phase("edge"):
-            return run_tail(self.model, features, split)
+            return run_tail(self.plugin, self.model, features, split)

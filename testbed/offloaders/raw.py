@@ -3,6 +3,7 @@
 import numpy as np
 import torch
 
+from testbed import predictions
 from testbed.offloaders import register
 from testbed.offloaders.base import DeviceResult, Offloader
 
@@ -11,6 +12,7 @@ from testbed.offloaders.base import DeviceResult, Offloader
 class Raw(Offloader):
     name = "raw"
     description = "raw input sent as is, whole model on the edge"
+    tasks = ("classification", "detection")
 
     def device(self, sample, timer):
         with timer.phase("encode"):
@@ -27,4 +29,4 @@ class Raw(Offloader):
             sample = np.frombuffer(payload, dtype=dtype).reshape(spec.shape)
         with timer.phase("edge"), torch.inference_mode():
             logits = self.model(self.plugin.to_tensor(sample[None]))
-        return int(logits.argmax(dim=1)[0])
+        return predictions.predict(self.plugin, logits)[0]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from testbed import predictions
 from testbed.plugin_api import check_plugin
 
 _SHAPES: dict[str, list[tuple[int, ...]]] = {}
@@ -40,9 +41,9 @@ def run_head(plugin, model, sample: np.ndarray, split: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def run_tail(model, features: np.ndarray, split: int) -> int:
+def run_tail(plugin, model, features: np.ndarray, split: int):
     logits = model[split:](torch.from_numpy(np.ascontiguousarray(features))[None])
-    return int(logits.argmax(dim=1)[0])
+    return predictions.predict(plugin, logits)[0]
 
 
 @torch.inference_mode()
