@@ -30,7 +30,7 @@ import yaml
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
-from testbed import stats
+from testbed import stats, timeline
 from testbed.errors import ScenarioError, TestbedError
 
 # phases of one request, in the order they happen; queue_ms: open-loop runs only
@@ -109,7 +109,7 @@ class Study:
     groups: list[Group]
     missing: list[dict]
     offloaders: list[str]
-    metric: str  # "accuracy" or "agreement"
+    metric: str  # "accuracy", "agreement" or "detection" (image-level box agreement)
     phases: list[str]
     done: int
 
@@ -818,6 +818,19 @@ def _plots_section(study: Study, plots: Path) -> list[str]:
             f"`{axis}`: the part that grows with the number of devices is the bottleneck "
             "(the link when uplink time grows, the edge when edge time grows).",
         )  # fmt: skip
+    if study.kind == "run":
+        rows = study.groups[0].cells[0].rows
+        changing = timeline.changing_offloaders(rows)
+        if changing:
+            shown = changing[: timeline.MAX_OFFLOADERS]
+            left = f" (the first {len(shown)} of {len(changing)})" if changing != shown else ""
+            emit(
+                timeline.timeline_figure(rows, shown), "timeline.png", "Requests over time",
+                f"Every completed request of {', '.join(f'`{n}`' for n in shown)}{left}, whose choice changes "
+                "between requests: above, its latency at its send time, coloured by its "
+                "choice (probes hollow); below, the device's uplink estimate (line) and the "
+                "rate each upload achieved (bytes over uplink time, one-way delay included).",
+            )  # fmt: skip
     return lines
 
 
@@ -895,6 +908,8 @@ def _metric(cells: list[Cell]) -> str:
     """`accuracy` (the `correct` column) or `agreement` (`agrees`): whichever reproduces
     summary.csv's score; without labels it can only be agreement."""
     rows = [r for c in cells for r in c.rows]
+    if any(math.isfinite(r.get("tp", math.nan)) for r in rows):  # box counts: a detector
+        return "detection"
     if rows and all(not r.get("label", -1) >= 0 for r in rows):
         return "agreement"
     error = {"accuracy": 0.0, "agreement": 0.0}
@@ -908,14 +923,21 @@ def _metric(cells: list[Cell]) -> str:
     return "agreement" if error["agreement"] < error["accuracy"] else "accuracy"
 
 
+SCORE_NAMES = {"accuracy": "accuracy", "detection": "detection agreement"}
+SCORE_TEXTS = {
+    "accuracy": "top-1 accuracy against the labels; drop against the unsplit model's accuracy",
+    "detection": "detection agreement: the share of images whose boxes all match the "
+    "unmodified detector's (IoU >= 0.5, one to one); pooled box precision and recall in "
+    "summary.csv",
+}
+
+
 def _score_name(study: Study) -> str:
-    return "accuracy" if study.metric == "accuracy" else "agreement"
+    return SCORE_NAMES.get(study.metric, "agreement")
 
 
 def _score_text(study: Study) -> str:
-    if study.metric == "accuracy":
-        return "top-1 accuracy against the labels; drop against the unsplit model's accuracy"
-    return "top-1 agreement with the unsplit model (no labels)"
+    return SCORE_TEXTS.get(study.metric, "top-1 agreement with the unsplit model (no labels)")
 
 
 def _axis_order(values: dict, axes: dict) -> tuple:

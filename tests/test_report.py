@@ -6,6 +6,7 @@ column lists, with latencies drawn from known distributions.
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -389,3 +390,50 @@ def test_command_line(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(tmp_path / "report.md")
+
+
+def test_a_detection_run_is_reported_as_detection_agreement(tmp_path):
+    """Box counts in requests.csv (a detection plugin): the score is named detection
+    agreement, not top-1 accuracy or agreement."""
+    from testbed.predictions import Comparison
+
+    def compare(prediction, reference):
+        tp = len(prediction or []) if prediction == reference else 0
+        fp, fn = len(prediction or []) - tp, len(reference) - tp
+        return Comparison(fp == fn == 0 and prediction is not None, tp, fp, fn)
+
+    box = [1.0, 2.0, 30.0, 40.0, 0.9]
+    reference = {i: [box] * (i % 2) for i in range(20)}
+    records = [
+        {"offloader": name, "request": i, "sample": i, "total_ms": 100.0 + i,
+         "bytes_up": 1000, "bytes_down": 70, "label": -1, "status": "ok",
+         "prediction": [] if name == "jpeg" and i < 4 else reference[i]}
+        for name in ("raw", "jpeg") for i in range(20)
+    ]  # fmt: skip
+    rows = results.complete_records(records, reference, compare)
+    results.write_csv(tmp_path / "requests.csv", rows, results.REQUEST_COLUMNS)
+    summary = results.summarize(rows, ["raw", "jpeg"], 1.0, "detection_agreement")
+    results.write_csv(tmp_path / "summary.csv", summary, results.SUMMARY_COLUMNS)
+    (tmp_path / "resolved_scenario.yaml").write_text(yaml.safe_dump({"name": "faces"}))
+    (tmp_path / "environment.json").write_text("{}")
+    assert report.load_study(tmp_path).metric == "detection"
+    text = report.write_report(tmp_path).read_text()
+    assert "detection agreement %" in text and "score: detection agreement" in text
+    assert "| jpeg | 20 |" in text and "| 90.0 |" in text  # 2 of the 20 frames differ
+
+
+def test_a_run_whose_choice_changes_gets_a_timeline(tmp_path):
+    write_run(tmp_path, BASE)
+    assert "timeline.png" not in report.write_report(tmp_path).read_text()  # fixed choices
+    path = tmp_path / "requests.csv"
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns, rows = list(reader.fieldnames), list(reader)
+    for i, row in enumerate(r for r in rows if r["offloader"] == "deepcod"):
+        choice = {"mode": "local"} if i % 2 else {"split": 2, "bits": 4}
+        row.update(choice=json.dumps(choice), intended_ms=str(100.0 * i))
+    results.write_csv(path, rows, columns)
+    text = report.write_report(tmp_path).read_text()
+    assert "### Requests over time" in text and "](plots/timeline.png)" in text
+    assert "`deepcod`" in text.split("### Requests over time")[1]
+    assert_png(tmp_path / "plots" / "timeline.png")
