@@ -129,9 +129,10 @@ def _report(out: Path) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from testbed.cleanup import Terminated
+    from testbed.cleanup import Terminated, honour_sigint
     from testbed.errors import GateFailed, ScenarioError, TestbedError
 
+    honour_sigint()
     try:
         if args.list_plugins:
             list_plugins()

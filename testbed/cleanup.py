@@ -65,6 +65,19 @@ def signals_deferred() -> Iterator[None]:
             raise KeyboardInterrupt() if pending[0] == signal.SIGINT else Terminated()
 
 
+def honour_sigint() -> None:
+    """Make SIGINT raise KeyboardInterrupt even where it arrived ignored.
+
+    A shell without job control starts background commands (`cmd &` in a script, CI
+    steps) with SIGINT ignored, and Python then installs no handler, so `kill -INT`
+    would be dropped, except inside `signals_deferred`, which would raise it: the
+    outcome would depend on timing. An entry point that promises a clean stop on
+    Ctrl-C calls this first; its children inherit a default SIGINT on exec."""
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
     def raise_terminated(signum, frame):

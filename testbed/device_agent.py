@@ -41,7 +41,7 @@ import numpy as np
 
 from testbed import offloaders, plugins, predictions
 from testbed.bandwidth import LinkEstimate
-from testbed.cleanup import Terminated, sigterm_raises
+from testbed.cleanup import Terminated, honour_sigint, sigterm_raises
 from testbed.offloaders.base import PhaseTimer, warm_kernels
 from testbed.protocol import (
     HEADER,
@@ -457,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("job", type=Path)
     args = parser.parse_args(argv)
+    honour_sigint()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s device %(levelname)s %(message)s")
     job = json.loads(args.job.read_text())
     rate_hz = read_arrival(job)  # until the runner writes them: one closed-loop device

@@ -33,3 +33,43 @@ def test_signals_are_held_during_teardown():
     with pytest.raises(KeyboardInterrupt):
         teardown.run()  # the SIGINT is delivered only after the teardown finished
     assert received == ["done"]
+
+
+_SLEEPER = """
+import sys, time
+from testbed.cleanup import honour_sigint
+if sys.argv[1] == "honour":
+    honour_sigint()
+try:
+    print("ready", flush=True)
+    time.sleep(30)
+except KeyboardInterrupt:
+    sys.exit(130)
+sys.exit(0)
+"""
+
+
+@pytest.mark.parametrize("mode, status", [("honour", 130), ("as-started", None)])
+def test_sigint_is_honoured_when_it_arrived_ignored(mode, status):
+    """As a shell without job control starts `cmd &`: SIGINT ignored. Without
+    honour_sigint the interrupt is dropped (the control case, still sleeping)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLEEPER, mode], stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        if status is None:
+            with pytest.raises(subprocess.TimeoutExpired):
+                proc.wait(1.5)
+        else:
+            assert proc.wait(10) == status
+    finally:
+        proc.kill()
+        proc.wait()
