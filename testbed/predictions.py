@@ -53,6 +53,15 @@ class Comparison:
 
 class Task:
     name: ClassVar[str]
+    # whether a learned codec can be trained to match the model's outputs on the original
+    # input (DeepCOD's "lossless inference" term, `output_loss`); False where the outputs
+    # are not differentiable in a useful way (a detector's NMS'd, thresholded boxes)
+    matches_outputs: ClassVar[bool] = False
+
+    def output_loss(self, student, teacher):
+        """A differentiable loss between the model's outputs on a decoded input (student)
+        and on the original (teacher, no gradient), for tasks that match outputs."""
+        raise NotImplementedError(f"task {self.name!r} has no output loss")
 
     def predict(self, plugin, output) -> list:
         """Model output for a batch -> one prediction per item."""
@@ -137,6 +146,14 @@ def comparer(plugin) -> Callable[[Any, Any], Comparison]:
 @register
 class Classification(Task):
     name = "classification"
+    matches_outputs = True
+
+    def output_loss(self, student, teacher):
+        """KL divergence of the softmaxes (batch mean), teacher's distribution as target."""
+        from torch.nn.functional import kl_div, log_softmax
+
+        return kl_div(log_softmax(student, dim=1), log_softmax(teacher, dim=1),
+                      log_target=True, reduction="batchmean")  # fmt: skip
 
     def predict(self, plugin, output) -> list[int]:
         return [int(k) for k in output.argmax(dim=1)]

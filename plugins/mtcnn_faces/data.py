@@ -23,6 +23,14 @@ A photo is letterboxed: scaled to fit and centred on black. The set (determinist
 Backgrounds are the central 960x720 of a mate photo scaled to 640x480. The manifest records
 per frame its kind, sources and the number of faces placed (and, for the crowds, the box of
 every pasted face patch).
+
+The train split (`load_train`, for learned codecs such as DeepCOD) shares no photo with the
+test frames: the other photos of the same installed packages (`TRAIN_PHOTOS`: 7 mate
+`abstract`, 6 mate `desktop` and 13 scikit-image photos; none shows a face, none is
+installed beside those with faces), each as 3 frames: letterboxed whole, and two seeded
+crops (a quarter to three quarters of its shorter side, aspect 3:4 to 16:9) scaled
+to 640x480, one of them mirrored. Cached beside the test frames (`train_inputs.npy`,
+`train_manifest.json`), deterministic (seed `TRAIN_SEED`).
 """
 
 from __future__ import annotations
@@ -45,6 +53,9 @@ HEIGHT, WIDTH = 480, 640
 VERSION = 2
 SEED = 0
 FILES = ("test_inputs.npy", "manifest.json")
+TRAIN_VERSION = 1
+TRAIN_SEED = 1
+TRAIN_FILES = ("train_inputs.npy", "train_manifest.json")
 
 SKIMAGE_HINT = "install it with: pip install --no-deps scikit-image==0.26.0"
 MATPLOTLIB_HINT = "install it with: pip install matplotlib==3.11.2"
@@ -64,6 +75,21 @@ MATE_PHOTOS = tuple(
     for name in ("Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird",
                  "RainDrops", "Storm", "TwoWings", "Wood", "YellowFlower")
 )  # fmt: skip
+# the train split's photos: none of them is in a test frame (motorcycle_right is left out:
+# it is the stereo twin of the test frames' motorcycle_left)
+TRAIN_PHOTOS = (
+    *(f"mate-backgrounds:abstract/{name}" for name in (
+        "Arc-Colors-Transparent-Wallpaper.png", "Elephants.jpg", "Flow.png", "Gulp.png",
+        "Silk.png", "Spring.png", "Waves.png")),
+    *(f"mate-backgrounds:desktop/{name}" for name in (
+        "Float-into-MATE.png", "GreenTraditional.jpg", "Ubuntu-Mate-Cold-no-logo.png",
+        "Ubuntu-Mate-Dark-no-logo.png", "Ubuntu-Mate-Radioactive-no-logo.png",
+        "Ubuntu-Mate-Warm-no-logo.png")),
+    *(f"scikit-image:{name}" for name in (
+        "brick.png", "cell.png", "clock_motion.png", "coins.png", "color.png", "grass.png",
+        "gravel.png", "horse.png", "ihc.png", "moon.png", "page.png", "retina.jpg", "text.png")),
+)  # fmt: skip
+TRAIN_CROPS = 2  # seeded crops per train photo, besides the whole photo
 LFW = "scikit-image:lfw_subset.npy"
 LFW_FACES = 100  # the file holds 100 faces, then 100 non-face patches
 CROWD_FRAMES = 9  # 11-12 faces each: at most one per cell
@@ -210,6 +236,32 @@ def build() -> tuple[np.ndarray, list[dict]]:
     return np.stack(frames), meta
 
 
+def build_train() -> tuple[np.ndarray, list[dict]]:
+    """The train frames, (N, 3, 480, 640) uint8, and their manifest entries."""
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(TRAIN_SEED)
+    frames, meta = [], []
+    for name in TRAIN_PHOTOS:
+        photo = _open_rgb(name)
+        frames.append(letterbox(photo))
+        meta.append({"sources": [name], "view": "whole"})
+        w, h = photo.size
+        for k in range(TRAIN_CROPS):
+            side = rng.uniform(0.25, 0.75) * min(w, h)
+            aspect = rng.uniform(0.75, 16 / 9)  # width / height
+            cw, ch = min(w, round(side * np.sqrt(aspect))), min(h, round(side / np.sqrt(aspect)))
+            x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            crop = photo.resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC,
+                                box=(x, y, x + cw, y + ch))  # fmt: skip
+            if k % 2:
+                crop = ImageOps.mirror(crop)
+            frames.append(crop)
+            meta.append({"sources": [name], "view": f"crop {x},{y} {cw}x{ch}"
+                         + (" mirrored" if k % 2 else "")})  # fmt: skip
+    return np.stack([np.asarray(f, dtype=np.uint8).transpose(2, 0, 1) for f in frames]), meta
+
+
 def _save_npy(array: np.ndarray, path: Path) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
@@ -276,6 +328,49 @@ def load_test(directory: Path | None = None) -> Dataset:
             f"uint8 {expected}; run: python -m plugins.mtcnn_faces.data"
         )
     return Dataset(inputs=inputs, labels=np.full(len(inputs), -1, dtype=np.int64))
+
+
+def prepare_train(directory: Path | None = None) -> Path:
+    """Write the train frames and their manifest (last) into the cache."""
+    directory = cache_dir("mtcnn_faces") if directory is None else Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    inputs, meta = build_train()
+    _save_npy(inputs, directory / "train_inputs.npy")
+    manifest = {"version": TRAIN_VERSION, "seed": TRAIN_SEED, "train": meta}
+    tmp = directory / f"train_manifest.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(manifest))
+    os.replace(tmp, directory / "train_manifest.json")
+    return directory
+
+
+def load_train(directory: Path | None = None) -> Dataset:
+    """The train frames (built into the cache the first time, in seconds), labels all -1."""
+    directory = cache_dir("mtcnn_faces") if directory is None else Path(directory)
+    manifest = None
+    if all((directory / name).is_file() for name in TRAIN_FILES):
+        try:
+            manifest = json.loads((directory / "train_manifest.json").read_text())
+        except (OSError, ValueError):
+            manifest = None
+    if manifest is None or manifest.get("version") != TRAIN_VERSION:
+        print(f"mtcnn_faces: preparing the train frames in {directory} (once)", file=sys.stderr)
+        prepare_train(directory)
+        manifest = json.loads((directory / "train_manifest.json").read_text())
+    path = directory / "train_inputs.npy"
+    try:
+        inputs = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise PluginError(f"mtcnn_faces: cached train frames unreadable: {path} ({exc})") from exc
+    if inputs.shape != (len(manifest["train"]), 3, HEIGHT, WIDTH) or inputs.dtype != np.uint8:
+        raise PluginError(f"mtcnn_faces: cached train frames {path} are {inputs.shape}; delete it")
+    return Dataset(inputs=inputs, labels=np.full(len(inputs), -1, dtype=np.int64))
+
+
+def train_info(directory: Path | None = None) -> list[dict]:
+    """Per train frame: its source photo and view."""
+    directory = cache_dir("mtcnn_faces") if directory is None else Path(directory)
+    load_train(directory)
+    return json.loads((directory / "train_manifest.json").read_text())["train"]
 
 
 def frame_info(directory: Path | None = None) -> list[dict]:

@@ -38,15 +38,17 @@ class MTCNNFaces(Plugin):
         return load_test()
 
     def train_data(self) -> Dataset:
-        raise PluginError(
-            f"plugin {self.name!r} has no train split: the MTCNN weights come trained "
-            f"(facenet-pytorch), and no learned offloader is trained for detection yet"
-        )
+        """Frames from photos that no test frame uses (`data.load_train`; no faces), for
+        learned codecs (DeepCOD); labels -1."""
+        from plugins.mtcnn_faces.data import load_train
+
+        return load_train()
 
     def calibration_data(self) -> Dataset:
-        """There is no train split: adaptive offloaders (jpeg/webp `quality: auto`,
-        deepdecision) calibrate on the test frames themselves, which is optimistic
-        (options are chosen on the frames they are then scored on); scenarios say so."""
+        """Adaptive offloaders (jpeg/webp `quality: auto`, deepdecision) calibrate on the
+        test frames themselves, which is optimistic (options are chosen on the frames they
+        are then scored on; scenarios say so): the train split has no faces, so detection
+        agreement on it would say nothing."""
         return self.test_data()
 
     def to_tensor(self, inputs: np.ndarray):

@@ -89,10 +89,14 @@ class SoftToHardQuantizer(nn.Module):
 
 class SelfAttention(nn.Module):
     """SAGAN self-attention; the gain gamma starts at 0, so training begins from the
-    purely convolutional decoder and lets attention in as it helps."""
+    purely convolutional decoder and lets attention in as it helps. `pool` > 1 attends
+    over a pooled grid (average over pool x pool positions, the result repeated back over
+    them): the attention matrix shrinks by pool^4 (a 480x640 frame's 120x160 measurements
+    are 19,200 positions, a 1.5 GB matrix; pooled by 4, 1,200). 1: the paper's layer."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, pool: int = 1) -> None:
         super().__init__()
+        self.pool = pool
         inner = max(1, channels // 8)
         self.query = spectral_norm(nn.Conv2d(channels, inner, 1))
         self.key = spectral_norm(nn.Conv2d(channels, inner, 1))
@@ -100,6 +104,8 @@ class SelfAttention(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool > 1:
+            return x + self.gamma * self._pooled(x)
         n, c, h, w = x.shape
         q = self.query(x).flatten(2).transpose(1, 2)  # n, hw, inner
         k = self.key(x).flatten(2)  # n, inner, hw
@@ -107,6 +113,19 @@ class SelfAttention(nn.Module):
         v = self.value(x).flatten(2)  # n, c, hw
         out = (v @ attention.transpose(1, 2)).view(n, c, h, w)
         return x + self.gamma * out
+
+    def _pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Attention over the grid pooled by `pool` (ceil: partial cells are averages of
+        what they hold), repeated back over x's positions."""
+        n, c, h, w = x.shape
+        p = nn.functional.avg_pool2d(x, self.pool, ceil_mode=True)
+        q = self.query(p).flatten(2).transpose(1, 2)
+        k = self.key(p).flatten(2)
+        attention = torch.softmax(q @ k, dim=-1)
+        v = self.value(p).flatten(2)
+        out = (v @ attention.transpose(1, 2)).view(n, c, *p.shape[-2:])
+        out = out.repeat_interleave(self.pool, dim=2).repeat_interleave(self.pool, dim=3)
+        return out[..., :h, :w]
 
 
 class ResidualUp(nn.Module):
@@ -138,13 +157,18 @@ class Decoder(nn.Module):
     stays small: 56x56 for a 224x224 image."""
 
     def __init__(
-        self, measurements: int, out_channels: int, width: int = 64, bounded: bool = True
+        self,
+        measurements: int,
+        out_channels: int,
+        width: int = 64,
+        bounded: bool = True,
+        attention_pool: int = 1,
     ) -> None:
         super().__init__()
         # inputs live in [0, 1] (a sigmoid); a split's features are unbounded (identity)
         self.net = nn.Sequential(
             spectral_norm(nn.Conv2d(measurements, width, 3, padding=1)),
-            SelfAttention(width),
+            SelfAttention(width, attention_pool),
             ResidualUp(width, width),
             ResidualUp(width, width // 2),
             nn.BatchNorm2d(width // 2),
@@ -162,7 +186,10 @@ class Decoder(nn.Module):
 
 
 class DeepCOD(nn.Module):
-    """`bounded=False` where DeepCOD encodes a split's features instead of the input."""
+    """`bounded=False` where DeepCOD encodes a split's features instead of the input.
+    `scale`: the bounded input's range is [0, scale] (1 for plugins whose `to_tensor`
+    gives [0, 1]; 255 for mtcnn_faces' pixel values): the encoder sees x / scale and the
+    decoder's sigmoid is multiplied by it. `attention_pool`: see `SelfAttention`."""
 
     def __init__(
         self,
@@ -172,15 +199,29 @@ class DeepCOD(nn.Module):
         width: int = 64,
         bounded: bool = True,
         padding: str = PADDING,
+        scale: float = 1.0,
+        attention_pool: int = 1,
     ):
         super().__init__()
         self.ratio = ratio
+        self.scale = scale
         self.encoder = SamplingEncoder(in_channels, ratio, padding)
         self.quantizer = SoftToHardQuantizer(centres)
-        self.decoder = Decoder(self.encoder.out_channels, in_channels, width, bounded)
+        self.decoder = Decoder(
+            self.encoder.out_channels, in_channels, width, bounded, attention_pool
+        )
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The measurements (before quantization) of an input in the plugin's range."""
+        return self.encoder(x / self.scale if self.scale != 1 else x)
+
+    def decode(self, y: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Measurements' centre values -> the input, in the plugin's range."""
+        out = self.decoder(y, size)
+        return out * self.scale if self.scale != 1 else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.quantizer(self.encoder(x)), x.shape[-2:])
+        return self.decode(self.quantizer(self.encode(x)), x.shape[-2:])
 
 
 class Critic(nn.Module):

@@ -5,9 +5,17 @@
 The plugin's model stays frozen. The loss is the paper's: reconstruction MSE, plus
 logit matching against the frozen model on the original input ("lossless
 inference", here a KL divergence of the softmaxes), plus the encoder's orthogonality
-term; Adam with betas (0, 0.9). The artefact is written beside the plugin's code
-(`deepcod-r<ratio>.pt`), where the `deepcod` offloader loads it; the run is
-deterministic from the seed on one machine (fixed threads, deterministic kernels).
+term; Adam with betas (0, 0.9). The output term is the task's (`testbed.predictions`:
+`matches_outputs`, `output_loss`): a detector's boxes give none, so a detection plugin
+(mtcnn_faces) trains on reconstruction and orthogonality only. `--crop HxW` trains on
+seeded random crops (the networks are convolutional; the decoder's attention is global
+over the crop), `--attention-pool N` makes that attention work on a grid pooled by N
+(`model.SelfAttention`): both for large inputs, such as 480x640 frames. The final score
+is the task's comparison (`testbed.predictions.compare`): for a detector, frames whose
+boxes all agree with the unmodified model's on the original, and pooled precision/recall.
+The artefact is written beside the plugin's code (`deepcod-r<ratio>.pt`), where the
+`deepcod` offloader loads it; the run is deterministic from the seed on one machine
+(fixed threads, deterministic kernels).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from testbed import plugins
+from testbed import plugins, predictions
 from testbed.deepcod.model import PADDING, PATCH, Critic, DeepCOD, gradient_penalty
 from testbed.errors import TestbedError
 from testbed.training import save_reproducibly, score_through, seed_everything
@@ -67,31 +75,63 @@ def split_model(plugin, model, split: int):
     return head, tail, shape
 
 
+def input_scale(plugin, split: int = 0) -> float:
+    """The top of the input's range as the model takes it (`to_tensor` of the spec's high
+    value): 1 for most plugins, 255 for pixel values; 1 after a split (unbounded)."""
+    if split:
+        return 1.0
+    spec = plugin.input_spec
+    high = plugin.to_tensor(np.full((1, *spec.shape), spec.high, dtype=spec.dtype))
+    top = float(high.max())
+    return 1.0 if abs(top - 1.0) < 1e-6 else top
+
+
+def random_crop(x: torch.Tensor, crop, generator: torch.Generator) -> torch.Tensor:
+    """A seeded (h, w) crop of each sample, at offsets on the encoder's 4-pixel grid."""
+    h, w = crop
+    rows, cols = (x.shape[-2] - h) // PATCH + 1, (x.shape[-1] - w) // PATCH + 1
+    top = torch.randint(rows, (len(x),), generator=generator) * PATCH
+    left = torch.randint(cols, (len(x),), generator=generator) * PATCH
+    return torch.stack([s[..., t : t + h, c : c + w] for s, t, c in zip(x, top, left, strict=True)])
+
+
 def train(plugin, ratio, centres, epochs, seed, lr, batch_size, threads, limit=None, width=64,
-          split=0, adversarial=0.0, checkpoint=None):  # fmt: skip
+          split=0, adversarial=0.0, checkpoint=None, crop=None, attention_pool=1,
+          steps=None):  # fmt: skip
     """Train on the plugin's train set; `checkpoint(deepcod, epochs_done)` after each
-    epoch (the state after e epochs is what `--epochs e` gives: no schedule)."""
+    epoch (the state after e epochs is what `--epochs e` gives: no schedule). `crop`
+    (h, w): train on random crops; `steps`: stop after that many optimiser steps."""
     seed_everything(seed, threads)
     model = plugin.load_model()
     for p in model.parameters():
         p.requires_grad_(False)
     head, tail, shape = split_model(plugin, model, split)
+    task = predictions.task_of(plugin)
+    if crop is not None and (crop[0] > shape[1] or crop[1] > shape[2]):
+        raise TestbedError(f"--crop {crop[0]}x{crop[1]} is larger than {shape[1]}x{shape[2]}")
     data = plugin.train_data()
     inputs = data.inputs[:limit] if limit else data.inputs
-    deepcod = DeepCOD(shape[0], ratio, centres, width, bounded=split == 0)
+    scale = input_scale(plugin, split)
+    deepcod = DeepCOD(shape[0], ratio, centres, width, bounded=split == 0, scale=scale,
+                      attention_pool=attention_pool)  # fmt: skip
     optimiser = torch.optim.Adam(deepcod.parameters(), lr=lr, betas=(0.0, 0.9))
     critic = Critic(shape[0]) if adversarial > 0 else None
     if critic is not None:
         critic_optimiser = torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.0, 0.9))
     generator = torch.Generator().manual_seed(seed)
+    done = 0
     for epoch in range(epochs):
         deepcod.train()
         order = torch.randperm(len(inputs), generator=generator).numpy()
         bar = tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch + 1}/{epochs}")
         for start in bar:
+            if steps is not None and done >= steps:
+                break
             with torch.no_grad():
                 x = head(plugin.to_tensor(inputs[order[start : start + batch_size]]))
-                teacher = torch.log_softmax(tail(x), dim=1)
+                if crop is not None:
+                    x = random_crop(x, crop, generator)
+                teacher = tail(x) if task.matches_outputs else None
             recon = deepcod(x)
             if critic is not None:  # one critic step per generator step
                 critic_loss = critic(recon.detach()).mean() - critic(x).mean()
@@ -101,9 +141,11 @@ def train(plugin, ratio, centres, epochs, seed, lr, batch_size, threads, limit=N
                 critic_optimiser.zero_grad()
                 critic_loss.backward()
                 critic_optimiser.step()
-            student = torch.log_softmax(tail(recon), dim=1)
-            mse = nn.functional.mse_loss(recon, x)
-            kl = nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean")
+            if scale != 1:  # the reconstruction error in [0, 1] units, as for other plugins
+                mse = nn.functional.mse_loss(recon / scale, x / scale)
+            else:
+                mse = nn.functional.mse_loss(recon, x)
+            kl = task.output_loss(tail(recon), teacher) if teacher is not None else torch.zeros(())
             orth = deepcod.encoder.orthogonality_loss()
             loss = RECONSTRUCTION_WEIGHT * mse + LOGIT_WEIGHT * kl + ORTHOGONALITY_WEIGHT * orth
             if critic is not None:
@@ -111,6 +153,7 @@ def train(plugin, ratio, centres, epochs, seed, lr, batch_size, threads, limit=N
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            done += 1
             bar.set_postfix(mse=f"{mse.item():.4f}", kl=f"{kl.item():.3f}")
         deepcod.eval()
         if checkpoint is not None:
@@ -123,6 +166,31 @@ def agreement(plugin, deepcod, split=0, count=2000) -> tuple[float, float]:
     """(accuracy or agreement through DeepCOD, the same for the unsplit model), in
     batches of 16: the decoder's attention is quadratic in positions."""
     return score_through(plugin, deepcod, split, count, batch_size=16)[:2]
+
+
+def compare_through(plugin, deepcod, count=None, batch_size=2) -> dict:
+    """For any task (`testbed.predictions`): the model's predictions on the first `count`
+    test inputs through DeepCOD (split 0) compared with its predictions on the originals:
+    samples, agreeing, and for detection tp, fp, fn, precision, recall."""
+    model, data = plugin.load_model(), plugin.test_data()
+    count = min(count or len(data), len(data))
+    found = {"samples": count, "agreeing": 0, "tp": 0, "fp": 0, "fn": 0, "differ": []}
+    with torch.inference_mode():
+        for start in range(0, count, batch_size):
+            x = plugin.to_tensor(data.inputs[start : min(count, start + batch_size)])
+            reference = predictions.predict(plugin, model(x))
+            through = predictions.predict(plugin, model(deepcod(x)))
+            for k, (pred, ref) in enumerate(zip(through, reference, strict=True)):
+                c = predictions.compare(plugin, pred, ref)
+                found["agreeing"] += c.agrees
+                if not c.agrees:
+                    found["differ"].append(start + k)
+                for key in ("tp", "fp", "fn"):
+                    found[key] += getattr(c, key) or 0
+    tp, fp, fn = found["tp"], found["fp"], found["fn"]
+    found["precision"] = tp / (tp + fp) if tp + fp else 1.0
+    found["recall"] = tp / (tp + fn) if tp + fn else 1.0
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,10 +211,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=64, help="decoder channels")
     parser.add_argument("--adversarial", type=float, default=0.0, metavar="WEIGHT",
                         help="weight of the WGAN-GP generator loss (default 0: off)")  # fmt: skip
+    parser.add_argument("--crop", metavar="HxW",
+                        help="train on seeded random crops of this size (large inputs)")  # fmt: skip
+    parser.add_argument("--attention-pool", type=int, default=1, metavar="N",
+                        help="the decoder's attention on a grid pooled by N (default 1: off)")  # fmt: skip
+    parser.add_argument("--steps", type=int, help="stop after N optimiser steps (smoke tests)")
+    parser.add_argument("--eval-count", type=int, default=2000,
+                        help="test samples in the final score (default %(default)s)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="default: beside the plugin's code")
     args = parser.parse_args(argv)
     if not 0 < args.ratio <= 1 or args.centres < 2 or args.centres > 256 or args.epochs < 1:
         parser.error("--ratio must be in (0, 1], --centres in 2..256, --epochs positive")
+    if args.attention_pool < 1 or (args.steps is not None and args.steps < 1):
+        parser.error("--attention-pool and --steps must be positive")
+    crop = None
+    if args.crop:
+        try:
+            crop = tuple(int(n) for n in args.crop.lower().split("x"))
+        except ValueError:
+            crop = ()
+        if len(crop) != 2 or min(crop) < PATCH or crop[0] % PATCH or crop[1] % PATCH:
+            parser.error(f"--crop HxW with H and W multiples of {PATCH}, got {args.crop!r}")
     try:
         plugin = plugins.get(args.plugin)
         out = args.out or artefact_path(plugin, args.ratio, args.split)
@@ -160,6 +245,16 @@ def main(argv: list[str] | None = None) -> int:
         shape = split_model(plugin, plugin.load_model(), args.split)[2]
         if shape[1] % PATCH or shape[2] % PATCH:
             extra["padding"] = PADDING
+        # likewise only where used
+        scale = input_scale(plugin, args.split)
+        if scale != 1:
+            extra["scale"] = scale
+        if crop is not None:
+            extra["crop"] = list(crop)
+        if args.attention_pool != 1:
+            extra["attention_pool"] = args.attention_pool
+        if args.steps is not None:
+            extra["steps"] = args.steps
 
         def checkpoint(deepcod, epochs_done):
             full = {**config, "epochs": epochs_done,
@@ -170,13 +265,25 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         deepcod = train(plugin, args.ratio, args.centres, args.epochs, args.seed, args.lr,
                         args.batch_size, args.threads, args.limit, args.width, args.split,
-                        args.adversarial, checkpoint)  # fmt: skip
-        score, unsplit = agreement(plugin, deepcod, args.split)
+                        args.adversarial, checkpoint, crop, args.attention_pool,
+                        args.steps)  # fmt: skip
+        trained = time.monotonic() - started
+        if predictions.task_name(plugin) != "classification":
+            found = compare_through(plugin, deepcod, args.eval_count)
+        else:
+            score, unsplit = agreement(plugin, deepcod, args.split, args.eval_count)
     except TestbedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_status
+    if predictions.task_name(plugin) != "classification":
+        print(f"{plugin.metric} through DeepCOD: {found['agreeing']}/{found['samples']} test "
+              f"samples agree with the unmodified model on the originals; TP {found['tp']} "
+              f"FP {found['fp']} FN {found['fn']}, precision {found['precision']:.3f}, recall "
+              f"{found['recall']:.3f}; differ: {found['differ']}; trained in {trained:.0f} s, "
+              f"{time.monotonic() - started:.0f} s in all; wrote {out}")  # fmt: skip
+        return 0
     print(f"{plugin.metric} through DeepCOD {100 * score:.2f}% (unsplit model {100 * unsplit:.2f}%) "
-          f"on {min(2000, len(plugin.test_data()))} test samples; {time.monotonic() - started:.0f} s; "
+          f"on {min(args.eval_count, len(plugin.test_data()))} test samples; {time.monotonic() - started:.0f} s; "
           f"wrote {out}")  # fmt: skip
     return 0
 

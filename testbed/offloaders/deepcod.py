@@ -34,6 +34,9 @@ class DeepCODOffloader(Offloader):
         ),
     }
     uses_kernels = True
+    # trained per plugin on its train split: a classifier's logits and a detector's boxes
+    # both come out of the unmodified model on the decoded input (testbed.predictions)
+    tasks = ("classification", "detection")
 
     def __init__(self, plugin, model, **params) -> None:
         super().__init__(plugin, model, **params)
@@ -58,7 +61,9 @@ class DeepCODOffloader(Offloader):
         config = saved["config"]
         self.networks = DeepCOD(config["in_channels"], config["ratio"], config["centres"],
                                 config.get("width", 64), bounded=split == 0,
-                                padding=config.get("padding", PADDING))  # fmt: skip
+                                padding=config.get("padding", PADDING),
+                                scale=config.get("scale", 1.0),
+                                attention_pool=config.get("attention_pool", 1))  # fmt: skip
         self.networks.load_state_dict(saved["state_dict"])
         self.networks.eval()
         self.codebook = quantize.Codebook(self.networks.quantizer.centres.detach().numpy())
@@ -74,7 +79,7 @@ class DeepCODOffloader(Offloader):
                 x = self.model[: self.split](self.plugin.to_tensor(sample[None]))
         with timer.phase("encode"), torch.inference_mode():
             x = x if self.split else self.plugin.to_tensor(sample[None])
-            y = self.networks.encoder(x).numpy()
+            y = self.networks.encode(x).numpy()
             indices = quantize.nearest_centre(y, self.codebook)
             payload = entropy.encode(indices)
         return DeviceResult(payload=payload)
@@ -92,10 +97,10 @@ class DeepCODOffloader(Offloader):
             if indices.size and int(indices.max()) >= len(self.codebook.centres):
                 raise ValueError("deepcod payload names a centre that does not exist")
             y = quantize.centre_values(indices, self.codebook)
-            recon = self.networks.decoder(torch.from_numpy(np.ascontiguousarray(y)), self.size)
+            recon = self.networks.decode(torch.from_numpy(np.ascontiguousarray(y)), self.size)
         with timer.phase("edge"), torch.inference_mode():
-            logits = self.model[self.split :](recon)
-        return predictions.predict(self.plugin, logits)[0]
+            output = self.model[self.split :](recon)
+        return predictions.predict(self.plugin, output)[0]
 
     def describe(self):
         return {
