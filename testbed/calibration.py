@@ -28,7 +28,9 @@ import torch
 from testbed import predictions
 from testbed.cache import cache_dir
 
-VERSION = 1
+# Bump when what is scored changes (2: mobilenet_v2 moved to labelled ImageNet photos and
+# scores accuracy); the plugin's metric is in the key as well.
+VERSION = 2
 BATCH = 32
 
 
@@ -57,7 +59,7 @@ class Calibrator:
                  identity: str = "") -> None:  # fmt: skip
         self.plugin, self.model, self.run = plugin, model, run
         weights = plugin.artefacts.get("weights")
-        key = json.dumps([VERSION, plugin.name, family, count, identity,
+        key = json.dumps([VERSION, plugin.name, plugin.metric, family, count, identity,
                           file_digest(weights) if weights else ""])  # fmt: skip
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         self.path = cache_dir("calibration") / f"{plugin.name}-{family}-{digest}.json"

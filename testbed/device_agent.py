@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(job["threads"])
     plugin = plugins.get(job["plugin"])
     model = plugin.load_model()
-    data = plugin.test_data()
+    data = plugins.test_data(plugin, job.get("test_data"))
     built = [offloaders.get(o["name"])(plugin, model, **o["params"]) for o in job["offloaders"]]
     kernels_s = warm_kernels(type(o) for o in built)
     if job.get("cgroup"):

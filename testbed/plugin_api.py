@@ -66,6 +66,22 @@ class Plugin(ABC):
     @abstractmethod
     def train_data(self) -> Dataset: ...
 
+    def test_data_from(self, folder: Path) -> Dataset:
+        """A folder of the user's own inputs replacing the test set (scenario key
+        `test_data:`, `--test-data`); image plugins read labelled photos
+        (`testbed.image_folder`). Default: this plugin takes none."""
+        from testbed.errors import PluginError
+
+        raise PluginError(
+            f"plugin {self.name!r} takes no test_data folder (its test set is fixed); "
+            "image plugins such as mobilenet_v2 do"
+        )
+
+    def train_images(self) -> tuple[list[np.ndarray], np.ndarray] | None:
+        """The train inputs whole, each (C, H, W) of any size at least the input's, with
+        their labels, for random resized crops in training; None: use `train_data()`."""
+        return None
+
     def calibration_data(self) -> Dataset:
         """Where adaptive offloaders measure their options (testbed.calibration): the
         train split; a plugin without one may say otherwise, and documents it."""

@@ -12,6 +12,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from testbed.errors import PluginError
 from testbed.plugin_api import Plugin
@@ -54,3 +55,20 @@ def get(name: str) -> Plugin:
             f"plugin {name!r}: factory returned {type(plugin).__name__}, not a Plugin"
         )
     return plugin
+
+
+def test_data(plugin: Plugin, folder: Path | None = None):
+    """The plugin's test set, or a folder of the user's own inputs in its place (scenario
+    key `test_data:`, `--test-data`); a plugin error names the plugin, a bad folder the
+    file (both exit 2)."""
+    if folder is None:
+        return plugin.test_data()
+    data = plugin.test_data_from(Path(folder))
+    spec = plugin.input_spec
+    if data.inputs.shape[1:] != tuple(spec.shape) or len(data.inputs) != len(data.labels):
+        raise PluginError(
+            f"plugin {plugin.name!r}: test_data_from({folder}) gave inputs "
+            f"{data.inputs.shape} for {len(data.labels)} labels; expected (N, "
+            f"{', '.join(map(str, spec.shape))})"
+        )
+    return data

@@ -96,6 +96,8 @@ class Scenario:
     source: Path = field(compare=False)
     devices: int = 1  # device hosts sharing the edge and the bottleneck
     repeats: int = 1  # runs of a sweep cell, seeds seed, seed + 1, ... (see testbed.sweep)
+    test_data: Path | None = None  # a folder of images replacing the plugin's test set
+    max_drop_pp: float = 1.0  # the accuracy bound of the comparisons (points)
 
     def to_dict(self) -> dict:
         """The resolved scenario as plain YAML-safe data, in the input file's layout;
@@ -113,6 +115,8 @@ class Scenario:
             "seed": self.seed,
             "model": self.model,
             "samples": self.samples,
+            **({} if self.test_data is None else {"test_data": str(self.test_data)}),
+            "max_drop_pp": self.max_drop_pp,
             "arrival": dict(self.arrival),
             "request_timeout_s": self.request_timeout_s,
             "devices": self.devices,
@@ -320,9 +324,13 @@ class _ListOf:
 
 
 class _File:
-    """A path to an existing file, relative to the scenario file's folder."""
+    """A path to an existing file (or, `folder=True`, folder), relative to the scenario
+    file's folder."""
 
-    allowed = "a path to an existing file (relative to the scenario file's folder)"
+    def __init__(self, folder: bool = False) -> None:
+        self.folder = folder
+        self.kind = "folder" if folder else "file"
+        self.allowed = f"a path to an existing {self.kind} (relative to the scenario file's folder)"
 
     def __call__(self, value: Any, at: str, ctx: _Ctx) -> Any:
         if not isinstance(value, str) or not value.strip():
@@ -331,8 +339,10 @@ class _File:
         if not path.is_absolute():
             path = ctx.source.parent / path
         path = path.resolve()
-        if not path.is_file():
-            what = "is a directory" if path.is_dir() else "does not exist"
+        if not (path.is_dir() if self.folder else path.is_file()):
+            what = "does not exist"
+            if path.exists():
+                what = "is a file" if self.folder else "is a directory"
             raise _Invalid(at, f"got {value!r}: {path} {what}; allowed: {self.allowed}")
         return path
 
@@ -607,6 +617,11 @@ _TOP = _Record(
         "seed": _Field(_Int(ge=0, le=2**32 - 1), 1),
         "model": _Field(_Model()),
         "samples": _Field(_Int(ge=1, le=100000), 100),
+        # a folder of images replacing an image plugin's test set (testbed.image_folder)
+        "test_data": _Field(_File(folder=True), _OMIT),
+        # the accuracy bound of the report's comparisons: an offloader's configuration
+        # counts only within this many points of the unmodified model
+        "max_drop_pp": _Field(_Num(ge=0, le=100), 1.0),
         "arrival": _Field(_Arrival(), "closed"),
         "request_timeout_s": _Field(_Num(gt=0), 30),
         "devices": _Field(_Int(ge=1, le=MAX_DEVICES), 1),

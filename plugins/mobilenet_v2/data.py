@@ -1,79 +1,74 @@
-"""The mobilenet_v2 test and train crops, read from the testbed cache.
+"""The mobilenet_v2 photos: real, labelled ImageNet photos committed beside the plugin.
 
-prepare.py builds them (a few seconds); `load_split` runs it the first time, or when
-the cache is incomplete or from an older version of the crops, and says so in one line.
-Labels are all -1: the photos have no ImageNet labels, and the plugin's metric is
-agreement with the unsplit model.
+`imagenet/` holds 204 test photos as their evaluation views (224x224 PNG, lossless:
+exactly what is scored) and 610 train photos with their short side at 256 (JPEG), made
+by `python -m plugins.mobilenet_v2.imagenet` (split by class index: every fourth class
+is a test class). Labels come from the wnid in each file name and `imagenet/classes.tsv`,
+the classifier's output order. Decoding takes a second or two; it is kept per process.
 """
 
 from __future__ import annotations
 
-import json
-import sys
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from testbed.cache import cache_dir
 from testbed.errors import PluginError
+from testbed.image_folder import (
+    eval_view,
+    labelled_files,
+    load_image_folder,
+    read_classes,
+    read_rgb,
+)
 from testbed.plugin_api import Dataset
 
+__all__ = ["DATA_DIR", "SPLITS", "classes", "load_folder", "load_split", "train_images"]
+
+DATA_DIR = Path(__file__).with_name("imagenet")
 SPLITS = ("test", "train")
 
 
-def _manifest(directory: Path) -> dict | None:
-    from plugins.mobilenet_v2.prepare import FILES, VERSION
-
-    if not all((directory / name).is_file() for name in FILES):
-        return None
-    try:
-        manifest = json.loads((directory / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return manifest if manifest.get("version") == VERSION else None
+@lru_cache(maxsize=1)
+def classes() -> dict[str, int]:
+    """wnid -> the classifier's output index."""
+    return read_classes(DATA_DIR / "classes.tsv")
 
 
-def ensure_prepared(directory: Path | None = None) -> tuple[Path, dict]:
-    from plugins.mobilenet_v2.prepare import prepare
-
-    directory = cache_dir("mobilenet_v2") if directory is None else Path(directory)
-    manifest = _manifest(directory)
-    if manifest is None:
-        print(
-            f"mobilenet_v2: preparing the photo crops in {directory} (once; "
-            f"python -m plugins.mobilenet_v2.prepare)",
-            file=sys.stderr,
-        )
-        prepare(directory, progress=False)
-        manifest = _manifest(directory)
-        if manifest is None:
-            raise PluginError(f"mobilenet_v2: preparation left no usable cache in {directory}")
-    return directory, manifest
-
-
-def load_split(split: str, directory: Path | None = None) -> Dataset:
-    """Crops as uint8 (N, 3, 224, 224), labels int64 (N,) all -1."""
+def _folder(split: str) -> Path:
     if split not in SPLITS:
         raise PluginError(f"unknown mobilenet_v2 split {split!r}; one of {', '.join(SPLITS)}")
-    directory, manifest = ensure_prepared(directory)
-    path = directory / f"{split}_inputs.npy"
-    try:
-        inputs = np.load(path)
-    except (OSError, ValueError) as exc:
+    folder = DATA_DIR / split
+    if not folder.is_dir():
         raise PluginError(
-            f"mobilenet_v2: cached crops unreadable: {path} ({exc}); delete {directory} "
-            f"or run: python -m plugins.mobilenet_v2.prepare"
-        ) from exc
-    expected = (len(manifest[split]), 3, manifest["size"], manifest["size"])
-    if inputs.shape != expected or inputs.dtype != np.uint8:
-        raise PluginError(
-            f"mobilenet_v2: cached crops {path} are {inputs.dtype} {inputs.shape}, expected "
-            f"uint8 {expected}; run: python -m plugins.mobilenet_v2.prepare"
+            f"mobilenet_v2: {folder} missing; it is part of the repository (or make it with "
+            "python -m plugins.mobilenet_v2.imagenet --source DIR)"
         )
-    return Dataset(inputs=inputs, labels=np.full(len(inputs), -1, dtype=np.int64))
+    return folder
 
 
-def crop_sources(split: str, directory: Path | None = None) -> list[dict]:
-    """Per crop: {"source": "package:file", "box": [x0, y0, x1, y1]} in source pixels."""
-    _, manifest = ensure_prepared(directory)
-    return manifest[split]
+@lru_cache(maxsize=2)
+def load_split(split: str) -> Dataset:
+    """uint8 (N, 3, 224, 224) evaluation views and int64 labels, in file-name order;
+    for "train" the views of the train photos (calibration scores on them)."""
+    return load_image_folder(_folder(split), classes(), view=split == "train")
+
+
+def load_folder(folder: Path) -> Dataset:
+    """A user's folder of photos (`test_data:`), as evaluation views."""
+    return load_image_folder(Path(folder), classes(), view=True)
+
+
+@lru_cache(maxsize=1)
+def train_images() -> tuple[list[np.ndarray], np.ndarray]:
+    """The train photos whole, (3, H, W) uint8 each with the short side 256, for random
+    resized crops, and their labels."""
+    files = labelled_files(_folder("train"), classes())
+    images = [np.asarray(read_rgb(p), dtype=np.uint8).transpose(2, 0, 1) for p, _ in files]
+    return images, np.array([label for _, label in files], dtype=np.int64)
+
+
+def view_of(path: Path) -> np.ndarray:
+    """One photo's evaluation view (for tests and tools)."""
+    return eval_view(read_rgb(path))
