@@ -1,5 +1,6 @@
 """What every training command of the project shares: seeding for byte-reproducible
-weights on one machine, counting correct predictions, and saving a state dict.
+weights on one machine, the device to train on, augmented batches, scoring on the test
+set, checkpoints to resume from, and saving a state dict.
 
 Reproducibility on CPU needs every random draw seeded, deterministic kernels, and a
 fixed thread count (a different split of a reduction changes the rounding); saving
@@ -12,11 +13,13 @@ from __future__ import annotations
 import io
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 
 def seed_everything(seed: int, threads: int) -> None:
@@ -25,6 +28,111 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(threads)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: CUDA where torch sees a GPU, else the CPU; `cuda` without one is a missing
+    environment (exit 3) named before any work."""
+    from testbed.errors import EnvironmentMissing
+
+    if name not in ("auto", "cpu", "cuda"):
+        raise EnvironmentMissing(f"--device {name!r}: allowed auto, cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EnvironmentMissing(
+            "--device cuda: torch sees no CUDA GPU (this torch is "
+            f"{torch.__version__}); use --device cpu or auto"
+        )
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def random_resized_crops(images, size: tuple[int, int], generator: torch.Generator,
+                         scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:  # fmt: skip
+    """Inception-style augmentation of (C, H, W) uint8 images of any size: per image a
+    seeded box of `scale` of its area and aspect in `ratio`, resized to `size` (bilinear,
+    antialiased), flipped left-right half the time; uint8 (N, C, *size) again, because
+    the device sends pixels. Every draw comes from `generator`: the same seed, the same
+    crops."""
+    out = []
+    for image in images:
+        _c, h, w = image.shape
+        draws = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
+        area = h * w * (scale[0] + (scale[1] - scale[0]) * draws[0])
+        log_lo, log_hi = np.log(ratio[0]), np.log(ratio[1])
+        aspect = float(np.exp(log_lo + (log_hi - log_lo) * draws[1]))
+        bw = round(min(w, max(1.0, np.sqrt(area * aspect))))
+        bh = round(min(h, max(1.0, np.sqrt(area / aspect))))
+        top, left = int(draws[2] * (h - bh + 1)), int(draws[3] * (w - bw + 1))
+        box = torch.from_numpy(np.ascontiguousarray(image[:, top : top + bh, left : left + bw]))
+        resized = nn.functional.interpolate(box[None].float(), size=size, mode="bilinear",
+                                            antialias=True, align_corners=False)[0]  # fmt: skip
+        if torch.rand(1, generator=generator).item() < 0.5:
+            resized = resized.flip(-1)
+        out.append(resized.round().clamp(0, 255).to(torch.uint8).numpy())
+    return np.stack(out)
+
+
+def training_batches(plugin, data, batch_size: int, generator: torch.Generator,
+                     augment: bool, limit: int | None = None):  # fmt: skip
+    """One epoch's batches of raw inputs in a seeded order: the train set as it is, or
+    (`augment`) random resized crops and flips of the plugin's whole train images
+    (`Plugin.train_images`, else of the train inputs themselves)."""
+    whole = plugin.train_images() if augment else None
+    pool = whole[0] if whole is not None else data.inputs
+    pool = pool[:limit] if limit else pool
+    order = torch.randperm(len(pool), generator=generator).numpy()
+    for start in range(0, len(order), batch_size):
+        chosen = order[start : start + batch_size]
+        if not augment:
+            yield pool[chosen]
+        else:
+            size = tuple(plugin.input_spec.shape[-2:])
+            yield random_resized_crops([pool[i] for i in chosen], size, generator)
+
+
+def batches_per_epoch(plugin, data, batch_size: int, augment: bool, limit=None) -> int:
+    whole = plugin.train_images() if augment else None
+    n = len(whole[0]) if whole is not None else len(data.inputs)
+    n = min(n, limit) if limit else n
+    return -(-n // batch_size)
+
+
+class Checkpoints:
+    """The whole training state after each epoch (networks, optimisers, the random
+    generators), beside the artefact as `<name>.resume.pt`, so that `--resume` goes on
+    where an interrupted run stopped and ends with the same weights as a run that was
+    never interrupted; kept after the last epoch too, so that a finished run can go on
+    to more epochs (no schedule: e epochs then more are the same as all at once).
+    `*.resume.pt` is git-ignored."""
+
+    def __init__(self, artefact: Path, resume: bool = False) -> None:
+        self.path = Path(artefact).with_name(Path(artefact).stem + ".resume.pt")
+        self.resume = resume
+
+    def save(self, epochs_done: int, modules: dict, generator: torch.Generator) -> None:
+        state = {name: m.state_dict() for name, m in modules.items()}
+        state["epochs_done"] = epochs_done
+        state["generator"] = generator.get_state()
+        state["torch_rng"] = torch.get_rng_state()
+        save_reproducibly(state, self.path)
+
+    def load(self, modules: dict, generator: torch.Generator) -> int:
+        """Restore into `modules` and `generator`; the epochs already done (0: none)."""
+        from testbed.errors import TestbedError
+
+        if not self.resume or not self.path.is_file():
+            return 0
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            for name, module in modules.items():
+                module.load_state_dict(state[name])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+        except Exception as exc:  # a checkpoint of another configuration or a damaged file
+            raise TestbedError(
+                f"--resume: {self.path} does not fit this run ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); delete it to start again"
+            ) from None
+        return int(state["epochs_done"])
 
 
 @torch.inference_mode()
@@ -40,24 +148,29 @@ def count_correct(plugin, model: nn.Module, data, batch_size: int = 1000) -> int
 
 @torch.inference_mode()
 def score_through(plugin, codec: nn.Module, split: int, count: int | None = None,
-                  batch_size: int = 64) -> tuple[float, float, int]:  # fmt: skip
+                  batch_size: int = 64, data=None, model=None,
+                  device: torch.device | None = None) -> tuple[float, float, int, float]:  # fmt: skip
     """(accuracy, or agreement for plugins without labels, with `codec` between
-    stages[:split] and stages[split:]; the same for the unsplit model; samples) on the
-    first `count` test samples (all by default), in batches."""
-    model, data = plugin.load_model(), plugin.test_data()
+    stages[:split] and stages[split:]; the same for the unsplit model; samples; agreement
+    of the two) on the first `count` samples of `data` (the test set by default), in
+    batches, on `device` (where `codec` and `model` are)."""
+    model = plugin.load_model() if model is None else model
+    data = plugin.test_data() if data is None else data
     head, tail = model[:split], model[split:]
     count = min(count or len(data), len(data))
     direct, through = [], []
     for start in range(0, count, batch_size):
-        x = head(plugin.to_tensor(data.inputs[start : min(count, start + batch_size)]))
-        direct.append(tail(x).argmax(1))
-        through.append(tail(codec(x)).argmax(1))
+        x = plugin.to_tensor(data.inputs[start : min(count, start + batch_size)])
+        x = head(x.to(device) if device is not None else x)
+        direct.append(tail(x).argmax(1).cpu())
+        through.append(tail(codec(x)).argmax(1).cpu())
     direct, through = torch.cat(direct), torch.cat(through)
+    agreement = float((through == direct).float().mean())
     if plugin.metric == "accuracy":
         labels = torch.from_numpy(data.labels[:count])
         score = float((through == labels).float().mean())
-        return score, float((direct == labels).float().mean()), count
-    return float((through == direct).float().mean()), 1.0, count
+        return score, float((direct == labels).float().mean()), count, agreement
+    return agreement, 1.0, count, agreement
 
 
 def save_reproducibly(state: dict, out: Path) -> int:
@@ -95,3 +208,77 @@ def parse_arguments(
     if args.epochs < 1 or args.threads < 1 or args.batch_size < 1:
         parser.error("--epochs, --threads and --batch-size must be positive")
     return args
+
+
+def fit(plugin, data, step, *, epochs: int, batch_size: int, generator: torch.Generator,
+        modules: dict, augment: bool = False, limit: int | None = None,
+        steps: int | None = None, resume_from: Path | None = None, resume: bool = False,
+        after_epoch=None, test_figures=None) -> None:  # fmt: skip
+    """The epoch loop every learned codec's training shares. `step(raw_batch)` trains on
+    one batch and returns the figures to show; `modules` (networks and optimisers) are
+    what a checkpoint holds. Per epoch: a progress bar, then `after_epoch(epochs_done)`
+    (the artefact), the resumable state, and `test_figures()` (a short text, e.g. the
+    accuracy on a few test samples) on the next epoch's bar. `steps` stops early (smoke
+    tests). `resume_from`: the artefact beside which `Checkpoints` keeps the state, read
+    back with `resume`; restoring the generator continues the batches and crops exactly."""
+    checkpoints = Checkpoints(resume_from, resume) if resume_from is not None else None
+    done_epochs = checkpoints.load(modules, generator) if checkpoints is not None else 0
+    if done_epochs:
+        print(f"resuming after epoch {done_epochs} from {checkpoints.path}", file=sys.stderr)
+    done, shown = 0, {}
+    total = batches_per_epoch(plugin, data, batch_size, augment, limit)
+    for epoch in range(done_epochs, epochs):
+        for m in modules.values():
+            if isinstance(m, nn.Module):
+                m.train()
+        bar = tqdm(training_batches(plugin, data, batch_size, generator, augment, limit),
+                   total=total, desc=f"epoch {epoch + 1}/{epochs}")  # fmt: skip
+        for batch in bar:
+            if steps is not None and done >= steps:
+                break
+            figures = step(batch)
+            done += 1
+            bar.set_postfix({**figures, **shown})
+        bar.close()
+        for m in modules.values():
+            if isinstance(m, nn.Module):
+                m.eval()
+        if after_epoch is not None:
+            after_epoch(epoch + 1)
+        if checkpoints is not None:
+            checkpoints.save(epoch + 1, modules, generator)
+        if test_figures is not None and epoch + 1 < epochs:
+            shown = {"test": test_figures()}
+            print(f"after epoch {epoch + 1}: {shown['test']}", file=sys.stderr)
+
+
+def add_codec_options(parser) -> None:
+    """The options both learned codecs' training commands take (DeepCOD, BottleNet)."""
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
+                        help="where to train, the teacher's logits too (default cpu)")  # fmt: skip
+    parser.add_argument("--augment", action="store_true",
+                        help="random resized crops and flips of the whole train images")  # fmt: skip
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the last epoch's <artefact>.resume.pt")  # fmt: skip
+    parser.add_argument("--progress-eval", type=int, default=0, metavar="N",
+                        help="after each epoch, show the score on N test samples")  # fmt: skip
+    parser.add_argument("--test-data", type=Path, metavar="DIR",
+                        help="score on this folder of images instead of the test set")  # fmt: skip
+
+
+def scorer(plugin, codec, split: int, count: int, batch_size: int, model, device):
+    """`fit`'s `test_figures`: the score through `codec` on `count` test samples (None
+    for 0: no figures)."""
+    if not count:
+        return None
+    return lambda: describe_score(
+        score_through(plugin, codec, split, count, batch_size, model=model, device=device)
+    )
+
+
+def describe_score(score) -> str:
+    """`61.3% (model 79.4%), agrees 70.1%, n 64` from `score_through`'s tuple."""
+    through, unsplit, count, agrees = score
+    return (
+        f"{100 * through:.1f}% (model {100 * unsplit:.1f}%), agrees {100 * agrees:.1f}%, n {count}"
+    )

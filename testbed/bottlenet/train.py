@@ -24,12 +24,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from testbed import plugins
 from testbed.bottlenet.model import BottleNet, check_feature_shape, resolve_split
 from testbed.errors import TestbedError
-from testbed.training import save_reproducibly, score_through, seed_everything
+from testbed.training import (
+    add_codec_options,
+    fit,
+    resolve_device,
+    save_reproducibly,
+    score_through,
+    scorer,
+    seed_everything,
+)
 
 RECONSTRUCTION_WEIGHT = 1.0
 LOGIT_WEIGHT = 1.0
@@ -63,53 +70,55 @@ def split_model(plugin, model, split: int):
     head, tail = model[:split], model[split:]
     with torch.inference_mode():
         x = plugin.to_tensor(np.zeros((1, *plugin.input_spec.shape), plugin.input_spec.dtype))
-        shape = tuple(head(x).shape[1:])
+        shape = tuple(head(x.to(next(model.parameters()).device)).shape[1:])
     check_feature_shape(plugin, split, shape)
     return head, tail, shape
 
 
 def train(plugin, split, channels, bits, epochs, seed, lr, batch_size, threads, limit=None,
-          width=0, stride=2, checkpoint=None):  # fmt: skip
-    """Train on the plugin's train set; `checkpoint(net, epochs_done)` after each epoch."""
+          width=0, stride=2, checkpoint=None, *, device="cpu", augment=False,
+          resume_from=None, resume=False, progress_eval=0):  # fmt: skip
+    """Train on the plugin's train set; `checkpoint(net, epochs_done)` after each epoch;
+    `augment`, `resume_from`/`resume`, `progress_eval` as DeepCOD's training."""
     seed_everything(seed, threads)
-    model = plugin.load_model()
+    device = resolve_device(device)
+    model = plugin.load_model().to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     head, tail, shape = split_model(plugin, model, split)
     data = plugin.train_data()
-    inputs = data.inputs[:limit] if limit else data.inputs
-    net = BottleNet(shape, channels, bits, width, stride)
+    net = BottleNet(shape, channels, bits, width, stride).to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        net.train()
-        order = torch.randperm(len(inputs), generator=generator).numpy()
-        bar = tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch + 1}/{epochs}")
-        for start in bar:
-            with torch.no_grad():
-                x = head(plugin.to_tensor(inputs[order[start : start + batch_size]]))
-                teacher = torch.log_softmax(tail(x), dim=1)
-                power = x.pow(2).mean().clamp_min(1e-12)
-            recon = net(x)
-            student = torch.log_softmax(tail(recon), dim=1)
-            mse = nn.functional.mse_loss(recon, x) / power
-            kl = nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean")
-            loss = RECONSTRUCTION_WEIGHT * mse + LOGIT_WEIGHT * kl
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            bar.set_postfix(rel_mse=f"{mse.item():.4f}", kl=f"{kl.item():.3f}")
-        net.eval()
-        if checkpoint is not None:
-            checkpoint(net, epoch + 1)
+
+    def step(batch) -> dict:
+        with torch.no_grad():
+            x = head(plugin.to_tensor(batch).to(device))
+            teacher = torch.log_softmax(tail(x), dim=1)
+            power = x.pow(2).mean().clamp_min(1e-12)
+        recon = net(x)
+        student = torch.log_softmax(tail(recon), dim=1)
+        mse = nn.functional.mse_loss(recon, x) / power
+        kl = nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean")
+        loss = RECONSTRUCTION_WEIGHT * mse + LOGIT_WEIGHT * kl
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        return {"rel_mse": f"{mse.item():.4f}", "kl": f"{kl.item():.3f}"}
+
+    fit(plugin, data, step, epochs=epochs, batch_size=batch_size, generator=generator,
+        modules={"bottlenet": net, "optimiser": optimiser}, augment=augment, limit=limit,
+        resume_from=resume_from, resume=resume,
+        after_epoch=(lambda e: checkpoint(net, e)) if checkpoint is not None else None,
+        test_figures=scorer(plugin, net, split, progress_eval, 64, model, device))  # fmt: skip
     net.eval()
-    return net
+    return net.cpu()
 
 
-def evaluate(plugin, net, split, count=None, batch_size=500) -> tuple[float, float, int]:
+def evaluate(plugin, net, split, count=None, batch_size=500, data=None):
     """(accuracy or agreement through the bottleneck, the same for the unsplit model,
-    samples) on the first `count` test samples (all by default)."""
-    return score_through(plugin, net, split, count, batch_size)
+    samples, agreement of the two) on the first `count` test samples (all by default)."""
+    return score_through(plugin, net, split, count, batch_size, data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval", type=int, default=0, metavar="N",
                         help="evaluate on the first N test samples (default 0: all)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="default: beside the plugin's code")
+    add_codec_options(parser)
     args = parser.parse_args(argv)
     if not 1 <= args.bits <= 8 or min(args.channels, args.stride, args.epochs, args.threads) < 1:
         parser.error("--bits must be in 1..8; --channels, --stride, --epochs, --threads positive")
@@ -146,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
                   "bits": args.bits, "epochs": args.epochs, "seed": args.seed, "lr": args.lr,
                   "batch_size": args.batch_size, "threads": args.threads,
                   "limit": args.limit or 0}  # fmt: skip
+        if args.augment:  # only where used: older artefacts stay byte-identical
+            config["augment"] = True
+        test_data = plugins.test_data(plugin, args.test_data) if args.test_data else None
 
         def checkpoint(net, epochs_done):
             full = {**config, "epochs": epochs_done,
@@ -155,15 +168,18 @@ def main(argv: list[str] | None = None) -> int:
 
         started = time.monotonic()
         net = train(plugin, split, args.channels, args.bits, args.epochs, args.seed, args.lr,
-                    args.batch_size, args.threads, args.limit, args.width, args.stride, checkpoint)  # fmt: skip
+                    args.batch_size, args.threads, args.limit, args.width, args.stride, checkpoint,
+                    device=args.device, augment=args.augment, resume_from=out,
+                    resume=args.resume, progress_eval=args.progress_eval)  # fmt: skip
         trained = time.monotonic() - started
-        score, unsplit, count = evaluate(plugin, net, split, args.eval or None)
+        score, unsplit, count, agrees = evaluate(plugin, net, split, args.eval or None,
+                                                 data=test_data)  # fmt: skip
     except TestbedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_status
     codes = "x".join(map(str, net.code_shape))
     print(f"{plugin.metric} through BottleNet {100 * score:.2f}% (unsplit model "
-          f"{100 * unsplit:.2f}%) on {count} test samples; codes {codes} at {args.bits} bits "
+          f"{100 * unsplit:.2f}%), agreement {100 * agrees:.2f}%, on {count} test samples; codes {codes} at {args.bits} bits "
           f"({int(np.prod(net.code_shape)) * args.bits / 8:g} bytes before entropy coding); "
           f"trained in {trained:.0f} s; wrote {out}")  # fmt: skip
     return 0

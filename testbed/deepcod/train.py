@@ -28,12 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from testbed import plugins, predictions
 from testbed.deepcod.model import PADDING, PATCH, Critic, DeepCOD, gradient_penalty
 from testbed.errors import TestbedError
-from testbed.training import save_reproducibly, score_through, seed_everything
+from testbed.training import (
+    add_codec_options,
+    fit,
+    resolve_device,
+    save_reproducibly,
+    score_through,
+    scorer,
+    seed_everything,
+)
 
 RECONSTRUCTION_WEIGHT = 10.0
 LOGIT_WEIGHT = 1.0
@@ -66,7 +73,7 @@ def split_model(plugin, model, split: int):
     head, tail = model[:split], model[split:]
     with torch.inference_mode():
         x = plugin.to_tensor(np.zeros((1, *plugin.input_spec.shape), plugin.input_spec.dtype))
-        shape = tuple(head(x).shape[1:])
+        shape = tuple(head(x.to(next(model.parameters()).device)).shape[1:])
     if len(shape) != 3:
         raise TestbedError(
             f"DeepCOD needs a CxHxW tensor at split {split} of {plugin.name!r}; it is "
@@ -97,12 +104,18 @@ def random_crop(x: torch.Tensor, crop, generator: torch.Generator) -> torch.Tens
 
 def train(plugin, ratio, centres, epochs, seed, lr, batch_size, threads, limit=None, width=64,
           split=0, adversarial=0.0, checkpoint=None, crop=None, attention_pool=1,
-          steps=None):  # fmt: skip
+          steps=None, *, device="cpu", augment=False, resume_from=None, resume=False,
+          progress_eval=0):  # fmt: skip
     """Train on the plugin's train set; `checkpoint(deepcod, epochs_done)` after each
     epoch (the state after e epochs is what `--epochs e` gives: no schedule). `crop`
-    (h, w): train on random crops; `steps`: stop after that many optimiser steps."""
+    (h, w): train on random crops; `steps`: stop after that many optimiser steps;
+    `augment`: random resized crops and flips of the whole train images; `resume_from`:
+    the artefact path beside which the resumable state is kept each epoch, continued
+    from with `resume`;
+    `progress_eval`: the accuracy on that many test samples after each epoch."""
     seed_everything(seed, threads)
-    model = plugin.load_model()
+    device = resolve_device(device)
+    model = plugin.load_model().to(device)
     for p in model.parameters():
         p.requires_grad_(False)
     head, tail, shape = split_model(plugin, model, split)
@@ -110,56 +123,54 @@ def train(plugin, ratio, centres, epochs, seed, lr, batch_size, threads, limit=N
     if crop is not None and (crop[0] > shape[1] or crop[1] > shape[2]):
         raise TestbedError(f"--crop {crop[0]}x{crop[1]} is larger than {shape[1]}x{shape[2]}")
     data = plugin.train_data()
-    inputs = data.inputs[:limit] if limit else data.inputs
     scale = input_scale(plugin, split)
     deepcod = DeepCOD(shape[0], ratio, centres, width, bounded=split == 0, scale=scale,
-                      attention_pool=attention_pool)  # fmt: skip
+                      attention_pool=attention_pool).to(device)  # fmt: skip
     optimiser = torch.optim.Adam(deepcod.parameters(), lr=lr, betas=(0.0, 0.9))
-    critic = Critic(shape[0]) if adversarial > 0 else None
+    modules = {"deepcod": deepcod, "optimiser": optimiser}
+    critic = Critic(shape[0]).to(device) if adversarial > 0 else None
     if critic is not None:
         critic_optimiser = torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.0, 0.9))
+        modules.update(critic=critic, critic_optimiser=critic_optimiser)
     generator = torch.Generator().manual_seed(seed)
-    done = 0
-    for epoch in range(epochs):
-        deepcod.train()
-        order = torch.randperm(len(inputs), generator=generator).numpy()
-        bar = tqdm(range(0, len(order), batch_size), desc=f"epoch {epoch + 1}/{epochs}")
-        for start in bar:
-            if steps is not None and done >= steps:
-                break
-            with torch.no_grad():
-                x = head(plugin.to_tensor(inputs[order[start : start + batch_size]]))
-                if crop is not None:
-                    x = random_crop(x, crop, generator)
-                teacher = tail(x) if task.matches_outputs else None
-            recon = deepcod(x)
-            if critic is not None:  # one critic step per generator step
-                critic_loss = critic(recon.detach()).mean() - critic(x).mean()
-                critic_loss = critic_loss + GRADIENT_PENALTY_WEIGHT * gradient_penalty(
-                    critic, x, recon.detach()
-                )
-                critic_optimiser.zero_grad()
-                critic_loss.backward()
-                critic_optimiser.step()
-            if scale != 1:  # the reconstruction error in [0, 1] units, as for other plugins
-                mse = nn.functional.mse_loss(recon / scale, x / scale)
-            else:
-                mse = nn.functional.mse_loss(recon, x)
-            kl = task.output_loss(tail(recon), teacher) if teacher is not None else torch.zeros(())
-            orth = deepcod.encoder.orthogonality_loss()
-            loss = RECONSTRUCTION_WEIGHT * mse + LOGIT_WEIGHT * kl + ORTHOGONALITY_WEIGHT * orth
-            if critic is not None:
-                loss = loss - adversarial * critic(recon).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            done += 1
-            bar.set_postfix(mse=f"{mse.item():.4f}", kl=f"{kl.item():.3f}")
-        deepcod.eval()
-        if checkpoint is not None:
-            checkpoint(deepcod, epoch + 1)
+
+    def step(batch) -> dict:
+        with torch.no_grad():
+            x = head(plugin.to_tensor(batch).to(device))
+            if crop is not None:
+                x = random_crop(x, crop, generator)
+            teacher = tail(x) if task.matches_outputs else None
+        recon = deepcod(x)
+        if critic is not None:  # one critic step per generator step
+            critic_loss = critic(recon.detach()).mean() - critic(x).mean()
+            critic_loss = critic_loss + GRADIENT_PENALTY_WEIGHT * gradient_penalty(
+                critic, x, recon.detach()
+            )
+            critic_optimiser.zero_grad()
+            critic_loss.backward()
+            critic_optimiser.step()
+        if scale != 1:  # the reconstruction error in [0, 1] units, as for other plugins
+            mse = nn.functional.mse_loss(recon / scale, x / scale)
+        else:
+            mse = nn.functional.mse_loss(recon, x)
+        kl = task.output_loss(tail(recon), teacher) if teacher is not None else torch.zeros(())
+        orth = deepcod.encoder.orthogonality_loss()
+        loss = RECONSTRUCTION_WEIGHT * mse + LOGIT_WEIGHT * kl + ORTHOGONALITY_WEIGHT * orth
+        if critic is not None:
+            loss = loss - adversarial * critic(recon).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        return {"mse": f"{mse.item():.4f}", "kl": f"{kl.item():.3f}"}
+
+    fit(plugin, data, step, epochs=epochs, batch_size=batch_size, generator=generator,
+        modules=modules, augment=augment, limit=limit, steps=steps,
+        resume_from=resume_from, resume=resume,
+        after_epoch=(lambda e: checkpoint(deepcod, e)) if checkpoint is not None else None,
+        test_figures=scorer(plugin, deepcod, split, progress_eval * task.matches_outputs, 16,
+                            model, device))  # fmt: skip
     deepcod.eval()
-    return deepcod
+    return deepcod.cpu()
 
 
 def agreement(plugin, deepcod, split=0, count=2000) -> tuple[float, float]:
@@ -219,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-count", type=int, default=2000,
                         help="test samples in the final score (default %(default)s)")  # fmt: skip
     parser.add_argument("--out", type=Path, help="default: beside the plugin's code")
+    add_codec_options(parser)
     args = parser.parse_args(argv)
     if not 0 < args.ratio <= 1 or args.centres < 2 or args.centres > 256 or args.epochs < 1:
         parser.error("--ratio must be in (0, 1], --centres in 2..256, --epochs positive")
@@ -255,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
             extra["attention_pool"] = args.attention_pool
         if args.steps is not None:
             extra["steps"] = args.steps
+        if args.augment:
+            extra["augment"] = True
+        device = resolve_device(args.device)
+        if device.type != "cpu":
+            extra["device"] = device.type
+        test_data = plugins.test_data(plugin, args.test_data) if args.test_data else None
 
         def checkpoint(deepcod, epochs_done):
             full = {**config, "epochs": epochs_done,
@@ -266,12 +284,14 @@ def main(argv: list[str] | None = None) -> int:
         deepcod = train(plugin, args.ratio, args.centres, args.epochs, args.seed, args.lr,
                         args.batch_size, args.threads, args.limit, args.width, args.split,
                         args.adversarial, checkpoint, crop, args.attention_pool,
-                        args.steps)  # fmt: skip
+                        args.steps, device=args.device, augment=args.augment,
+                        resume_from=out, resume=args.resume,
+                        progress_eval=args.progress_eval)  # fmt: skip
         trained = time.monotonic() - started
         if predictions.task_name(plugin) != "classification":
             found = compare_through(plugin, deepcod, args.eval_count)
         else:
-            score, unsplit = agreement(plugin, deepcod, args.split, args.eval_count)
+            scored = score_through(plugin, deepcod, args.split, args.eval_count, 16, test_data)
     except TestbedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_status
@@ -282,9 +302,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{found['recall']:.3f}; differ: {found['differ']}; trained in {trained:.0f} s, "
               f"{time.monotonic() - started:.0f} s in all; wrote {out}")  # fmt: skip
         return 0
-    print(f"{plugin.metric} through DeepCOD {100 * score:.2f}% (unsplit model {100 * unsplit:.2f}%) "
-          f"on {min(args.eval_count, len(plugin.test_data()))} test samples; {time.monotonic() - started:.0f} s; "
-          f"wrote {out}")  # fmt: skip
+    score, unsplit, count, agrees = scored
+    print(f"{plugin.metric} through DeepCOD {100 * score:.2f}% (unsplit model {100 * unsplit:.2f}%), "
+          f"agreement {100 * agrees:.2f}%, on {count} test samples; trained in {trained:.0f} s, "
+          f"{time.monotonic() - started:.0f} s in all; wrote {out}")  # fmt: skip
     return 0
 
 
