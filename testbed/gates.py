@@ -18,7 +18,8 @@ _ALLOWED = (ast.Expression, ast.Compare, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast
             ast.Name, ast.Load, ast.USub, ast.And, ast.Or, *_BINARY, *_COMPARE)  # fmt: skip
 METRICS = ("n", "p50_ms", "p95_ms", "p99_ms", "mean_bytes_up", "accuracy", "accuracy_drop_pp",
            "speedup_vs_raw", "failed", "p50_device_ms", "p50_encode_ms",
-           "p50_uplink_ms", "p50_queue_ms", "precision", "recall")  # fmt: skip
+           "p50_uplink_ms", "p50_queue_ms", "precision", "recall", "mean_ms",
+           "agreement", "accuracy_lo", "accuracy_hi", "within_bound")  # fmt: skip
 
 
 class GateSyntaxError(ValueError):

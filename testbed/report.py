@@ -3,7 +3,9 @@
 A run folder is what `run_scenario.py SCENARIO --out DIR` writes; a sweep folder holds
 `sweep.json` and one run folder per cell. Repeats of the same axis values are pooled
 into one cell-group: statistics come from the pooled requests, so a repeat adds
-requests rather than a point. How to read the report: docs/results.md.
+requests rather than a point. Offloaders are compared at matched accuracy: a speedup
+is claimed only over an offloader that loses at least as much accuracy, so a faster but
+less faithful offloader is never called better. How to read the report: docs/results.md.
 
     python -m testbed.report FOLDER [--title TITLE]
 """
@@ -30,7 +32,7 @@ import yaml
 from matplotlib import ticker
 from matplotlib.figure import Figure
 
-from testbed import stats, timeline
+from testbed import results, stats, timeline
 from testbed.errors import ScenarioError, TestbedError
 
 # phases of one request, in the order they happen; queue_ms: open-loop runs only
@@ -68,6 +70,22 @@ class Cell:
     scenario: dict
     environment: dict
 
+    @property
+    def bound(self) -> float:
+        """The scenario's accuracy bound (points); the default where none was recorded."""
+        recorded = (self.environment.get("bounds") or {}).get("max_drop_pp")
+        value = self.scenario.get("max_drop_pp", recorded)
+        return float(value) if _is_number(value) else results.DEFAULT_MAX_DROP_PP
+
+    @property
+    def configured(self) -> dict[str, float]:
+        """Label -> the bound each offloader was configured with (runner's record, else
+        read back from the resolved scenario)."""
+        recorded = (self.environment.get("bounds") or {}).get("offloaders")
+        if isinstance(recorded, dict):
+            return {k: float(v) for k, v in recorded.items() if _is_number(v)}
+        return results.configured_bounds(self.scenario.get("offloaders") or [])
+
 
 @dataclass
 class OffloaderStats:
@@ -81,12 +99,18 @@ class OffloaderStats:
     mean_bytes_up: float
     score: float  # fraction, mean over the group's cells (summary.csv)
     drop_pp: float  # mean over the group's cells (summary.csv)
+    score_ci: stats.Estimate  # Wilson interval of the pooled requests' score
+    agreement: float  # share of pooled requests agreeing with the unmodified model
     phases: dict[str, np.ndarray]
     per_device: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
         return int(self.totals.size)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.totals)) if self.totals.size else math.nan
 
 
 @dataclass
@@ -96,6 +120,15 @@ class Group:
     values: dict[str, Any]
     cells: list[Cell]
     offloaders: dict[str, OffloaderStats] = field(default_factory=dict)
+
+    @property
+    def bound(self) -> float:
+        """The accuracy bound of the group's comparisons: its first cell's."""
+        return self.cells[0].bound if self.cells else results.DEFAULT_MAX_DROP_PP
+
+    def within(self, name: str) -> bool:
+        s = self.offloaders.get(name)
+        return s is not None and results.within(s.drop_pp, self.bound)
 
 
 @dataclass
@@ -241,12 +274,15 @@ def _group_stats(group: Group, study: Study) -> dict[str, OffloaderStats]:
             if row.get("device", "") != "":
                 per_device.setdefault(row["device"], []).append(row["total_ms"])
         bytes_up = _column(ok, "bytes_up")
+        score = _mean([c.summary[name].get("accuracy") for c in present])
         out[name] = OffloaderStats(
             name=name, totals=totals, failed=len(rows) - len(ok),
             median=stats.median_ci(totals), p95=stats.percentile(totals, 95),
             mean_bytes_up=float(np.mean(bytes_up)) if bytes_up.size else math.nan,
-            score=_mean([c.summary[name].get("accuracy") for c in present]),
+            score=score,
             drop_pp=_mean([c.summary[name].get("accuracy_drop_pp") for c in present]),
+            score_ci=_score_ci(rows, study.metric, score),
+            agreement=_agreement(rows, present, name, study.metric, score),
             phases=phases,
             per_device={
                 d: stats.finite(v) for d, v in sorted(per_device.items(), key=_device_key)
@@ -255,20 +291,56 @@ def _group_stats(group: Group, study: Study) -> dict[str, OffloaderStats]:
     return out
 
 
-def speedups(study: Study, deepcod: str) -> list[dict[str, stats.Estimate]]:
-    """Per cell-group: median(baseline) / median(`deepcod`) for every baseline."""
+def _score_ci(rows: list[dict], metric: str, score: float) -> stats.Estimate:
+    """Wilson interval of the pooled requests' score (failed ones count as wrong); NaN
+    where requests.csv lacks the score's column."""
+    key = "correct" if metric == "accuracy" else "agrees"
+    values = _column(rows, key)
+    if values.size == 0 or values.size < len(rows):
+        return stats.Estimate(score, math.nan, math.nan)
+    return stats.wilson(float(values.sum()), values.size)
+
+
+def _agreement(
+    rows: list[dict], present: list[Cell], name: str, metric: str, score: float
+) -> float:
+    """Share of the pooled requests agreeing with the unmodified model: from requests.csv
+    (`agrees`), else summary.csv (`agreement`); for an agreement metric, the score."""
+    values = _column(rows, "agrees")
+    if values.size and values.size == len(rows):
+        return float(values.mean())
+    recorded = _mean([c.summary[name].get("agreement") for c in present])
+    return score if metric != "accuracy" and not math.isfinite(recorded) else recorded
+
+
+def comparisons(study: Study, label: str) -> list[dict[str, results.Versus]]:
+    """Per cell-group: `label` against every baseline at matched accuracy; a ratio
+    (median(baseline) / median(label), paired by sample) only where the baseline loses
+    at least as much accuracy."""
     out = []
     for group in study.groups:
-        mine = group.offloaders.get(deepcod)
+        mine = group.offloaders.get(label)
         row = {}
         for name in baselines(study):
             other = group.offloaders.get(name)
             if mine is None or other is None:
-                row[name] = stats.NAN
-            else:
-                row[name] = stats.ratio_of_medians_ci(other.totals, mine.totals)
+                continue
+            cells = [c.rows for c in group.cells]
+            row[name] = results.versus(cells, label, name, mine.drop_pp, other.drop_pp)
         out.append(row)
     return out
+
+
+def fastest_within(study: Study, name: str) -> Group | None:
+    """The cell-group (configuration) in which `name` has the lowest median latency while
+    its drop stays within that group's bound; None where it never does."""
+    points = [
+        (index, g.offloaders[name].median.value, g.offloaders[name].drop_pp)
+        for index, g in enumerate(study.groups)
+        if name in g.offloaders and g.within(name)
+    ]
+    index = results.fastest_within(points, math.inf)
+    return None if index is None else study.groups[index]
 
 
 def deepcod_labels(study: Study) -> list[str]:
@@ -588,7 +660,9 @@ def write_report(folder: Path, *, title: str | None = None) -> Path:
     plots = folder / "plots"
     plots.mkdir(exist_ok=True)
     lines = _header(study, title)
+    lines += _warnings(study)
     lines += _tables(study)
+    lines += _matched_section(study)
     lines += _speedup_section(study)
     lines += _plots_section(study, plots)
     path = folder / "report.md"
@@ -617,6 +691,7 @@ def _header(study: Study, title: str | None) -> list[str]:
         lines.append("- A single run (no sweep axes)")
     model = scenario.get("model", "?")
     lines.append(f"- Model: `{model}`; score: {_score_text(study)}")
+    lines.append(f"- Accuracy bound: {_bounds_text(study)}")
     if scenario:
         arrival = scenario.get("arrival", {}).get("process", "closed")
         lines.append(
@@ -654,6 +729,39 @@ def _header(study: Study, title: str | None) -> list[str]:
     return lines
 
 
+def _bounds_text(study: Study) -> str:
+    """The scenario's max_drop_pp (all cells'), saying where it is the default."""
+    cells = [c for g in study.groups for c in g.cells]
+    bounds = sorted({c.bound for c in cells})
+    text = " / ".join(f"{b:g}" for b in bounds) or f"{results.DEFAULT_MAX_DROP_PP:g}"
+    recorded = any("max_drop_pp" in c.scenario for c in cells)
+    note = "" if recorded else "; the default: the run recorded none"
+    return f"`max_drop_pp` = {text} (points of drop{note})"
+
+
+def _warnings(study: Study) -> list[str]:
+    """A line per offloader whose drop broke the scenario's or its own configured bound,
+    naming its worst cell-group."""
+    lines = []
+    for name in study.offloaders:
+        broken = [g for g in study.groups if name in g.offloaders and _broken(g, name)]
+        if not broken:
+            continue
+        worst = max(broken, key=lambda g: g.offloaders[name].drop_pp)
+        where = ""
+        if study.axes:
+            count = f"over in {len(broken)} of {len(study.groups)} cell-groups"
+            where = f" in {study.label(worst)} ({count})"
+        drops = {name: worst.offloaders[name].drop_pp}
+        lines += results.bound_warnings(drops, worst.bound, worst.cells[0].configured, where)
+    return ["## Warnings", "", *(f"- {line}" for line in lines), ""] if lines else []
+
+
+def _broken(group: Group, name: str) -> bool:
+    drops = {name: group.offloaders[name].drop_pp}
+    return bool(results.bound_warnings(drops, group.bound, group.cells[0].configured))
+
+
 def _environment_text(env: dict) -> str:
     parts = []
     if "kernel" in env:
@@ -675,9 +783,11 @@ def _tables(study: Study) -> list[str]:
     if not study.groups:
         return ["No cell finished: nothing to report.", ""]
     score = _score_name(study)
+    both = study.metric == "accuracy"  # otherwise the score is the agreement
     lines = ["## Latency per cell-group" if study.axes else "## Latency", ""]
-    head = ["offloader", "n", "median ms [95% CI]", "p95 ms", "mean bytes up"]
-    head += [f"{score} %", "drop pp", "failed"]
+    head = ["offloader", "n", "median ms [95% CI]", "mean ms", "p95 ms", "mean bytes up"]
+    head += [f"{score} % [95% CI]", *(["agreement %"] * both), "drop pp", "within bound"]
+    head += ["failed"]
     for group in study.groups:
         if study.axes:
             cells = len(group.cells)
@@ -685,13 +795,26 @@ def _tables(study: Study) -> list[str]:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, s in group.offloaders.items():
             cells = [
-                name, str(s.n), _estimate_text(s.median), _ms(s.p95), _count(s.mean_bytes_up),
-                _fixed(100 * s.score, 1), _signed(s.drop_pp), str(s.failed),
+                name, str(s.n), _estimate_text(s.median), _ms(s.mean), _ms(s.p95),
+                _count(s.mean_bytes_up), _share_text(s.score, s.score_ci),
+                *([_fixed(100 * s.agreement, 1)] * both), _signed(s.drop_pp),
+                _yes(s.drop_pp, group.within(name)), str(s.failed),
             ]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         lines += _device_table(group)
     return lines
+
+
+def _share_text(value: float, ci: stats.Estimate) -> str:
+    """`95.0 [76.4, 99.1]` (percent); the bare value where no interval was possible."""
+    if not math.isfinite(ci.low):
+        return _fixed(100 * value, 1)
+    return f"{_fixed(100 * value, 1)} [{100 * ci.low:.1f}, {100 * ci.high:.1f}]"
+
+
+def _yes(drop: float, within: bool) -> str:
+    return "-" if not math.isfinite(drop) else ("yes" if within else "no")
 
 
 def _device_table(group: Group) -> list[str]:
@@ -707,49 +830,86 @@ def _device_table(group: Group) -> list[str]:
     return [*lines, ""]
 
 
+def _matched_section(study: Study) -> list[str]:
+    """Which offloaders stay within the bound, and (sweeps) each one's fastest
+    configuration that does."""
+    if not study.groups or not any(g.offloaders for g in study.groups):
+        return []
+    lines = ["## Matched accuracy", ""]
+    lines.append(
+        "An offloader is *within the bound* where its drop is at most the scenario's "
+        "`max_drop_pp`. Speedups are claimed only over offloaders that lose at least as "
+        "much accuracy: none is called faster or better than one with a smaller drop."
+    )
+    lines.append("")
+    if not study.axes:
+        group = study.groups[0]
+        inside = [n for n in group.offloaders if group.within(n)]
+        outside = [
+            f"{n} ({group.offloaders[n].drop_pp:.2f})"
+            for n in group.offloaders
+            if n not in inside and math.isfinite(group.offloaders[n].drop_pp)
+        ]
+        lines.append(f"- Within the bound ({group.bound:g} points): {', '.join(inside) or 'none'}")
+        lines.append(f"- Over it (drop in points): {', '.join(outside) or 'none'}")
+        return [*lines, ""]
+    lines += ["Each offloader's fastest cell-group (configuration) within the bound:", ""]
+    head = ["offloader", "fastest within the bound", "median ms [95% CI]", "drop pp",
+            "within the bound in"]  # fmt: skip
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in study.offloaders:
+        ran = [g for g in study.groups if name in g.offloaders]
+        count = f"{sum(g.within(name) for g in ran)} of {len(ran)} cell-groups"
+        best = fastest_within(study, name)
+        if best is None:
+            lines.append(f"| {name} | none within the bound | - | - | {count} |")
+            continue
+        s = best.offloaders[name]
+        cells = [name, study.label(best, full=True), _estimate_text(s.median), _signed(s.drop_pp)]
+        lines.append("| " + " | ".join([*cells, count]) + " |")
+    return [*lines, ""]
+
+
 def _speedup_section(study: Study) -> list[str]:
     labels = deepcod_labels(study)
     if not labels or not study.groups:
         return []
-    lines = ["## DeepCOD speedup", ""]
+    lines = ["## DeepCOD at matched accuracy", ""]
     lines.append(
         "median(baseline) / median(DeepCOD) end-to-end latency, with its bootstrap 95% "
-        "interval; above 1 means DeepCOD is faster."
+        "interval (paired: the same samples, resampled together), stated only against "
+        "baselines that lose at least as much accuracy as DeepCOD; above 1 means DeepCOD "
+        "is faster. A baseline that loses less accuracy gets no speedup figure."
     )
     lines.append("")
-    others = baselines(study)
     for label in labels:
         if len(labels) > 1:
             lines += [f"### {label}", ""]
-        if not others:
-            lines += ["No baseline ran beside it.", ""]
-            continue
-        head = ["cell-group" if study.axes else "run", "best baseline", *others]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for group, row in zip(study.groups, speedups(study, label), strict=True):
-            best = best_baseline(group, others)
-            cells = [study.label(group, full=True)]
-            cells.append(f"{best}: {_ratio_text(row[best])}" if best else "-")
-            cells += [_ratio_text(row[name]) for name in others]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
-        lines.append(
-            "Best baseline: the one with the lowest median latency in that cell-group, "
-            "whatever its accuracy (compare the drop columns above)."
-        )
-        lines.append("")
+        lines += _versus_table(study, label)
     return lines
 
 
-def best_baseline(group: Group, names: list[str]) -> str | None:
-    """The baseline with the lowest median latency in `group` (the paper compares
-    DeepCOD with the best offloading system in each setting)."""
-    medians = {
-        n: group.offloaders[n].median.value
-        for n in names
-        if n in group.offloaders and math.isfinite(group.offloaders[n].median.value)
-    }
-    return min(medians, key=medians.get) if medians else None
+def _versus_table(study: Study, label: str) -> list[str]:
+    rows = comparisons(study, label)
+    if not any(rows):
+        return ["No baseline ran beside it.", ""]
+    head = ["cell-group" if study.axes else "run", "baseline", "drop pp (baseline vs DeepCOD)"]
+    head += ["speedup [95% CI]", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for group, row in zip(study.groups, rows, strict=True):
+        for name, v in row.items():
+            drops = f"{_fixed(v.other_drop_pp, 2)} vs {_fixed(v.drop_pp, 2)}"
+            cells = [study.label(group, full=True), name, drops, v.ratio_text(), v.verdict()]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if not any(v.claimed for row in rows for v in row.values()):
+        lines += [
+            f"No baseline loses at least as much accuracy as {label}"
+            + (" in any cell-group" if study.axes else "")
+            + ": no speedup is claimed.",
+            "",
+        ]
+    return lines
 
 
 def _plots_section(study: Study, plots: Path) -> list[str]:
@@ -904,9 +1064,18 @@ def _offloader_order(cells: list[Cell]) -> list[str]:
     return order
 
 
+RECORDED_METRICS = {"accuracy": "accuracy", "agreement": "agreement",
+                    "detection_agreement": "detection"}  # fmt: skip
+
+
 def _metric(cells: list[Cell]) -> str:
-    """`accuracy` (the `correct` column) or `agreement` (`agrees`): whichever reproduces
-    summary.csv's score; without labels it can only be agreement."""
+    """The plugin's metric as the runner recorded it (environment.json); for older runs
+    guessed back: `accuracy` (the `correct` column) or `agreement` (`agrees`), whichever
+    reproduces summary.csv's score; without labels it can only be agreement."""
+    for cell in cells:
+        recorded = RECORDED_METRICS.get(str(cell.environment.get("metric")))
+        if recorded:
+            return recorded
     rows = [r for c in cells for r in c.rows]
     if any(math.isfinite(r.get("tp", math.nan)) for r in rows):  # box counts: a detector
         return "detection"

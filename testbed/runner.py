@@ -133,7 +133,7 @@ def run(
         built.calibrate()  # at full speed here; the device host reads the cached results
         if time.monotonic() - started > 1 and progress:
             _say(f"calibrated {spec.name} in {time.monotonic() - started:.0f} s", bar)
-    data = plugin.test_data()
+    data = plugins.test_data(plugin, scenario.test_data)
     indices = choose_samples(scenario, len(data))
     reference = reference_predictions(plugin, model, data.inputs[indices])
     # compile the kernels here, at full speed, so that agents on slow hosts only load them
@@ -154,6 +154,7 @@ def run(
 
     topo = OffloadTopology(scenario, workdir=logs)
     extra: dict = {"run_prefix": topo.prefix, "seed": scenario.seed, "samples": indices.tolist()}
+    extra["metric"] = plugin.metric  # the report reads it rather than guessing it back
     extra["kernel_warmup_s"] = kernels_s
     extra["cleanup_failures"] = ["teardown did not run"]
     interrupted = False
@@ -186,6 +187,7 @@ def run(
                     out_dir, [r for p in records_paths for r in results.read_records(p)],
                     labels, reference_by_sample,
                     reference_score, plugin.metric, extra, predictions.comparer(plugin),
+                    bounds=_bounds(scenario, labels),
                 )  # fmt: skip
     by_name = {row["offloader"]: row for row in summary}
     failed = []
@@ -271,6 +273,7 @@ def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool,
         suffix = "" if i == 0 else f"-d{i}"
         job = {
             "plugin": plugin.name,
+            "test_data": None if scenario.test_data is None else str(scenario.test_data),
             "offloaders": [
                 {"name": s.name, "params": s.params, "label": label}
                 for s, label in zip(scenario.offloaders, labels, strict=True)
@@ -404,18 +407,30 @@ def _count_lines(path: Path) -> int:
         return 0
 
 
+def _bounds(scenario, labels: list[str]) -> tuple[float, dict[str, float]]:
+    """The scenario's accuracy bound and each offloader's own configured one (by label)."""
+    bound = float(getattr(scenario, "max_drop_pp", results.DEFAULT_MAX_DROP_PP))
+    specs = [{"name": s.name, **s.params} for s in scenario.offloaders]
+    return bound, results.configured_bounds(specs, labels)
+
+
 def _write_results(
-    out_dir, records, labels, reference, reference_score, metric, extra, compare=None
-):
+    out_dir, records, labels, reference, reference_score, metric, extra, compare=None,
+    bounds=(results.DEFAULT_MAX_DROP_PP, {}),
+):  # fmt: skip
+    """`bounds`: the scenario's max_drop_pp and each label's configured one."""
     if (out_dir / "capture.pcap").exists():
         extra["capture"] = _capture_report(out_dir, records, labels)
+    bound, configured = bounds
+    extra["bounds"] = {"max_drop_pp": bound, "offloaders": configured}  # for the report
     rows = results.complete_records(records, reference, compare)
     results.write_csv(out_dir / "requests.csv", rows, results.REQUEST_COLUMNS)
-    summary = results.summarize(rows, labels, reference_score, metric)
+    summary = results.summarize(rows, labels, reference_score, metric, bound)
     results.write_csv(out_dir / "summary.csv", summary, results.SUMMARY_COLUMNS)
     env = environment.collect(extra)
     (out_dir / "environment.json").write_text(json.dumps(env, indent=2, default=str))
-    lines = [f"# {out_dir.name}", "", results.table(summary), ""]
+    lines = [f"# {out_dir.name}", "", f"Score: {metric}.", "", results.table(summary), ""]
+    lines += [*results.matched_lines(rows, summary, bound, configured), ""]
     if metric == "detection_agreement":
         lines.append(
             "`accuracy` is detection agreement: the share of images whose boxes all match "

@@ -1,13 +1,15 @@
-"""Bootstrap intervals for latency medians and their ratios (the report's statistics).
+"""Intervals for latency medians, their ratios and accuracies (the report's statistics).
 
 Latencies are skewed and heavy-tailed (retransmissions, CPU-limit ticks), so the report
 compares medians, with percentile-bootstrap intervals: no normality assumed. Every
 function is seeded, so the same samples always give the same interval (the report's
-bytes must not change between renderings).
+bytes must not change between renderings). Accuracies are shares of requests: Wilson
+intervals, which stay inside [0, 1] and are honest at 0/n and n/n.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +96,63 @@ def ratio_of_medians_ci(
         ratios = tops / bottoms
     low, high = _bounds(ratios[np.isfinite(ratios)], confidence)
     return Estimate(point, low, high)
+
+
+def paired_ratio_of_medians_ci(
+    numerator,
+    denominator,
+    *,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = SEED,
+) -> Estimate:
+    """median(numerator) / median(denominator) of paired values (the same samples sent
+    by two offloaders), resampling the pairs together: the samples' own difficulty then
+    cancels, so the interval is narrower than that of independent resampling."""
+    pairs = np.column_stack([np.asarray(numerator, float), np.asarray(denominator, float)])
+    pairs = pairs[np.isfinite(pairs).all(axis=1)]
+    if pairs.shape[0] == 0:
+        return NAN
+    point = _ratio(np.median(pairs[:, 0]), np.median(pairs[:, 1]))
+    rng = np.random.default_rng(seed)
+    size = pairs.shape[0]
+    rows = max(1, _CHUNK_VALUES // (2 * size))
+    ratios = np.empty(resamples)
+    for start in range(0, resamples, rows):
+        stop = min(resamples, start + rows)
+        index = rng.integers(0, size, size=(stop - start, size))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios[start:stop] = np.median(pairs[index, 0], axis=1) / np.median(
+                pairs[index, 1], axis=1
+            )
+    low, high = _bounds(ratios[np.isfinite(ratios)], confidence)
+    return Estimate(point, low, high)
+
+
+def wilson(successes: float, trials: float, confidence: float = CONFIDENCE) -> Estimate:
+    """A share with its Wilson score interval; NaN without trials."""
+    if not trials > 0:
+        return NAN
+    z = _normal_quantile(0.5 + confidence / 2)
+    share = successes / trials
+    centre = (share + z * z / (2 * trials)) / (1 + z * z / trials)
+    root = math.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials))
+    spread = z / (1 + z * z / trials) * root
+    low = 0.0 if successes <= 0 else max(0.0, centre - spread)
+    high = 1.0 if successes >= trials else min(1.0, centre + spread)
+    return Estimate(float(share), low, high)
+
+
+def _normal_quantile(p: float) -> float:
+    """The standard normal's quantile, by bisection on erf (no scipy needed)."""
+    low, high = -10.0, 10.0
+    for _ in range(100):
+        mid = (low + high) / 2
+        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
 
 
 def _ratio(top: float, bottom: float) -> float:

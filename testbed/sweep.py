@@ -324,23 +324,37 @@ def _slug(value: Any) -> str:
 
 
 def sweep_table(rows: list[dict], sweep: Sweep) -> str:
-    """Median latency per grid point (median over repeats) and offloader, as Markdown."""
+    """Median latency per grid point (median over repeats) and offloader, with its mean
+    accuracy drop beside it: a latency means little without the accuracy it cost."""
     labels: list[str] = []
-    points: dict[tuple, dict[str, list[float]]] = {}
+    points: dict[tuple, dict[str, list[tuple[float, float]]]] = {}
     for row in rows:
         if row["offloader"] not in labels:
             labels.append(row["offloader"])
         key = tuple(row[a] for a in sweep.axes)
-        points.setdefault(key, {}).setdefault(row["offloader"], []).append(float(row["p50_ms"]))
-    head = [_leaf(a) for a in sweep.axes] + [f"{label} p50 ms" for label in labels]
+        value = (float(row["p50_ms"]), _float(row.get("accuracy_drop_pp", "")))
+        points.setdefault(key, {}).setdefault(row["offloader"], []).append(value)
+    head = [_leaf(a) for a in sweep.axes] + [f"{label} p50 ms (drop pp)" for label in labels]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, by_label in points.items():
         cells = [*key]
         for label in labels:
-            values = sorted(by_label.get(label, []))
-            cells.append(f"{_median(values):.1f}" if values else "-")
+            values = by_label.get(label, [])
+            if not values:
+                cells.append("-")
+                continue
+            drops = [d for _, d in values if d == d]  # NaN: not recorded
+            drop = f" ({sum(drops) / len(drops):+.2f})" if drops else ""
+            cells.append(f"{_median(sorted(v for v, _ in values)):.1f}{drop}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _float(text) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _median(values: list[float]) -> float:

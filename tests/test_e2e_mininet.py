@@ -57,9 +57,10 @@ def test_prints_table_and_writes_result_files(small_run):
     ]  # fmt: skip
     assert len(requests) == 40 and {r["status"] for r in requests} == {"ok"}
     summary = {row["offloader"]: row for row in read_csv(out / "summary.csv")}
-    assert list(next(iter(summary.values())))[:9] == [
-        "offloader", "n", "p50_ms", "p95_ms", "p99_ms", "mean_bytes_up", "accuracy",
-        "accuracy_drop_pp", "speedup_vs_raw",
+    assert list(next(iter(summary.values())))[:14] == [
+        "offloader", "n", "p50_ms", "mean_ms", "p95_ms", "p99_ms", "mean_bytes_up", "accuracy",
+        "accuracy_lo", "accuracy_hi", "agreement", "accuracy_drop_pp", "within_bound",
+        "speedup_vs_raw",
     ]  # fmt: skip
     assert summary["local"]["n"] == summary["raw"]["n"] == "20"
     assert float(summary["local"]["mean_bytes_up"]) == 0

@@ -32,9 +32,11 @@ def write_run(
     seed: int = 0,
     extra_columns: tuple[str, ...] = (),
     name: str = "synthetic",
+    scenario_extra: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """A run folder; spec: offloader -> {median, n, bytes, wrong, failed, queue, devices}.
-    Returns each offloader's completed latencies."""
+    Returns each offloader's completed latencies. `scenario_extra`: more keys of the
+    resolved scenario (max_drop_pp, offloaders)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     records, totals = [], {}
@@ -68,9 +70,11 @@ def write_run(
         c for c in extra_columns if c not in results.REQUEST_COLUMNS
     ]
     results.write_csv(folder / "requests.csv", rows, columns)
-    summary = results.summarize(rows, list(spec), 1.0, "accuracy")
+    bound = (scenario_extra or {}).get("max_drop_pp", 1.0)
+    summary = results.summarize(rows, list(spec), 1.0, "accuracy", bound)
     results.write_csv(folder / "summary.csv", summary, results.SUMMARY_COLUMNS)
     scenario = {"name": name, "model": "fashion_cnn", "samples": 40, "seed": seed}
+    scenario |= scenario_extra or {}
     (folder / "resolved_scenario.yaml").write_text(yaml.safe_dump(scenario))
     environment = {"kernel": "6.1-test", "link_backend": "htb+test", "commit": "c0ffee" * 7}
     (folder / "environment.json").write_text(json.dumps(environment))
@@ -126,7 +130,7 @@ def assert_png(path: Path) -> None:
     assert pixels.std() > 5  # drawn, not blank
 
 
-def test_run_report_numbers_speedup_and_failed_offloaders(tmp_path):
+def test_run_report_numbers_and_failed_offloaders(tmp_path):
     spec = {**BASE, "jpeg": {"median": 300.0, "failed": 40}, "ghost": {"median": 1.0, "n": 0}}
     totals = write_run(tmp_path, spec)
     path = report.write_report(tmp_path)
@@ -135,24 +139,19 @@ def test_run_report_numbers_speedup_and_failed_offloaders(tmp_path):
     (group,) = study.groups
     deepcod = group.offloaders["deepcod"]
     assert deepcod.median.value == pytest.approx(np.median(totals["deepcod"]), rel=1e-6)
+    assert deepcod.mean == pytest.approx(np.mean(totals["deepcod"]), rel=1e-6)
     assert deepcod.drop_pp == pytest.approx(100 / 40)  # one wrong in 40
+    assert deepcod.score_ci == stats.wilson(39, 40)
     line = next(row for row in text.splitlines() if row.startswith("| deepcod |"))
-    assert f"| 40 | {report._estimate_text(deepcod.median)} |" in line
-    assert "| +2.50 |" in line
+    assert f"| 40 | {report._estimate_text(deepcod.median)} | {report._ms(deepcod.mean)} |" in line
+    # accuracy with its interval, agreement beside it, the drop, over the 1-point bound
+    ci = stats.wilson(39, 40)
+    assert f"| 97.5 [{100 * ci.low:.1f}, {100 * ci.high:.1f}] | 97.5 | +2.50 | no | 0 |" in line
+    assert "| accuracy % [95% CI] | agreement % | drop pp | within bound |" in text
     jpeg = next(row for row in text.splitlines() if row.startswith("| jpeg |"))
-    assert jpeg.startswith("| jpeg | 0 | - | - | - |") and jpeg.endswith("| 40 |")
+    assert jpeg.startswith("| jpeg | 0 | - | - | - | - |") and jpeg.endswith("| no | 40 |")
     assert "| ghost | 0 | - |" in text
-    # the speedup over raw: 2000 / 250 by construction
-    speed = report.speedups(study, "deepcod")[0]["raw"]
-    expected = np.median(totals["raw"]) / np.median(totals["deepcod"])
-    assert speed.value == pytest.approx(expected) and 6 < speed.value < 10
-    assert "## DeepCOD speedup" in text
-    local = report.speedups(study, "deepcod")[0]["local"]
-    best = report.best_baseline(group, report.baselines(study))
-    assert best == min(("local", "raw"), key=lambda n: np.median(totals[n]))
-    best_text = f"{best}: {report._ratio_text(report.speedups(study, 'deepcod')[0][best])}"
-    row = f"| all requests | {best_text} | {report._ratio_text(local)} | {report._ratio_text(speed)} | - | - |"
-    assert row in text
+    assert "- Accuracy bound: `max_drop_pp` = 1 (points of drop; the default" in text
     assert "No latency-against-axis plot" in text
     assert "queue_ms" not in study.phases  # closed loop: no queue segment
     for name in ("latency_cdf", "phases", "bytes", "drop_vs_latency"):
@@ -162,14 +161,57 @@ def test_run_report_numbers_speedup_and_failed_offloaders(tmp_path):
     assert report.write_report(tmp_path).read_bytes() == first  # deterministic
 
 
+def test_a_faster_offloader_with_a_larger_drop_gets_no_speedup_claim(tmp_path):
+    """DeepCOD is 8x faster than raw but loses 2.5 points where raw loses none: no
+    speedup figure, no win, and no 'best'/'fastest' wording for it."""
+    write_run(tmp_path, BASE)
+    text = report.write_report(tmp_path).read_text()
+    study = report.load_study(tmp_path)
+    (row,) = report.comparisons(study, "deepcod")
+    for name in ("raw", "local"):
+        assert not row[name].claimed and np.isnan(row[name].ratio.value)
+        verdict = f"{name} loses less accuracy (drop 0.00 vs 2.50 points): no speedup claimed"
+        assert row[name].verdict() == verdict
+        assert f"| all requests | {name} | 0.00 vs 2.50 | - | {verdict} |" in text
+    assert "No baseline loses at least as much accuracy as deepcod: no speedup is claimed." in text
+    section = text.split("## DeepCOD at matched accuracy")[1].split("## Plots")[0]
+    assert "x [" not in section  # no ratio anywhere
+    assert "best" not in text.lower() and "fastest" not in text.split("## Plots")[0].lower()
+    # the single run's bound line names who is within it
+    assert "- Within the bound (1 points): local, raw" in text
+    assert "- Over it (drop in points): deepcod (2.50)" in text
+
+
+def test_a_baseline_losing_no_less_gets_a_paired_speedup(tmp_path):
+    """jpeg loses as much as DeepCOD (2.5 points): the speedup is stated, paired by
+    sample, with an interval; raw loses less: no claim."""
+    spec = {**BASE, "jpeg": {"median": 1000.0, "wrong": 1}}
+    totals = write_run(tmp_path, spec)
+    study = report.load_study(tmp_path)
+    (row,) = report.comparisons(study, "deepcod")
+    jpeg = row["jpeg"]
+    assert jpeg.claimed and jpeg.pairs == 40
+    expected = stats.paired_ratio_of_medians_ci(totals["jpeg"], totals["deepcod"])
+    assert jpeg.ratio == expected and jpeg.ratio.value == pytest.approx(
+        np.median(totals["jpeg"]) / np.median(totals["deepcod"])
+    )
+    assert 3 < jpeg.ratio.low < jpeg.ratio.value < jpeg.ratio.high < 5
+    assert jpeg.verdict() == "deepcod faster at no larger drop"
+    text = report.write_report(tmp_path).read_text()
+    assert f"| all requests | jpeg | 2.50 vs 2.50 | {jpeg.ratio_text()} | deepcod faster" in text
+    assert "(paired, 40 pairs)" in jpeg.ratio_text()
+    assert not row["raw"].claimed and "No baseline loses" not in text
+
+
 def test_a_run_where_nothing_completed_still_reports(tmp_path):
     write_run(
         tmp_path, {"raw": {"median": 100.0, "failed": 40}, "deepcod": {"median": 1.0, "n": 0}}
     )
     text = report.write_report(tmp_path).read_text()
-    assert "| raw | 0 | - | - | - | 0.0 | +100.00 | 40 |" in text
-    assert "| deepcod | 0 | - | - | - | - | - | 0 |" in text
-    assert "| all requests | - |" in text  # no speedup without latencies
+    assert "| raw | 0 | - | - | - | - | 0.0 [0.0, 8.8] | 0.0 | +100.00 | no | 40 |" in text
+    assert "| deepcod | 0 | - | - | - | - | - | - | - | - | 0 |" in text
+    # no speedup without latencies or accuracy
+    assert "| all requests | raw | 100.00 vs - | - | raw: no accuracy to compare" in text
     assert "No request completed: nothing to plot." in text
     # figures of such a study draw nothing but do not fail either
     study = report.load_study(tmp_path)
@@ -197,7 +239,8 @@ def write_sweep(folder: Path, *, missing: bool = True) -> dict:
                     continue
                 spec = {
                     "local": {"median": 500.0 * devices, "bytes": 0},
-                    "raw": {"median": 2000.0 / bw, "bytes": 100_000},
+                    # raw loses as much as DeepCOD here: a speedup over it may be stated
+                    "raw": {"median": 2000.0 / bw, "bytes": 100_000, "wrong": 2},
                     "deepcod": {
                         "median": 200.0 / bw + 20 * devices,
                         "bytes": int(800 / bw),
@@ -300,16 +343,19 @@ def test_sweep_report_lists_groups_missing_cells_and_speedups(sweep):
     median = stats.median_ci(pooled[(0.25, 1, "raw")])
     assert group.offloaders["raw"].median == median
     assert f"| raw | 80 | {report._estimate_text(median)} |" in text
-    rows = report.speedups(study, "deepcod")
-    assert rows[0]["raw"].value == pytest.approx(
+    rows = report.comparisons(study, "deepcod")
+    raw = rows[0]["raw"]  # paired within each repeat's cell, pooled over the two
+    assert raw.claimed and raw.pairs == 80
+    assert raw.ratio.value == pytest.approx(
         np.median(pooled[(0.25, 1, "raw")]) / np.median(pooled[(0.25, 1, "deepcod")])
     )
-    best = report.best_baseline(group, report.baselines(study))
-    assert best == "local"  # the fastest baseline in this group, by construction
-    assert (
-        f"| bandwidth_mbps=0.25, devices=1 | local: {report._ratio_text(rows[0]['local'])} | "
-        f"{report._ratio_text(rows[0]['local'])} |" in text
-    )
+    assert raw.ratio.low > 1
+    assert f"| bandwidth_mbps=0.25, devices=1 | raw | 5.00 vs 5.00 | {raw.ratio_text()} |" in text
+    local = rows[0]["local"]  # faster than raw, and loses nothing: no claim over it
+    verdict = "local loses less accuracy (drop 0.00 vs 5.00 points): no speedup claimed"
+    assert not local.claimed and local.verdict() == verdict
+    assert f"| bandwidth_mbps=0.25, devices=1 | local | 0.00 vs 5.00 | - | {verdict} |" in text
+    assert "best baseline" not in text.lower()
     for name in (
         "latency_vs_network_uplink_bandwidth_mbps",
         "latency_vs_devices",
@@ -419,7 +465,7 @@ def test_a_detection_run_is_reported_as_detection_agreement(tmp_path):
     assert report.load_study(tmp_path).metric == "detection"
     text = report.write_report(tmp_path).read_text()
     assert "detection agreement %" in text and "score: detection agreement" in text
-    assert "| jpeg | 20 |" in text and "| 90.0 |" in text  # 2 of the 20 frames differ
+    assert "| jpeg | 20 |" in text and "| 90.0 [" in text  # 2 of the 20 frames differ
 
 
 def test_a_run_whose_choice_changes_gets_a_timeline(tmp_path):
@@ -437,3 +483,91 @@ def test_a_run_whose_choice_changes_gets_a_timeline(tmp_path):
     assert "### Requests over time" in text and "](plots/timeline.png)" in text
     assert "`deepcod`" in text.split("### Requests over time")[1]
     assert_png(tmp_path / "plots" / "timeline.png")
+
+
+def write_bound_sweep(folder: Path, bound: float = 1.0) -> dict:
+    """jpeg (configured for 1 point under quality auto) is fastest at bw=4 but breaks the
+    bound there; DeepCOD loses 5 points everywhere."""
+    offloaders = ["raw", {"name": "jpeg", "quality": "auto", "max_drop_pp": 1.0}, "deepcod"]
+    cells, pooled = [], {}
+    for i, bw in enumerate([1, 2, 4]):
+        spec = {
+            "raw": {"median": 1000.0 / bw},
+            "jpeg": {"median": 300.0 / bw, "wrong": 2 if bw == 4 else 0},
+            "deepcod": {"median": 50.0, "wrong": 2},
+        }
+        extra = {"max_drop_pp": bound, "offloaders": offloaders}
+        pooled[bw] = write_run(folder / f"c{i}", spec, seed=i, scenario_extra=extra)
+        cells.append({"id": f"c{i}", "dir": f"c{i}", "values": {"bw": bw}, "status": "done"})
+    sweep = {"name": "b", "repeats": 1, "axes": {"bw": [1, 2, 4]}, "cells": cells}
+    (folder / "sweep.json").write_text(json.dumps(sweep))
+    return pooled
+
+
+def test_fastest_configuration_within_the_bound_and_broken_bounds(tmp_path):
+    pooled = write_bound_sweep(tmp_path)
+    study = report.load_study(tmp_path)
+    best = report.fastest_within(study, "jpeg")
+    assert best is study.groups[1]  # bw=2: bw=4 is faster but 5 points over
+    assert report.fastest_within(study, "deepcod") is None
+    assert report.fastest_within(study, "raw") is study.groups[2]
+    text = "\n".join(report._matched_section(study))
+    median = report._estimate_text(stats.median_ci(pooled[2]["jpeg"]))
+    assert f"| jpeg | bw=2 | {median} | +0.00 | 2 of 3 cell-groups |" in text
+    assert "| deepcod | none within the bound | - | - | 0 of 3 cell-groups |" in text
+    warnings = report._warnings(study)
+    assert warnings[0] == "## Warnings"
+    assert (
+        "- **Warning:** jpeg lost 5.00 accuracy points in bw=4 (over in 1 of 3 cell-groups), "
+        "beyond its configured max_drop_pp (1) and the scenario's bound (1)." in warnings
+    )
+    assert (
+        "- **Warning:** deepcod lost 5.00 accuracy points in bw=1 (over in 3 of 3 "
+        "cell-groups), beyond the scenario's bound (1)." in warnings
+    )
+    assert not any("raw" in line for line in warnings)
+
+
+def test_the_scenario_bound_is_read_from_the_run(tmp_path):
+    """max_drop_pp 5 in the resolved scenario: DeepCOD's 5 points are within it, jpeg's
+    at bw=4 still break its own configured bound of 1."""
+    write_bound_sweep(tmp_path, bound=5.0)
+    study = report.load_study(tmp_path)
+    assert [g.bound for g in study.groups] == [5.0] * 3
+    fastest = min(study.groups, key=lambda g: g.offloaders["deepcod"].median.value)
+    assert report.fastest_within(study, "deepcod") is fastest
+    warnings = report._warnings(study)
+    assert len(warnings) == 4 and "jpeg" in warnings[2] and "scenario" not in warnings[2]
+    assert "`max_drop_pp` = 5 (points of drop)" in "\n".join(report._header(study, None))
+
+
+def test_old_results_without_agreement_or_bound_still_render(tmp_path):
+    """Results written before `agreement` and `max_drop_pp`: agreement comes from
+    requests.csv's `agrees`, the bound is the default, and the metric is guessed."""
+    write_run(tmp_path, {"raw": {"median": 900.0}, "deepcod": {"median": 100.0, "wrong": 8}})
+    path = tmp_path / "requests.csv"
+    with path.open(newline="") as handle:
+        requests = list(csv.DictReader(handle))
+    for row in requests:  # the unmodified model itself misses samples 0-3
+        row["agrees"] = str(int(row["offloader"] == "deepcod" or int(row["sample"]) >= 4))
+    results.write_csv(path, requests, results.REQUEST_COLUMNS)
+    old = [c for c in results.SUMMARY_COLUMNS if c not in ("agreement", "within_bound")]
+    with (tmp_path / "summary.csv").open(newline="") as handle:
+        summary = list(csv.DictReader(handle))
+    results.write_csv(tmp_path / "summary.csv", summary, old)
+    study = report.load_study(tmp_path)
+    assert study.metric == "accuracy" and study.groups[0].bound == 1.0
+    group = study.groups[0]
+    assert group.offloaders["raw"].agreement == pytest.approx(36 / 40)
+    assert group.offloaders["deepcod"].agreement == 1.0
+    text = report.write_report(tmp_path).read_text()
+    assert "(points of drop; the default: the run recorded none)" in text
+    assert "| 100.0 [91.2, 100.0] | 90.0 | +0.00 | yes | 0 |" in text  # raw
+
+
+def test_the_recorded_metric_wins_over_the_guess(tmp_path):
+    write_run(tmp_path, BASE)
+    assert report.load_study(tmp_path).metric == "accuracy"  # labels: the guess
+    env = json.loads((tmp_path / "environment.json").read_text())
+    (tmp_path / "environment.json").write_text(json.dumps({**env, "metric": "agreement"}))
+    assert report.load_study(tmp_path).metric == "agreement"

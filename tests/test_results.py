@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from testbed import results
+from testbed import results, stats
 
 
 def record(offloader, sample, total, prediction, label, status="ok", bytes_up=800):
@@ -70,3 +70,112 @@ def test_read_records_skips_a_line_cut_by_interruption(tmp_path):
     path = tmp_path / "records.jsonl"
     path.write_text('{"a": 1}\n{"b": 2}\n{"c": ')
     assert results.read_records(path) == [{"a": 1}, {"b": 2}]
+
+
+def test_agreement_beside_accuracy_with_wilson_interval_and_bound():
+    """Labels and the unmodified model disagree on samples 0-1: accuracy counts the
+    labels, agreement the unmodified model's predictions."""
+    reference = {s: s % 10 for s in range(10)}
+    labels = {s: (s + 1) % 10 if s < 2 else s % 10 for s in range(10)}
+    records = [record("raw", s, 10.0 + s, reference[s], labels[s]) for s in range(10)]
+    # jpeg agrees with the model on 7 samples, and is right on 7 labels (not the same 7)
+    records += [record("jpeg", s, 5.0, labels[s] if s < 2 else reference[s], labels[s])
+                for s in range(7)]  # fmt: skip
+    records += [record("jpeg", s, 5.0, 99, labels[s]) for s in range(7, 10)]
+    rows = results.complete_records(records, reference)
+    summary = {s["offloader"]: s for s in results.summarize(rows, ["raw", "jpeg"], 0.8,
+                                                            "accuracy", max_drop_pp=1.0)}  # fmt: skip
+    raw, jpeg = summary["raw"], summary["jpeg"]
+    assert raw["accuracy"] == 0.8 and raw["agreement"] == 1.0 and raw["within_bound"] == 1
+    assert jpeg["accuracy"] == 0.7 and jpeg["agreement"] == 0.5
+    assert jpeg["accuracy_drop_pp"] == pytest.approx(10.0) and jpeg["within_bound"] == 0
+    assert (jpeg["accuracy_lo"], jpeg["accuracy_hi"]) == pytest.approx((0.3968, 0.8922), abs=1e-4)
+    assert raw["mean_ms"] == pytest.approx(14.5) and raw["p50_ms"] == pytest.approx(14.5)
+    for column in ("agreement", "accuracy_lo", "accuracy_hi", "mean_ms", "within_bound"):
+        assert column in results.SUMMARY_COLUMNS
+    table = results.table(list(summary.values()))
+    assert "| accuracy [95% CI] | agreement | drop pp | in bound | vs raw |" in table
+    assert "| 70.0% [39.7, 89.2] | 50.0% | +10.00 | no | loses more |" in table
+    (agreement,) = results.summarize(rows[:10], ["raw"], 1.0, "agreement")
+    assert agreement["accuracy"] == agreement["agreement"] == 1.0
+
+
+def test_wilson_interval():
+    assert stats.wilson(0, 10).low == 0.0 and stats.wilson(10, 10).high == 1.0
+    e = stats.wilson(7, 10)
+    assert e.value == 0.7 and e.low == pytest.approx(0.3968, abs=1e-4)
+    assert math.isnan(stats.wilson(0, 0).value)
+
+
+def timed(offloader, sample, total, ok=True):
+    return {"offloader": offloader, "sample": sample, "total_ms": total,
+            "status": "ok" if ok else "timeout"}  # fmt: skip
+
+
+def test_pairs_are_the_same_samples_within_a_cell():
+    cell = [timed("a", 3, 10.0), timed("a", 1, 20.0), timed("a", 2, 30.0, ok=False)]
+    cell += [timed("b", 1, 200.0), timed("b", 2, 300.0), timed("b", 3, 100.0)]
+    mine, theirs = results.paired_totals([cell, [timed("a", 1, 5.0), timed("b", 1, 7.0)]],
+                                         "a", "b")  # fmt: skip
+    assert mine.tolist() == [20.0, 10.0, 5.0] and theirs.tolist() == [200.0, 100.0, 7.0]
+
+
+def test_a_speedup_is_claimed_only_over_an_offloader_losing_no_less():
+    cell = [timed(n, s, t * (1 + s / 100)) for s in range(30) for n, t in (("d", 10.0),
+            ("j", 40.0))]  # fmt: skip
+    better = results.versus([cell], "d", "j", drop_pp=5.0, other_drop_pp=1.0)
+    assert not better.claimed and math.isnan(better.ratio.value)
+    assert better.verdict() == (
+        "j loses less accuracy (drop 1.00 vs 5.00 points): no speedup claimed"
+    )
+    assert better.ratio_text() == "-"
+    same = results.versus([cell], "d", "j", drop_pp=5.0, other_drop_pp=5.0)
+    assert same.claimed and same.pairs == 30
+    assert same.ratio.value == pytest.approx(4.0) and same.ratio.low > 3.5
+    assert same.verdict() == "d faster at no larger drop"
+    assert same.ratio_text().endswith("(paired, 30 pairs)")
+    assert results.claimable(1.0, 1.0) and not results.claimable(float("nan"), 5.0)
+
+
+def test_fastest_within_the_bound():
+    points = [("a", 10.0, 3.0), ("b", 20.0, 1.0), ("c", 15.0, 0.5), ("d", 1.0, float("nan"))]
+    assert results.fastest_within(points, 1.0) == "c"
+    assert results.fastest_within(points, 3.0) == "a"
+    assert results.fastest_within(points, 0.1) is None
+
+
+def test_configured_bounds_and_warnings():
+    offloaders = ["raw", {"name": "jpeg", "quality": "auto", "max_drop_pp": 1.0},
+                  {"name": "webp", "quality": 75, "max_drop_pp": 1.0},
+                  {"name": "jalad", "max_drop_pp": 10}]  # fmt: skip
+    configured = results.configured_bounds(offloaders)
+    assert configured == {"jpeg": 1.0, "jalad": 10.0}  # a fixed quality aims at no bound
+    twice = [{"name": "jalad", "max_drop_pp": 2}, {"name": "jalad", "max_drop_pp": 3}]
+    assert results.configured_bounds(twice) == {"jalad_max_drop_pp2": 2.0,
+                                                "jalad_max_drop_pp3": 3.0}  # fmt: skip
+    assert results.configured_bounds(twice, ["x", "y"]) == {"x": 2.0, "y": 3.0}
+    drops = {"raw": 0.0, "jpeg": 2.0, "webp": 3.0, "jalad": 5.0}
+    lines = results.bound_warnings(drops, 4.0, configured)
+    assert lines == [
+        "**Warning:** jpeg lost 2.00 accuracy points, beyond its configured max_drop_pp (1).",
+        "**Warning:** jalad lost 5.00 accuracy points, beyond the scenario's bound (4).",
+    ]
+
+
+def test_summary_md_lines_claim_nothing_over_an_offloader_losing_less():
+    reference = {s: s % 10 for s in range(20)}
+    records = [record("raw", s, 100.0 + s, s % 10, s % 10) for s in range(20)]
+    records += [record("jpeg", s, 40.0 + s, 99 if s < 2 else s % 10, s % 10) for s in range(20)]
+    records += [record("deepcod", s, 10.0 + s, 99 if s < 5 else s % 10, s % 10)
+                for s in range(20)]  # fmt: skip
+    rows = results.complete_records(records, reference)
+    summary = results.summarize(rows, ["raw", "jpeg", "deepcod"], 1.0, "accuracy")
+    text = "\n".join(results.matched_lines(rows, summary, 1.0, {"jpeg": 1.0}))
+    assert "within it: raw." in text
+    assert "- raw loses less accuracy (drop 0.00 vs 25.00 points): no speedup claimed" in text
+    assert "- jpeg loses less accuracy (drop 10.00 vs 25.00 points): no speedup claimed" in text
+    assert "- No offloader loses at least as much accuracy: no speedup claimed." in text
+    assert "x [" not in text
+    assert "- **Warning:** jpeg lost 10.00 accuracy points, beyond its configured" in text
+    table = results.table(summary)
+    assert "| loses more |" in table and "| 1.00x |" in table  # raw against itself
