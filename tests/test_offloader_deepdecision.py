@@ -361,7 +361,7 @@ def test_calibration_keeps_per_scale_the_lowest_quality_within_the_bound(fashion
 @pytest.mark.mininet
 @pytest.mark.slow
 def test_trace_scenario_choices_follow_the_bandwidth_step(tmp_path):
-    """The shipped scenario: MobileNetV2 on a 20 %-core device, the uplink stepping
+    """The shipped scenario: MobileNetV2 on a 10 %-core device, the uplink stepping
     between 5 and 1 Mbit/s every 10 s. Offloading must win at 5, local at 1, and the
     device's estimate must see both levels."""
     out = tmp_path / "out"
