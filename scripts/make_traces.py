@@ -58,9 +58,11 @@ def traces() -> dict[str, tuple[list[int] | np.ndarray, list[float] | np.ndarray
         # LTE-like, 60 s: uplink 0.5-10 Mbit/s around 3, downlink 0.5-20 around 8
         "lte.up": lte_like(seed=1, duration_ms=60_000, low_mbps=0.5, high_mbps=10, median_mbps=3),
         "lte.down": lte_like(seed=2, duration_ms=60_000, low_mbps=0.5, high_mbps=20, median_mbps=8),
-        # a bandwidth step: 5 Mbit/s for 10 s then 1 Mbit/s for 10 s, looping
-        "step.up": ([10_000, 10_000], [5.0, 1.0]),
-        "step.down": ([20_000], [5.0]),
+        # a bandwidth step: 10 Mbit/s for 10 s then 0.5 Mbit/s for 10 s, looping (a
+        # factor of 20, so that a 33 KB photo is clearly worth sending at one level and
+        # clearly not at the other, whatever the device's CPU share does to its timings)
+        "step.up": ([10_000, 10_000], [10.0, 0.5]),
+        "step.down": ([20_000], [10.0]),
         # an outage of 2 s in every 10 s, from 8 s to 10 s, in both directions (radio lost)
         "outage.up": ([8_000, 2_000], [2.0, 0.0]),
         "outage.down": ([8_000, 2_000], [5.0, 0.0]),

@@ -260,12 +260,12 @@ def test_step_trace():
     up, down = load_trace(TRACES / "step.up"), load_trace(TRACES / "step.down")
     assert up.period_ms == down.period_ms == 20_000
     t = 20_000  # a steady-state loop
-    assert up.bytes_between(t, t + 10_000) * 8 / 10e6 == pytest.approx(5.0, abs=0.01)
-    assert up.bytes_between(t + 10_000, t + 20_000) * 8 / 10e6 == pytest.approx(1.0, abs=0.01)
+    assert up.bytes_between(t, t + 10_000) * 8 / 10e6 == pytest.approx(10.0, abs=0.01)
+    assert up.bytes_between(t + 10_000, t + 20_000) * 8 / 10e6 == pytest.approx(0.5, abs=0.01)
     _, per_second = up.rate_schedule(1000)
-    assert per_second[:10] == pytest.approx([5.0] * 10, abs=0.02)
-    assert per_second[10:] == pytest.approx([1.0] * 10, abs=0.02)
-    assert down.rate_schedule(1000)[1] == pytest.approx([5.0] * 20, abs=0.02)
+    assert per_second[:10] == pytest.approx([10.0] * 10, abs=0.02)
+    assert per_second[10:] == pytest.approx([0.5] * 10, abs=0.02)
+    assert down.rate_schedule(1000)[1] == pytest.approx([10.0] * 20, abs=0.02)
 
 
 @pytest.mark.parametrize("name, rate", [("outage.up", 2.0), ("outage.down", 5.0)])
