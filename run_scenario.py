@@ -44,9 +44,9 @@ def parse_args(argv):
 
 def list_plugins() -> None:
     """Every registered plugin; a broken one is named with its problem, the rest still list."""
-    from testbed import plugins
     from testbed.errors import TestbedError
-    from testbed.plugin_api import check_plugin
+    from testbed.models import plugins
+    from testbed.models.plugin_api import check_plugin
 
     for name in plugins.available():
         try:
@@ -72,7 +72,7 @@ def list_offloaders() -> None:
 def cleanup_stale() -> None:
     import os
 
-    from testbed import stale
+    from testbed.emulation import stale
     from testbed.errors import EnvironmentMissing
 
     if os.geteuid() != 0:
@@ -87,9 +87,9 @@ def cleanup_stale() -> None:
 def _run_one(sweep, out: Path, options: dict) -> tuple[list[str], list[str], Path | None]:
     """One document: a plain run, or a sweep of runs. Returns (gate failures, failed
     runs, the report's path)."""
-    from testbed import runner
-    from testbed.results import table
-    from testbed.sweep import run_sweep, sweep_table
+    from testbed.experiment import runner
+    from testbed.experiment.sweep import run_sweep, sweep_table
+    from testbed.results.records import table
 
     if not sweep.is_grid:
         result = runner.run(sweep.cells[0].scenario, out, **options)
@@ -118,7 +118,7 @@ def _write_index(out: Path, source: Path, reports: list) -> None:
 def _report(out: Path) -> Path | None:
     """report.md and its plots; a failure to plot never loses the measured results."""
     try:
-        from testbed import report
+        from testbed.results import report
 
         return report.write_report(out)
     except Exception as exc:  # the CSVs are written: say what went wrong, keep them
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             cleanup_stale()
         if not args.scenario:
             return 0
-        from testbed.sweep import load_sweeps
+        from testbed.experiment.sweep import load_sweeps
 
         sweeps = load_sweeps(args.scenario)
         if args.samples is not None:

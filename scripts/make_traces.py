@@ -3,7 +3,7 @@
     .venv/bin/python scripts/make_traces.py [--out DIR]
 
 Each trace is a piecewise-constant rate schedule turned into delivery opportunities
-by `testbed.link.trace.opportunities_from_rates`. The random traces draw only
+by `testbed.emulation.link.trace.opportunities_from_rates`. The random traces draw only
 uniform numbers from a seeded PCG64 (`Generator.random`), whose stream numpy keeps
 stable, and round rates to whole kbit/s, so the files do not depend on the machine;
 tests/test_trace.py regenerates them and compares byte for byte.
@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from testbed.link.trace import opportunities_from_rates, write_trace
+from testbed.emulation.link.trace import opportunities_from_rates, write_trace
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "scenarios" / "traces"
 

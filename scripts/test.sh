@@ -19,7 +19,7 @@ status=0
 if [ results/benchmarks.json -nt "$stamp" ]; then
   partial=()
   if [ $# -gt 0 ]; then partial=(--partial); fi
-  .venv/bin/python -m testbed.benchcompare --confirm 2 "${partial[@]}" \
+  .venv/bin/python scripts/benchcompare.py --confirm 2 "${partial[@]}" \
     results/benchmarks.json tests/benchmarks/baseline.json || {
     rc=$?
     [ "$status" -ne 0 ] || status=$rc

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.stale import run_processes
+from testbed.emulation.stale import run_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 

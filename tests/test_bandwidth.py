@@ -1,8 +1,8 @@
-"""The uplink estimate from requests' own transfers (testbed/bandwidth.py)."""
+"""The uplink estimate from requests' own transfers (testbed/offloaders/link_estimate.py)."""
 
 import pytest
 
-from testbed.bandwidth import LinkEstimate
+from testbed.offloaders.link_estimate import LinkEstimate
 
 
 def upload_ms(nbytes, mbps, one_way_ms):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed import benchcompare
+from scripts import benchcompare
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = "tests/benchmarks/test_bench_kernels.py::test_encode_kernel"
@@ -336,7 +336,7 @@ def test_real_pytest_benchmark_json(tmp_path, real_json, capsys):
 
 
 def test_command_line_entry_point(tmp_path, real_json):
-    """`python -m testbed.benchcompare --confirm 1` as scripts/test.sh calls it, from the
+    """`python scripts/benchcompare.py --confirm 1` as scripts/test.sh calls it, from the
     directory the benchmarks' names are relative to: the rerun is a real pytest run."""
     base = baseline(
         tmp_path / "b.json",
@@ -348,7 +348,14 @@ def test_command_line_entry_point(tmp_path, real_json):
         },
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "testbed.benchcompare", "--confirm", "1", str(real_json), str(base)],
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "benchcompare.py"),
+            "--confirm",
+            "1",
+            str(real_json),
+            str(base),
+        ],
         cwd=real_json.parent,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from kernels import entropy
-from testbed import offloaders, plugins
-from testbed.bottlenet import train as bottlenet_train
-from testbed.bottlenet.model import BottleNet
+from testbed import offloaders
 from testbed.errors import PluginError
+from testbed.models import plugins
 from testbed.offloaders.base import PhaseTimer
 from testbed.offloaders.bottlenet import HEADER
+from testbed.offloaders.bottlenet import train as bottlenet_train
+from testbed.offloaders.bottlenet.model import BottleNet
 
 TINY = ["--plugin", "fashion_cnn", "--split", "2", "--channels", "4", "--bits", "4",
         "--stride", "2", "--epochs", "1", "--threads", "1", "--eval", "100"]  # fmt: skip
@@ -111,7 +112,7 @@ def test_missing_artefact_names_the_training_command(tmp_path):
     plugin.artefacts["bottlenet-s2-c5-b3-x2"] = tmp_path / "none.pt"
     with pytest.raises(
         PluginError,
-        match=r"python -m testbed\.bottlenet\.train --plugin fashion_cnn --split 2 "
+        match=r"python -m testbed\.offloaders\.bottlenet\.train --plugin fashion_cnn --split 2 "
         r"--channels 5 --bits 3 --stride 2$",
     ):
         offloaders.get("bottlenet")(plugin, plugin.load_model(), split=-1, channels=5, bits=3)
@@ -136,7 +137,7 @@ def test_bad_split_and_params_are_refused():
 
 def test_feature_shapes_it_takes_and_refuses():
     """CxHxW and CxL features (a temporal CNN such as imu_har's); no flat vectors."""
-    from testbed.bottlenet.model import check_feature_shape
+    from testbed.offloaders.bottlenet.model import check_feature_shape
 
     for shape, codes in [((64, 25), (3, 13)), ((160, 7, 7), (3, 4, 4)), ((16, 5, 12), (3, 3, 6))]:
         net = BottleNet(shape, 3, 2, stride=2).eval()

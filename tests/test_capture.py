@@ -5,7 +5,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import wrpcap
 
-from testbed import capture
+from testbed.emulation import capture
 
 ISN_UP, ISN_DOWN, PORT, EDGE = 1000, 5000, 40000, 5000
 

@@ -87,5 +87,8 @@ def test_offloader_without_its_networks_is_refused_before_anything_starts(tmp_pa
     scenario = write_scenario(tmp_path / "s.yaml", offloaders=[{"name": "deepcod", "ratio": 0.37}])
     proc = cli(scenario, "--out", tmp_path / "out")
     assert proc.returncode == 2, proc.stderr
-    assert "python -m testbed.deepcod.train --plugin fashion_cnn --ratio 0.37" in proc.stderr
+    assert (
+        "python -m testbed.offloaders.deepcod.train --plugin fashion_cnn --ratio 0.37"
+        in proc.stderr
+    )
     assert not (tmp_path / "out").exists()

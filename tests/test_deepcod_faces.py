@@ -16,10 +16,11 @@ import torch
 
 from plugins.mtcnn_faces import data
 from plugins.mtcnn_faces.model import WEIGHTS_PIP
-from testbed import offloaders, plugins, predictions
-from testbed.deepcod import train as deepcod_train
-from testbed.deepcod.model import DeepCOD, SelfAttention
+from testbed import offloaders
+from testbed.models import plugins, predictions
 from testbed.offloaders.base import PhaseTimer
+from testbed.offloaders.deepcod import train as deepcod_train
+from testbed.offloaders.deepcod.model import DeepCOD, SelfAttention
 
 needs_weights = pytest.mark.skipif(
     importlib.util.find_spec("facenet_pytorch") is None,

@@ -4,9 +4,10 @@ them; end-to-end figures belong to its own tests)."""
 import pytest
 import torch
 
-from testbed import errors, plugins
-from testbed.deepcod import train as deepcod_train
-from testbed.deepcod.model import (
+from testbed import errors
+from testbed.models import plugins
+from testbed.offloaders.deepcod import train as deepcod_train
+from testbed.offloaders.deepcod.model import (
     DeepCOD,
     SamplingEncoder,
     SoftToHardQuantizer,

@@ -11,11 +11,12 @@ import pytest
 import torch
 import yaml
 
-from testbed import offloaders, plugins
-from testbed.deepcod.train import artefact_path
+from testbed import offloaders
+from testbed.config.scenario import load_scenario, unsupported
+from testbed.experiment.runner import check_gates, offloader_labels
+from testbed.models import plugins
 from testbed.offloaders.base import PhaseTimer
-from testbed.runner import check_gates, offloader_labels
-from testbed.scenario import load_scenario, unsupported
+from testbed.offloaders.deepcod.artefacts import artefact_path
 
 RATIO = 0.25
 FEATURE_BYTES = 40 * 101 * 4  # what a plain split after stage 0 sends

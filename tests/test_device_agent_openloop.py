@@ -19,17 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from testbed import device_agent
-from testbed.bandwidth import LinkEstimate
-from testbed.device_agent import (
+from testbed.agents import device as device_agent
+from testbed.agents.device import (
     RecordWriter,
     Requests,
     poisson_offsets_ms,
     run_offloader,
     wait_barrier,
 )
-from testbed.offloaders.base import DeviceResult
-from testbed.protocol import (
+from testbed.agents.protocol import (
     RESULT_STRUCT,
     ConnectionClosed,
     MessageType,
@@ -38,6 +36,8 @@ from testbed.protocol import (
     encode_json,
     read_frame,
 )
+from testbed.offloaders.base import DeviceResult
+from testbed.offloaders.link_estimate import LinkEstimate
 from tests.mininet_utils import ROOT, leftovers, needs_mininet
 
 # ------------------------------------------------------------------------ the schedule
@@ -235,7 +235,8 @@ def test_writer_keeps_request_order_and_skips_warmups(tmp_path):
 
 
 def test_summary_reports_the_median_queue_and_gates_may_use_it():
-    from testbed import gates, results
+    from testbed.config import gates
+    from testbed.results import records as results
 
     records = [{"offloader": "raw", "request": i, "sample": i, "total_ms": 10.0 + q,
                 "queue_ms": q, "status": "ok", "prediction": 1, "label": 1, "bytes_up": 800}
@@ -337,7 +338,7 @@ def test_a_lost_connection_fails_what_is_in_flight_and_the_next_request_reconnec
 
 def start_edge():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "testbed.edge_agent", "--host", "127.0.0.1", "--port", "0",
+        [sys.executable, "-m", "testbed.agents.edge", "--host", "127.0.0.1", "--port", "0",
          "--preload", "fashion_cnn", "--threads", "1"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -447,7 +448,7 @@ def test_closed_loop_job_without_the_new_keys(tmp_path, edge):
 
 def agent(job: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "testbed.device_agent", str(job)],
+        [sys.executable, "-m", "testbed.agents.device", str(job)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
 
@@ -534,8 +535,8 @@ def test_poisson_run_through_mininet(tmp_path):
 
     import yaml
 
-    from testbed import runner
-    from testbed.scenario import load_scenario
+    from testbed.config.scenario import load_scenario
+    from testbed.experiment import runner
 
     data = yaml.safe_load((ROOT / "scenarios" / "ci_fashion.yaml").read_text())
     data.update(samples=20, arrival={"process": "poisson", "rate_hz": 10})

@@ -73,7 +73,7 @@ def test_prints_table_and_writes_result_files(small_run):
 def test_local_accuracy_equals_the_plugins_on_the_same_samples(small_run):
     import torch
 
-    from testbed import plugins
+    from testbed.models import plugins
 
     _, out = small_run
     env = json.loads((out / "environment.json").read_text())

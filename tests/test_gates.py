@@ -1,6 +1,6 @@
 import pytest
 
-from testbed import gates
+from testbed.config import gates
 
 SUMMARY = {
     "raw": {"p50_ms": 50.0, "accuracy": 0.9, "accuracy_drop_pp": 0.0, "speedup_vs_raw": 1.0},

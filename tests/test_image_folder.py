@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from plugins.mobilenet_v2 import data as mnv2_data
-from testbed import plugins
-from testbed.image_folder import DataError, eval_view, labelled_files, load_image_folder
+from testbed.models import plugins
+from testbed.models.image_folder import DataError, eval_view, labelled_files, load_image_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = sorted((mnv2_data.DATA_DIR / "train").iterdir())
@@ -88,7 +88,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_training_command_refuses_a_bad_folder_in_one_line(tmp_path):
     photo(tmp_path / "n99999999_x.JPEG")
-    out = run_cli("-m", "testbed.bottlenet.train", "--plugin", "mobilenet_v2", "--split", "5",
+    out = run_cli("-m", "testbed.offloaders.bottlenet.train", "--plugin", "mobilenet_v2", "--split", "5",
                   "--epochs", "1", "--test-data", str(tmp_path), "--out", str(tmp_path / "b.pt"))  # fmt: skip
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().count("\n") == 0 and "unknown wnid" in out.stderr

@@ -3,7 +3,7 @@ import statistics
 
 import pytest
 
-from testbed.link.impairments import Jitter, Loss
+from testbed.emulation.link.impairments import Jitter, Loss
 
 N = 200_000
 

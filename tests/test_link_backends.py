@@ -4,10 +4,10 @@ test_link_emulation.py."""
 
 import pytest
 
+from testbed.config.scenario import LinkSpec
+from testbed.emulation.link import backends
+from testbed.emulation.link.htb import htb_commands, htb_rate_change, netem_commands
 from testbed.errors import EnvironmentMissing
-from testbed.link import backends
-from testbed.link.htb import htb_commands, htb_rate_change, netem_commands
-from testbed.scenario import LinkSpec
 
 
 def test_htb_with_packet_queue():

@@ -9,9 +9,10 @@ import threading
 
 import pytest
 
-from testbed import fidelity, measure
-from testbed.scenario import parse_scenario
-from testbed.topology import OffloadTopology
+from testbed.config.scenario import parse_scenario
+from testbed.emulation.topology import OffloadTopology
+from testbed.fidelity import judge as fidelity
+from testbed.fidelity import measure
 from tests.mininet_utils import leftovers, needs_mininet
 
 pytestmark = [needs_mininet, pytest.mark.mininet]
@@ -118,7 +119,7 @@ def test_competing_bulk_flows_take_their_fair_share(tmp_path):
     rate = 3
     with topology(tmp_path, {"bandwidth_mbps": rate, "delay_ms": 5},
                   traffic=[{"type": "tcp_bulk", "flows": 2}]) as topo:  # fmt: skip
-        from testbed.traffic_run import TrafficRun
+        from testbed.emulation.traffic.run import TrafficRun
 
         traffic = TrafficRun(topo)
         traffic.start()
@@ -138,8 +139,8 @@ def test_delivery_follows_a_bandwidth_trace(tmp_path):
     import json
     import sys
 
-    from testbed.link.trace import load_trace, opportunities_from_rates, write_trace
-    from testbed.topology import wait_ready
+    from testbed.emulation.link.trace import load_trace, opportunities_from_rates, write_trace
+    from testbed.emulation.topology import wait_ready
 
     write_trace(tmp_path / "t.up", opportunities_from_rates([2000, 2000], [6, 2]))
     write_trace(tmp_path / "t.down", opportunities_from_rates([4000], [10]))
@@ -152,11 +153,11 @@ def test_delivery_follows_a_bandwidth_trace(tmp_path):
     topo = OffloadTopology(parse_scenario(data, tmp_path / "trace.yaml"), tmp_path)
     try:
         topo.start()
-        sink = topo.popen(topo.edge, [sys.executable, "-m", "testbed.trafficgen", "sink",
+        sink = topo.popen(topo.edge, [sys.executable, "-m", "testbed.emulation.traffic.gen", "sink",
                                       "--port", "9000", "--max-seconds", "30"],
                           "sink.log", limited=False)  # fmt: skip
         wait_ready(sink, "sink", 60)
-        sender = topo.popen(topo.device, [sys.executable, "-m", "testbed.trafficgen", "send",
+        sender = topo.popen(topo.device, [sys.executable, "-m", "testbed.emulation.traffic.gen", "send",
                                           "--host", topo.edge.IP(), "--port", "9000",
                                           "--pattern", "cbr", "--rate-mbps", "8",
                                           "--packet-bytes", "1472", "--duration-s", "6.5",

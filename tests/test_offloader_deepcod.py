@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from testbed import offloaders, plugins
-from testbed.deepcod import train as deepcod_train
+from testbed import offloaders
 from testbed.errors import PluginError
+from testbed.models import plugins
 from testbed.offloaders.base import PhaseTimer
+from testbed.offloaders.deepcod import train as deepcod_train
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,7 @@ def test_missing_networks_name_the_training_command(tmp_path):
     plugin = plugins.get("fashion_cnn")
     plugin.artefacts["deepcod-r0.5"] = tmp_path / "none.pt"
     with pytest.raises(
-        PluginError, match=r"python -m testbed\.deepcod\.train --plugin fashion_cnn --ratio 0\.5"
+        PluginError,
+        match=r"python -m testbed\.offloaders\.deepcod\.train --plugin fashion_cnn --ratio 0\.5",
     ):
         offloaders.get("deepcod")(plugin, plugin.load_model(), ratio=0.5)

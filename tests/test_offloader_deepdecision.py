@@ -17,12 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
-from testbed import offloaders, plugins
-from testbed.bandwidth import LinkEstimate
+from testbed import offloaders
 from testbed.errors import PluginError
+from testbed.models import plugins
+from testbed.models.plugin_api import Dataset, InputSpec, Plugin
 from testbed.offloaders import deepdecision
 from testbed.offloaders.base import PhaseTimer
-from testbed.plugin_api import Dataset, InputSpec, Plugin
+from testbed.offloaders.link_estimate import LinkEstimate
 from tests.mininet_utils import ROOT, needs_mininet
 from tests.test_e2e_mininet import read_csv, run_cli
 

@@ -14,12 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from testbed import offloaders, plugins
-from testbed.bandwidth import LinkEstimate
+from testbed import offloaders
 from testbed.errors import PluginError
+from testbed.models import plugins
 from testbed.offloaders import feature_codec
 from testbed.offloaders.base import PhaseTimer
 from testbed.offloaders.feature_codec import dequantize, grid, planes_shape, quantize, tile, untile
+from testbed.offloaders.link_estimate import LinkEstimate
 
 CODECS = ["feature_png", "feature_jpeg"]
 HEADER = struct.Struct("<BBBHHH")  # the documented layout: split, bits, format, C, H, W

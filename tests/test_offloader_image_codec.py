@@ -9,11 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from testbed import offloaders, plugins
+from testbed import offloaders
 from testbed.errors import PluginError
+from testbed.models import plugins
+from testbed.models.plugin_api import InputSpec
 from testbed.offloaders import image_codec
 from testbed.offloaders.base import PhaseTimer
-from testbed.plugin_api import InputSpec
 
 CODECS = ["jpeg", "webp"]
 SIGNATURES = {"jpeg": lambda p: p[:2] == b"\xff\xd8", "webp": lambda p: p[8:12] == b"WEBP"}

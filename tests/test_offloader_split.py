@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from testbed import offloaders, plugins
-from testbed.bandwidth import LinkEstimate
-from testbed.calibration import Calibrator, Score
+from testbed import offloaders
+from testbed.models import plugins
 from testbed.offloaders.base import PhaseTimer
+from testbed.offloaders.calibration import Calibrator, Score
+from testbed.offloaders.link_estimate import LinkEstimate
 from testbed.offloaders.split import (
     feature_shape,
     pack_coded,

@@ -3,7 +3,8 @@ from typing import ClassVar
 import numpy as np
 import pytest
 
-from testbed import offloaders, plugins
+from testbed import offloaders
+from testbed.models import plugins
 from testbed.offloaders.base import Offloader, Param, PhaseTimer, warm_kernels
 
 

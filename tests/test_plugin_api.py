@@ -12,9 +12,9 @@ import sys
 import pytest
 from torch import nn
 
-from testbed import plugins
 from testbed.errors import PluginError
-from testbed.plugin_api import Dataset, InputSpec, Plugin, check_plugin
+from testbed.models import plugins
+from testbed.models.plugin_api import Dataset, InputSpec, Plugin, check_plugin
 from tests.mininet_utils import ROOT, needs_mininet, write_scenario
 
 
@@ -74,7 +74,7 @@ def test_a_broken_plugin_does_not_stop_the_others(monkeypatch):
         plugins.get("broken")
     assert plugins.get("fashion_cnn").name == "fashion_cnn"
     listing = subprocess.run(
-        [sys.executable, "-c", "import run_scenario, testbed.plugins as p;"
+        [sys.executable, "-c", "import run_scenario, testbed.models.plugins as p;"
          "p._third_party = lambda: {'broken': lambda: 1 / 0}; run_scenario.list_plugins()"],
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip

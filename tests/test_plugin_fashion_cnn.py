@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from plugins.fashion_cnn.data import ENV_VAR, load_split, read_idx
-from testbed import plugins
 from testbed.errors import PluginError
-from testbed.training import count_correct
+from testbed.models import plugins
+from testbed.models.training import count_correct
 
 INSTALL = "apt-get install dataset-fashion-mnist"
 

@@ -16,10 +16,10 @@ import torch
 import plugins.imu_har as imu_har
 from plugins.imu_har import data as imu_data
 from plugins.imu_har.model import STAGE_OUTPUT_SHAPES
-from testbed import plugins
-from testbed.cache import ENV as CACHE_ENV
 from testbed.errors import PluginError
-from testbed.training import count_correct
+from testbed.models import plugins
+from testbed.models.cache import ENV as CACHE_ENV
+from testbed.models.training import count_correct
 
 # plugins/imu_har/README.md: the committed weights' accuracy on the held-out subjects.
 DOCUMENTED_ACCURACY = 0.9090  # 1,199 / 1,319 windows

@@ -17,9 +17,9 @@ import plugins.mobilenet_v2 as mnv2
 from plugins.mobilenet_v2 import data as mnv2_data
 from plugins.mobilenet_v2 import imagenet
 from plugins.mobilenet_v2 import model as mnv2_model
-from testbed import plugins
 from testbed.errors import PluginError
-from testbed.image_folder import eval_view
+from testbed.models import plugins
+from testbed.models.image_folder import eval_view
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ import torch
 from plugins.speech_kws import synth
 from plugins.speech_kws.features import FEATURE_SHAPE, LogMel, mel_filterbank, mel_to_hz
 from plugins.speech_kws.model import STAGE_OUTPUT_SHAPES
-from testbed import plugins
 from testbed.errors import PluginError
-from testbed.training import count_correct
+from testbed.models import plugins
+from testbed.models.training import count_correct
 
 # plugins/speech_kws/README.md: accuracy of the committed weights on the held-out voices
 DOCUMENTED_TEST_ACCURACY = 0.7583

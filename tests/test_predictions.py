@@ -1,4 +1,4 @@
-"""What a prediction is per plugin task (testbed.predictions): the wire codec, records,
+"""What a prediction is per plugin task (testbed.models.predictions): the wire codec, records,
 the comparison with the reference, check_plugin for a detector, offloaders that refuse
 a detector, and a malformed RESULT reply on the device (an error record, not a crash)."""
 
@@ -15,12 +15,14 @@ import pytest
 import torch
 from torch import nn
 
-from testbed import offloaders, plugins, predictions, results
-from testbed.bandwidth import LinkEstimate
-from testbed.device_agent import InFlight, RecordWriter, Requests
+from testbed import offloaders
+from testbed.agents.device import InFlight, RecordWriter, Requests
+from testbed.agents.protocol import RESULT_STRUCT, TIMING_STRUCT, Frame, MessageType
 from testbed.errors import PluginError
-from testbed.plugin_api import Dataset, InputSpec, Plugin, check_plugin
-from testbed.protocol import RESULT_STRUCT, TIMING_STRUCT, Frame, MessageType
+from testbed.models import plugins, predictions
+from testbed.models.plugin_api import Dataset, InputSpec, Plugin, check_plugin
+from testbed.offloaders.link_estimate import LinkEstimate
+from testbed.results import records as results
 
 BOXES = [[10.0, 20.0, 50.0, 70.0, 0.99], [100.5, 80.25, 140.0, 130.0, 0.875]]
 

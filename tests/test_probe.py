@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from testbed import fidelity, probe
-from testbed.fidelity import (
+from testbed.fidelity import judge as fidelity
+from testbed.fidelity import probe
+from testbed.fidelity.judge import (
     betainc,
     clopper_pearson,
     compare,
@@ -38,7 +39,7 @@ LOCAL = "127.0.0.1"
 
 def start(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "testbed.probe", *args],
+        [sys.executable, "-m", "testbed.fidelity.probe", *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

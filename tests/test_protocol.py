@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from testbed import protocol
-from testbed.protocol import (
+from testbed.agents import protocol
+from testbed.agents.protocol import (
     HEADER,
     MAX_PAYLOAD,
     RESULT_STRUCT,
@@ -108,7 +108,7 @@ def test_json_payload_must_be_an_object():
 @pytest.fixture(scope="module")
 def edge():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "testbed.edge_agent", "--host", "127.0.0.1", "--port", "0",
+        [sys.executable, "-m", "testbed.agents.edge", "--host", "127.0.0.1", "--port", "0",
          "--preload", "fashion_cnn", "--threads", "1"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
@@ -139,7 +139,7 @@ def request(sock, payload: bytes, request_id: int = 1):
 
 def assert_serves(port: int) -> None:
     """A fresh client gets a correct prediction: the edge survived what came before."""
-    from testbed import plugins
+    from testbed.models import plugins
 
     plugin = plugins.get("fashion_cnn")
     data = plugin.test_data()

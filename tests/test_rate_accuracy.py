@@ -1,4 +1,4 @@
-"""`python -m testbed.rate_accuracy` on fashion_cnn: the curve is what the points say,
+"""`python -m testbed.experiment.rate_accuracy` on fashion_cnn: the curve is what the points say,
 the points are what the unmodified model and the codecs say, and bad input is one line."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from testbed import plugins, rate_accuracy
-from testbed.plugin_api import Dataset
-from testbed.protocol import HEADER
+from testbed.agents.protocol import HEADER
+from testbed.experiment import rate_accuracy
+from testbed.models import plugins
+from testbed.models.plugin_api import Dataset
 
 COUNT = 40
 FAMILIES = "raw,local,jpeg,jalad,bottlenet,deepcod"

@@ -17,7 +17,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from testbed import report, results, stats
+from testbed.results import records as results
+from testbed.results import report, stats
 
 ROOT = Path(__file__).resolve().parent.parent
 # share of total_ms per phase; the remaining 5% is unattributed
@@ -424,14 +425,14 @@ def test_bad_folders_exit_2_with_a_message(tmp_path, capsys):
 
 def test_command_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "testbed.report", str(tmp_path / "nowhere")],
+        [sys.executable, "-m", "testbed.results.report", str(tmp_path / "nowhere")],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "neither a run folder" in proc.stderr
     write_run(tmp_path, BASE)
     proc = subprocess.run(
-        [sys.executable, "-m", "testbed.report", str(tmp_path)],
+        [sys.executable, "-m", "testbed.results.report", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -441,7 +442,7 @@ def test_command_line(tmp_path):
 def test_a_detection_run_is_reported_as_detection_agreement(tmp_path):
     """Box counts in requests.csv (a detection plugin): the score is named detection
     agreement, not top-1 accuracy or agreement."""
-    from testbed.predictions import Comparison
+    from testbed.models.predictions import Comparison
 
     def compare(prediction, reference):
         tp = len(prediction or []) if prediction == reference else 0

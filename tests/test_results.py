@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from testbed import results, stats
+from testbed.results import records as results
+from testbed.results import stats
 
 
 def record(offloader, sample, total, prediction, label, status="ok", bytes_up=800):

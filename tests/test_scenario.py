@@ -12,9 +12,7 @@ import pytest
 import yaml
 
 import testbed.offloaders as offloaders
-from testbed.errors import ScenarioError
-from testbed.offloaders.base import Offloader, Param
-from testbed.scenario import (
+from testbed.config.scenario import (
     NOT_YET_SUPPORTED,
     HostSpec,
     LinkSpec,
@@ -26,6 +24,8 @@ from testbed.scenario import (
     parse_scenario,
     unsupported,
 )
+from testbed.errors import ScenarioError
+from testbed.offloaders.base import Offloader, Param
 
 REPO = Path(__file__).resolve().parent.parent
 MINIMAL = "model: fashion_cnn\nnetwork:\n  uplink: {bandwidth_mbps: 10}\n"
@@ -34,7 +34,7 @@ MINIMAL = "model: fashion_cnn\nnetwork:\n  uplink: {bandwidth_mbps: 10}\n"
 @pytest.fixture(autouse=True)
 def registries(monkeypatch):
     """Two known plugins, and a throw-away offloader `fakejpeg` with one parameter."""
-    monkeypatch.setattr("testbed.plugins.available", lambda: ["fashion_cnn", "mobilenet_v2"])
+    monkeypatch.setattr("testbed.models.plugins.available", lambda: ["fashion_cnn", "mobilenet_v2"])
 
     class FakeJpeg(Offloader):
         name = "fakejpeg"

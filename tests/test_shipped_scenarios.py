@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from testbed import offloaders, plugins
-from testbed.runner import check_gates, offloader_labels
-from testbed.scenario import load_scenario, unsupported
-from testbed.sweep import load_sweeps
+from testbed import offloaders
+from testbed.config.scenario import load_scenario, unsupported
+from testbed.experiment.runner import check_gates, offloader_labels
+from testbed.experiment.sweep import load_sweeps
+from testbed.models import plugins
 
 SCENARIOS = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.yaml"))
 _MODELS: dict = {}

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from testbed import sweep as sweeps
 from testbed.errors import ScenarioError
 from testbed.errors import TestbedError as AgentFailure
+from testbed.experiment import sweep as sweeps
 from tests.mininet_utils import ROOT, leftovers, needs_mininet, write_scenario
 
 
@@ -118,7 +118,7 @@ class FakeRunner:
             raise AgentFailure("the edge agent exited (1)")
         out_dir.mkdir(parents=True)
         rows = [{"offloader": "raw", "n": 4, "p50_ms": 100 / bw, "accuracy_drop_pp": 0}]
-        from testbed.results import SUMMARY_COLUMNS, write_csv
+        from testbed.results.records import SUMMARY_COLUMNS, write_csv
 
         write_csv(out_dir / "summary.csv", rows, SUMMARY_COLUMNS)
         bar.update(scenario.samples * len(scenario.offloaders))
@@ -127,7 +127,7 @@ class FakeRunner:
 
 
 def test_a_sweep_resumes_where_it_stopped(tmp_path, monkeypatch):
-    from testbed import runner
+    from testbed.experiment import runner
 
     sweep = sweeps.load_sweep(write(tmp_path / "s.yaml", BASE.replace("BW", "[1, 2, 4, 8]")))
     out = tmp_path / "out"

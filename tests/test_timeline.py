@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from testbed import timeline
+from testbed.results import timeline
 
 
 def _row(offloader, sent_ms, total_ms, choice, *, status="ok", bytes_up=0, uplink_ms=0.0,

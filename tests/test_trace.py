@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from testbed.errors import ScenarioError
-from testbed.link import trace as trace_mod
-from testbed.link.trace import (
+from testbed.emulation.link import trace as trace_mod
+from testbed.emulation.link.trace import (
     Trace,
     TracePlayer,
     load_trace,
@@ -20,6 +19,7 @@ from testbed.link.trace import (
     parse_trace,
     write_trace,
 )
+from testbed.errors import ScenarioError
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT / "scenarios" / "traces"

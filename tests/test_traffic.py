@@ -20,17 +20,17 @@ from pathlib import Path
 
 import pytest
 
-from testbed.traffic import (
+from testbed.emulation.traffic.gen import PARETO_SHAPE, onoff_schedule, onoff_times, poisson_times
+from testbed.emulation.traffic.plan import (
     FlowPlan,
     TrafficError,
     parse_iperf3,
     parse_trafficgen,
     plan_traffic,
 )
-from testbed.trafficgen import PARETO_SHAPE, onoff_schedule, onoff_times, poisson_times
 
 ROOT = Path(__file__).resolve().parent.parent
-GEN = [sys.executable, "-m", "testbed.trafficgen"]
+GEN = [sys.executable, "-m", "testbed.emulation.traffic.gen"]
 LO = "127.0.0.1"
 
 

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from testbed.training import save_state_dict, seed_everything
+from testbed.models.training import save_state_dict, seed_everything
 
 
 def test_same_seed_same_bytes_whatever_the_file_name(tmp_path):
@@ -25,7 +25,7 @@ def test_random_resized_crops_are_seeded_in_range_and_flip():
     import numpy as np
     import pytest
 
-    from testbed.training import random_resized_crops
+    from testbed.models.training import random_resized_crops
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (3, h, w), dtype=np.uint8) for h, w in ((256, 340), (300, 256))]
@@ -52,7 +52,7 @@ def test_cuda_without_a_gpu_is_a_missing_environment():
     import pytest
 
     from testbed.errors import EnvironmentMissing
-    from testbed.training import resolve_device
+    from testbed.models.training import resolve_device
 
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -66,7 +66,7 @@ def test_cuda_without_a_gpu_is_a_missing_environment():
 def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     """Two epochs at once, and one epoch then `--resume` to two: the same bytes, for
     DeepCOD with augmentation (crops drawn from the restored generator)."""
-    from testbed.deepcod import train as deepcod_train
+    from testbed.offloaders.deepcod import train as deepcod_train
 
     tiny = ["--plugin", "fashion_cnn", "--ratio", "0.1", "--limit", "128", "--batch-size", "64",
             "--threads", "1", "--eval-count", "32", "--augment"]  # fmt: skip

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from testbed.plugin_api import Dataset, InputSpec, Plugin
+from testbed.models.plugin_api import Dataset, InputSpec, Plugin
 
 WEIGHTS = Path(__file__).parent / "weights.pt"
 

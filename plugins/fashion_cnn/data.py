@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from testbed.errors import PluginError
-from testbed.plugin_api import Dataset
+from testbed.models.plugin_api import Dataset
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "FASHION_MNIST_DIR"

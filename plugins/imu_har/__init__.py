@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.plugin_api import Dataset, InputSpec, Plugin
+from testbed.models.plugin_api import Dataset, InputSpec, Plugin
 
 WEIGHTS = Path(__file__).parent / "weights.pt"
 LSB = 1e-3  # g or rad/s per int16 count; the same as data.LSB (checked by the tests)

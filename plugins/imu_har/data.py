@@ -39,9 +39,9 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.cache import cache_dir
 from testbed.errors import PluginError
-from testbed.plugin_api import Dataset
+from testbed.models.cache import cache_dir
+from testbed.models.plugin_api import Dataset
 
 SEGLEARN_PIN = "seglearn==1.2.5"
 ENV_VAR = "IMU_HAR_WATCH_FILE"

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from plugins.imu_har import WEIGHTS, make_plugin
-from testbed.training import count_correct, parse_arguments, save_state_dict, seed_everything
+from testbed.models.training import count_correct, parse_arguments, save_state_dict, seed_everything
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

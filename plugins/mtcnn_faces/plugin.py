@@ -1,5 +1,5 @@
 """mtcnn_faces: MTCNN face detection on 640x480 RGB frames, as a testbed Plugin of task
-"detection" (`testbed.predictions`): its predictions are box lists, compared with the
+"detection" (`testbed.models.predictions`): its predictions are box lists, compared with the
 unmodified detector's by `metric.counts` (one-to-one at IoU >= 0.5).
 
 The model is one stage (no split points): each cascade stage re-reads the image (P-Net at
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from testbed.errors import PluginError
-from testbed.plugin_api import Dataset, InputSpec, Plugin
+from testbed.models.plugin_api import Dataset, InputSpec, Plugin
 
 MAX_DETECTIONS = 64
 INPUT_SHAPE = (3, 480, 640)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.plugin_api import Dataset, InputSpec, Plugin
+from testbed.models.plugin_api import Dataset, InputSpec, Plugin
 
 WEIGHTS = Path(__file__).parent / "weights.pt"
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from plugins.speech_kws.synth import CLASSES, CLIP_SAMPLES, SAMPLE_RATE, UNKNOWN, generate
 from testbed.errors import PluginError
-from testbed.plugin_api import Dataset
+from testbed.models.plugin_api import Dataset
 
 REAL_DIR = Path("/usr/share/pocketsphinx/test/data")
 REAL_HINT = "install it with: apt-get install pocketsphinx-testdata"

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.cache import cache_dir
 from testbed.errors import PluginError
+from testbed.models.cache import cache_dir
 
 SAMPLE_RATE = 16_000
 CLIP_SAMPLES = SAMPLE_RATE  # 1 s

@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from plugins.speech_kws import WEIGHTS, make_plugin
 from plugins.speech_kws.synth import CLASSES, SAMPLE_RATE, SILENCE, UNKNOWN, make_plan
-from testbed.plugin_api import Dataset, Plugin
-from testbed.training import parse_arguments, save_state_dict, seed_everything
+from testbed.models.plugin_api import Dataset, Plugin
+from testbed.models.training import parse_arguments, save_state_dict, seed_everything
 
 MAX_SHIFT = SAMPLE_RATE // 10  # time shifts of up to +-100 ms during training
 

@@ -1,6 +1,6 @@
 """The adaptive split family's common part: profile the stages on both hosts, then pick,
 for every request, the option with the lowest predicted latency at the bandwidth the
-device currently estimates (`testbed.bandwidth`). Neurosurgeon and JALAD differ only in
+device currently estimates (`testbed.offloaders.link_estimate`). Neurosurgeon and JALAD differ only in
 their options and payloads.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from testbed.bandwidth import LinkEstimate
 from testbed.offloaders.base import Offloader, Param
+from testbed.offloaders.link_estimate import LinkEstimate
 from testbed.offloaders.split import Candidate, profile_stages
 
 PRIOR = Param(float, 1.0, "a bandwidth in Mbit/s > 0", lambda v: v > 0)

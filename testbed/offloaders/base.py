@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from testbed import predictions
+from testbed.models import predictions
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class DeviceResult:
     says what an adaptive offloader chose for this request (split, bits...), recorded."""
 
     payload: bytes | None = None
-    prediction: Any = None  # testbed.predictions: an int for a classifier
+    prediction: Any = None  # testbed.models.predictions: an int for a classifier
     choice: dict[str, Any] | None = None
 
 
@@ -69,7 +69,7 @@ class Offloader(ABC):
     # into the on-disk cache before the hosts start, and the agents load them at start,
     # so no request pays for compilation (see kernels/warmup.py)
     uses_kernels: ClassVar[bool] = False
-    # the plugin tasks (testbed.predictions) it works with: those that split the model,
+    # the plugin tasks (testbed.models.predictions) it works with: those that split the model,
     # code its features or are trained per plugin assume a classifier's logits
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
 
@@ -100,7 +100,7 @@ class Offloader(ABC):
 
     def calibrate(self) -> None:
         """Measure what the device half's choices cost in accuracy and bytes
-        (`testbed.calibration`, cached on disk). The runner calls it at full speed
+        (`testbed.offloaders.calibration`, cached on disk). The runner calls it at full speed
         before the hosts start, so that the device's own call only reads the cache."""
         return None  # most offloaders have nothing to calibrate
 
@@ -114,7 +114,7 @@ class Offloader(ABC):
 
     def connect(self, edge: dict[str, Any], link) -> None:
         """Device half only, after HELLO: `edge` is the edge half's `describe()` (e.g. its
-        profile), `link` the run's `testbed.bandwidth.LinkEstimate`."""
+        profile), `link` the run's `testbed.offloaders.link_estimate.LinkEstimate`."""
         return None  # only adaptive offloaders use them
 
     def describe(self) -> dict[str, Any]:

@@ -4,7 +4,7 @@ model itself or sends the input image downscaled (SCALES) and JPEG-coded (QUALIT
 the edge upscales it back to the model's input size (bilinear) and runs the model.
 
 The rule here: the option with the lowest predicted latency among those whose accuracy
-drop, measured on a calibration set from the train split (`testbed.calibration`), stays
+drop, measured on a calibration set from the train split (`testbed.offloaders.calibration`), stays
 within `max_drop_pp`. Local (drop 0) is always an option. Predicted latency:
 
     local:    the device's profiled model time
@@ -15,7 +15,7 @@ within `max_drop_pp`. Local (drop 0) is always an option. Predicted latency:
 Within a scale, fewer bytes are never slower, so calibration keeps per scale only the
 lowest quality within the bound (a bisection, as JALAD does per split).
 
-The testbed's bandwidth estimate is passive (`testbed.bandwidth`): while the device runs
+The testbed's bandwidth estimate is passive (`testbed.offloaders.link_estimate`): while the device runs
 everything locally it learns nothing about the link. So after `probe_every` local
 requests in a row the next one offloads the fastest option anyway (a probe), and
 while the last offloaded request moved the estimate by more than 5 %, the next one
@@ -39,15 +39,15 @@ import PIL
 import torch
 from PIL import Image, features
 
-from testbed import predictions
-from testbed.bandwidth import LinkEstimate
-from testbed.calibration import Calibrator
+from testbed.agents.protocol import HEADER
 from testbed.errors import EnvironmentMissing, PluginError
+from testbed.models import predictions
 from testbed.offloaders import register, validate_params
 from testbed.offloaders.adaptive import PRIOR
 from testbed.offloaders.base import DeviceResult, Offloader, Param
+from testbed.offloaders.calibration import Calibrator
 from testbed.offloaders.image_codec import Jpeg
-from testbed.protocol import HEADER
+from testbed.offloaders.link_estimate import LinkEstimate
 
 SCALES = (1.0, 0.75, 0.5, 0.35)  # of the model's input width and height, largest first
 QUALITIES = (50, 75, 90, 100)  # JPEG qualities, cheapest first (Calibrator.lowest's order)

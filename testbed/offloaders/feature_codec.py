@@ -17,7 +17,7 @@ Candidates, per request, like `neurosurgeon` and `jalad` (`testbed.offloaders.ad
 split 0 (the model's input tensor, e.g. an image's channels scaled to [0, 1], through the
 same quantization and tiling), each of the plugin's split points, and local (the whole
 model on the device, nothing sent). Each split's bytes and accuracy drop are measured
-once on a calibration set from the train split (`testbed.calibration`, cached); a split
+once on a calibration set from the train split (`testbed.offloaders.calibration`, cached); a split
 outside `max_drop_pp` is no candidate unless none is within. `feature_jpeg` with
 `quality: auto` takes, per split, the lowest quality on image_codec's ladder within
 `max_drop_pp` (bisected). The predicted latency adds to Neurosurgeon's model the time
@@ -48,14 +48,14 @@ import PIL
 import torch
 from PIL import Image, features
 
-from testbed import predictions
-from testbed.calibration import Calibrator
+from testbed.agents.protocol import HEADER
 from testbed.errors import EnvironmentMissing, PluginError
+from testbed.models import predictions
 from testbed.offloaders import register, validate_params
 from testbed.offloaders.adaptive import PRIOR, AdaptiveSplit
 from testbed.offloaders.base import DeviceResult, Param
+from testbed.offloaders.calibration import Calibrator
 from testbed.offloaders.split import Candidate, feature_shape, run_tail
-from testbed.protocol import HEADER
 
 # the qualities `quality: auto` tries, cheapest first (image_codec's ladder)
 LADDER = tuple(range(5, 101, 5))

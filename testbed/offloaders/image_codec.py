@@ -4,7 +4,7 @@ DeepCOD is compared against.
 
 `quality: auto` picks, once per plugin and model, the lowest quality on a fixed ladder
 whose accuracy drop on a calibration set from the train split stays within
-`max_drop_pp` (`testbed.calibration`, cached on disk): a codec is then compared at the
+`max_drop_pp` (`testbed.offloaders.calibration`, cached on disk): a codec is then compared at the
 accuracy the scenario allows, not at an arbitrary setting that favours or hurts it.
 
 The edge treats the payload as untrusted network input: only the expected format's
@@ -23,11 +23,11 @@ import PIL
 import torch
 from PIL import Image, features
 
-from testbed import predictions
-from testbed.calibration import Calibrator, Score
 from testbed.errors import EnvironmentMissing, PluginError
+from testbed.models import predictions
 from testbed.offloaders import register, validate_params
 from testbed.offloaders.base import DeviceResult, Offloader, Param
+from testbed.offloaders.calibration import Calibrator, Score
 
 # the qualities "auto" tries, cheapest first
 LADDER = tuple(range(5, 101, 5))

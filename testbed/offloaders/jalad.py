@@ -1,7 +1,7 @@
 """`jalad`: Li et al., ICPADS 2018. A split plus k-bit quantization of the features
 (per-tensor min/max) and entropy coding (Huffman, the kernels). Each split's smallest
 k whose accuracy drop stays within `max_drop_pp` is found once on a calibration set
-(`testbed.calibration`); per request, the (split, k) with the lowest predicted latency
+(`testbed.offloaders.calibration`); per request, the (split, k) with the lowest predicted latency
 at the estimated bandwidth runs.
 """
 
@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from testbed.calibration import Calibrator
+from testbed.agents.protocol import HEADER
 from testbed.offloaders import register
 from testbed.offloaders.adaptive import PRIOR, AdaptiveSplit
 from testbed.offloaders.base import DeviceResult, Param
+from testbed.offloaders.calibration import Calibrator
 from testbed.offloaders.split import Candidate, pack_coded, run_head, run_tail, unpack_coded
-from testbed.protocol import HEADER
 
 BITS = tuple(range(1, 9))
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from testbed import predictions
+from testbed.models import predictions
 from testbed.offloaders import register
 from testbed.offloaders.base import DeviceResult, Offloader
 

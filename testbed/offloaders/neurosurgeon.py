@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from testbed import predictions
+from testbed.agents.protocol import HEADER
+from testbed.models import predictions
 from testbed.offloaders import register
 from testbed.offloaders.adaptive import AdaptiveSplit
 from testbed.offloaders.base import DeviceResult
@@ -22,7 +23,6 @@ from testbed.offloaders.split import (
     run_tail,
     unpack_features,
 )
-from testbed.protocol import HEADER
 
 _SPLIT_HEADER = 1  # the split byte in front of the features
 

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from testbed import predictions
+from testbed.models import predictions
 from testbed.offloaders import register
 from testbed.offloaders.base import DeviceResult, Offloader
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from testbed import predictions
-from testbed.plugin_api import check_plugin
+from testbed.models import predictions
+from testbed.models.plugin_api import check_plugin
 
 _SHAPES: dict[str, list[tuple[int, ...]]] = {}
 

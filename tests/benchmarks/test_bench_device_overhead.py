@@ -15,11 +15,12 @@ import time
 import pytest
 import torch
 
-from testbed import offloaders, plugins
-from testbed.deepcod.model import DeepCOD
-from testbed.deepcod.train import artefact_path
+from testbed import offloaders
+from testbed.models import plugins
+from testbed.models.training import save_reproducibly
 from testbed.offloaders.base import PhaseTimer
-from testbed.training import save_reproducibly
+from testbed.offloaders.deepcod.artefacts import artefact_path
+from testbed.offloaders.deepcod.model import DeepCOD
 
 RATIO = 0.1
 TARGET = 0.05

@@ -32,7 +32,7 @@ REF_SUBSET = 200_000  # the numpy Huffman reference builds an n x 16 bit matrix
 PY_SUBSET = 20_000  # pure-Python coders (dahuffman, the reference decoder)
 CENTRES = np.array([-1.6, -0.9, -0.45, -0.1, 0.1, 0.45, 0.9, 1.6], np.float32)
 # The benchmarks commented "a CI pair" make up the pairs of tests/benchmarks/baseline.json,
-# which CI compares by their best rounds (python -m testbed.benchcompare): many short
+# which CI compares by their best rounds (python scripts/benchcompare.py): many short
 # rounds, so that a loaded machine still leaves some undisturbed (about 1 s more in all).
 
 

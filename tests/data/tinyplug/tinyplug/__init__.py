@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from testbed.plugin_api import Dataset, InputSpec, Plugin
+from testbed.models.plugin_api import Dataset, InputSpec, Plugin
 
 WEIGHTS = Path(os.environ.get("TINYPLUG_WEIGHTS", "/tmp/tinyplug-weights.pt"))
 

@@ -1,0 +1,530 @@
+"""Device agent: runs the scenario's requests against the edge agent.
+
+Run inside the device host: `python -m testbed.agents.device JOB.json`. The job
+file (written by the runner) names the plugin, offloaders, sample indices, edge
+address, arrival process and output files. Each measured request becomes one JSON
+line in the records file, in request order, flushed at once so the runner can show
+progress and nothing is lost if the run is interrupted.
+
+Arrivals. Closed loop (`{"process": "closed"}`): one request at a time, the next
+starts when the previous one has its reply. Open loop (`{"process": "poisson",
+"rate_hz": R}`): each offloader's requests have intended start times drawn as a
+Poisson process (seeded, so a run's schedule is reproducible; `intended_ms` records
+it). The device half still runs serially on this thread (the device has one CPU),
+but nobody waits for a reply before the next request: payloads are pipelined on the
+connection and a receiver thread completes them from the replies' request ids.
+
+Latency is timed from the intended start, not from when the device got round to the
+request, so a device or edge that falls behind shows in `total_ms` (no coordinated
+omission); `queue_ms` is how late the device started the request (0 in closed loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import statistics
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from testbed import offloaders
+from testbed.agents.protocol import (
+    HEADER,
+    TIMING_STRUCT,
+    ConnectionClosed,
+    MessageType,
+    ProtocolError,
+    connect,
+    decode_error,
+    encode,
+    encode_json,
+    read_frame,
+)
+from testbed.cleanup import Terminated, honour_sigint, sigterm_raises
+from testbed.models import plugins, predictions
+from testbed.offloaders.base import PhaseTimer, warm_kernels
+from testbed.offloaders.link_estimate import LinkEstimate
+
+log = logging.getLogger("device")
+POLL_S = 0.05  # how often the receiver looks for requests past their timeout
+BARRIER_POLL_S = 0.01
+# A reply's arrival is stamped by the receiver thread once it holds the GIL; Python's
+# default switch interval (5 ms) could hold it back that long behind the device half.
+SWITCH_INTERVAL_S = 0.0005
+
+
+def poisson_offsets_ms(
+    rate_hz: float, count: int, seed: int, offloader: int, device: int = 0
+) -> np.ndarray:
+    """Intended start times of one offloader's measured requests, in ms after the
+    first: exponential gaps of mean 1000/rate_hz. Seeded by the scenario's seed, the
+    offloader's index and the device's, so each device's arrivals are independent of
+    the others' (N devices together make a Poisson process of N * rate_hz)."""
+    rng = np.random.default_rng([seed, offloader, device])
+    gaps = rng.exponential(1000.0 / rate_hz, max(count - 1, 0))
+    return np.concatenate([[0.0], np.cumsum(gaps)])[:count]
+
+
+def wait_barrier(folder: str | Path, name: str, index: int, count: int, timeout_s: float) -> None:
+    """Start barrier of `count` devices: mark this device's arrival as `folder/name.index`,
+    then wait until every device's file exists."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.{index}").touch()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = [i for i in range(count) if not (folder / f"{name}.{i}").exists()]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"start barrier {folder}/{name}.*: device(s) {missing} of {count} did not "
+                f"arrive within {timeout_s:.0f} s"
+            )
+        time.sleep(BARRIER_POLL_S)
+
+
+class Connection:
+    """One TCP connection to the edge, after a successful HELLO. It counts the bytes of
+    its streams so far: where each request sits in them, so that a packet capture can
+    attribute segments to requests (--capture)."""
+
+    def __init__(self, host: str, port: int, hello: dict, timeout_s: float) -> None:
+        self.sock = connect(host, port, timeout_s)
+        self.local_port = self.sock.getsockname()[1]
+        self.sent = self.received = 0
+        self.receiver: threading.Thread | None = None
+        try:
+            self.send(encode_json(MessageType.HELLO, hello))
+            reply = self.read()
+        except BaseException:
+            self.sock.close()
+            raise
+        if reply.type == MessageType.ERROR:
+            self.sock.close()
+            raise RuntimeError(f"edge refused HELLO: {decode_error(reply.payload)[1]}")
+        self.described = reply.json()["offloaders"]
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+        self.sent += len(data)
+
+    def read(self):
+        frame = read_frame(self.sock)
+        self.received += HEADER.size + len(frame.payload)
+        return frame
+
+    def rtt_ms(self, count: int) -> float:
+        samples = []
+        for i in range(count):
+            start = time.monotonic_ns()
+            self.send(encode(MessageType.PING, request=i))
+            reply = self.read()
+            samples.append((reply.received_ns - start) / 1e6)
+        return statistics.median(samples)
+
+    def close(self) -> None:
+        """Never blocks for long: the BYE gets a second, then the socket is shut down,
+        which also ends a receiver thread blocked on it."""
+        if self.sock.fileno() < 0:
+            return
+        with contextlib.suppress(OSError):
+            self.sock.settimeout(1.0)
+            self.sock.sendall(encode(MessageType.BYE))
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+class RecordWriter:
+    """Measured requests' records, one JSON line each, in request order: a request that
+    completes before an earlier one (a local-only one behind offloaded ones) waits for
+    it. Warm-up requests are never announced, so never written."""
+
+    def __init__(self, out) -> None:
+        self.out = out
+        self._lock = threading.Lock()
+        self._order: deque[int] = deque()
+        self._expected: set[int] = set()
+        self._done: dict[int, dict] = {}
+
+    def expect(self, request: int) -> None:
+        with self._lock:
+            self._order.append(request)
+            self._expected.add(request)
+
+    def complete(self, request: int, record: dict) -> None:
+        with self._lock:
+            if request not in self._expected:
+                return
+            self._done[request] = record
+            while self._order and self._order[0] in self._done:
+                self._write(self._order.popleft())
+
+    def flush(self) -> None:
+        """After an interruption: what completed, even behind a request that never will."""
+        with self._lock:
+            for request in [r for r in self._order if r in self._done]:
+                self._order.remove(request)
+                self._write(request)
+
+    def _write(self, request: int) -> None:
+        self._expected.discard(request)
+        self.out.write(json.dumps(self._done.pop(request)) + "\n")
+
+
+@dataclass
+class InFlight:
+    """An offloaded request between its send and its reply (or timeout)."""
+
+    request: int
+    record: dict
+    intended_ns: int
+    conn: Connection
+    nbytes: int
+    clean: bool  # sent with nothing else outstanding on the connection
+    send_ns: int = 0
+    deadline_ns: int = 0
+
+
+class Requests:
+    """Issues requests: the device half on the calling thread, serially; payloads sent
+    on one connection without waiting for earlier replies, which a receiver thread
+    matches by request id. Every request ends in exactly one record (ok, error or
+    timeout) handed to the writer."""
+
+    def __init__(
+        self, host: str, port: int, hello: dict, timeout_s: float, writer: RecordWriter,
+        estimate: LinkEstimate, plugin=None,
+    ) -> None:  # fmt: skip
+        """`plugin` says how its predictions travel and are recorded (None: a classifier)."""
+        self.address, self.hello, self.timeout_s = (host, port), hello, timeout_s
+        self.writer, self.estimate, self.plugin = writer, estimate, plugin
+        self.cond = threading.Condition()
+        self.inflight: dict[int, InFlight] = {}
+        self.uploads: list[tuple[int, float]] = []  # for the estimate, fed on this thread
+        self.conn: Connection | None = None
+        self.broken = self.closed = False
+
+    def open(self) -> Connection:
+        conn = Connection(*self.address, self.hello, self.timeout_s)
+        with self.cond:
+            self.conn, self.broken = conn, False
+        return conn
+
+    def close(self) -> None:
+        """The end, or an interruption: requests still in flight have no outcome and
+        get no record (the run is partial); those completed are all written."""
+        with self.cond:
+            self.closed = True
+            self.inflight.clear()
+        self.writer.flush()
+        if self.conn is not None:
+            self.conn.close()
+
+    def issue(
+        self, offloader, index: int, request: int, sample, tags: dict,
+        intended_ns: int | None = None, origin_ns: int | None = None,
+    ) -> int:  # fmt: skip
+        """Run request `request` now, `queue_ms` after `intended_ns` (None: now, closed
+        loop); `intended_ms` is counted from `origin_ns` (None: from this request).
+        Returns the intended time used."""
+        self._feed_estimate()
+        start = time.monotonic_ns()
+        intended_ns = start if intended_ns is None else intended_ns
+        origin_ns = intended_ns if origin_ns is None else origin_ns
+        record = dict(tags, intended_ms=(intended_ns - origin_ns) / 1e6,
+                      queue_ms=max(0, start - intended_ns) / 1e6, device_ms=0.0,
+                      encode_ms=0.0, uplink_ms=0.0, decode_ms=0.0, edge_ms=0.0,
+                      downlink_ms=0.0, bytes_up=0, bytes_down=0)  # fmt: skip
+        record["est_uplink_mbps"] = self.estimate.uplink_mbps  # what the device believed
+        timer = PhaseTimer()
+        try:
+            result = offloader.device(sample, timer)
+        except RuntimeError as exc:
+            record["total_ms"] = (time.monotonic_ns() - intended_ns) / 1e6
+            self._finish(request, record, None, "error", f"{type(exc).__name__}: {exc}")
+            return intended_ns
+        record["choice"] = json.dumps(result.choice, sort_keys=True) if result.choice else ""
+        record["device_ms"] = timer.ms.get("device", 0.0)
+        record["encode_ms"] = timer.ms.get("encode", 0.0)
+        if result.payload is None:  # answered on the device
+            record["total_ms"] = (time.monotonic_ns() - intended_ns) / 1e6
+            self._finish(request, record, result.prediction, "ok", "")
+            return intended_ns
+        frame = encode(MessageType.REQUEST, result.payload, offloader=index, request=request)
+        conn = self._connection()
+        with self.cond:
+            flight = InFlight(request, record, intended_ns, conn, len(frame), not self.inflight)
+            record["stream"] = [conn.local_port, conn.sent, conn.received]
+            flight.send_ns = time.monotonic_ns()
+            flight.deadline_ns = flight.send_ns + int(self.timeout_s * 1e9)
+            self.inflight[request] = flight
+        try:
+            conn.send(frame)  # a full socket buffer blocks here: the device waits, queue_ms
+        except OSError as exc:
+            self._broke(conn, f"sending: {type(exc).__name__}: {exc}")
+        return intended_ns
+
+    def wait_idle(self) -> None:
+        """Until every request sent has its reply or has timed out."""
+        with self.cond:
+            while self.inflight:
+                self.cond.wait(POLL_S)
+                self._expire(time.monotonic_ns())
+                for conn in {f.conn for f in self.inflight.values()}:
+                    if conn.receiver is None or not conn.receiver.is_alive():
+                        self._broke(conn, "the receiver thread ended")
+
+    def _connection(self) -> Connection:
+        """The live connection, reopened after a failure (an error here ends the agent);
+        its receiver starts once the synchronous exchanges (HELLO, pings) are done."""
+        if self.conn is None or self.broken:
+            if self.conn is not None:
+                self.conn.close()
+            self.open()
+        conn = self.conn
+        if conn.receiver is None:
+            conn.receiver = threading.Thread(
+                target=self._receive, args=(conn,), name="replies", daemon=True
+            )
+            conn.receiver.start()
+        return conn
+
+    def _receive(self, conn: Connection) -> None:
+        try:
+            while True:
+                readable, _, _ = select.select([conn.sock], [], [], POLL_S)
+                self._expire(time.monotonic_ns())
+                if readable:
+                    offset = conn.received
+                    self._reply(conn, conn.read(), offset)
+        except ConnectionClosed:
+            why = "the edge closed the connection"
+        except (ProtocolError, OSError, ValueError) as exc:  # ValueError: closed by us
+            why = f"{type(exc).__name__}: {exc}"
+        self._broke(conn, why)
+
+    def _reply(self, conn: Connection, reply, offset: int) -> None:
+        with self.cond:
+            flight = self.inflight.get(reply.request)
+            if flight is None or flight.conn is not conn:
+                log.info("dropped a reply to request %d (timed out before)", reply.request)
+                return
+            del self.inflight[reply.request]
+        record = flight.record
+        record["bytes_up"] = flight.nbytes
+        record["bytes_down"] = HEADER.size + len(reply.payload)
+        record["stream"][2] = offset  # where the reply starts in the edge's stream
+        prediction, status, error = None, "ok", ""
+        if reply.type == MessageType.RESULT:
+            try:
+                prediction = self._result_prediction(reply.payload)
+            except ValueError as exc:
+                status, error = "error", f"bad RESULT: {exc}"
+        if reply.type == MessageType.RESULT and status == "ok":
+            recv_ns, decode_ms, edge_ms, sent_ns = TIMING_STRUCT.unpack_from(reply.payload)
+            # The edge stamps a frame's last byte when it reads it, after answering the
+            # connection's earlier frames; so with others outstanding, uplink_ms includes
+            # waiting behind them. Only an upload sent with nothing outstanding measures
+            # the link alone, and only such uploads feed the estimate.
+            record["uplink_ms"] = (recv_ns - flight.send_ns) / 1e6
+            if flight.clean:
+                with self.cond:
+                    self.uploads.append((flight.nbytes, record["uplink_ms"]))
+            record["decode_ms"] = decode_ms
+            record["edge_ms"] = edge_ms
+            record["downlink_ms"] = (reply.received_ns - sent_ns) / 1e6
+        elif reply.type == MessageType.ERROR:
+            status, error = "error", decode_error(reply.payload)[1]
+        elif reply.type != MessageType.RESULT:
+            status, error = "error", f"unexpected {reply.type.name} reply"
+        record["total_ms"] = (reply.received_ns - flight.intended_ns) / 1e6
+        self._finish(flight.request, record, prediction, status, error)
+
+    def _result_prediction(self, payload: bytes):
+        """The prediction a RESULT carries after its timings; ValueError if malformed."""
+        if len(payload) < TIMING_STRUCT.size:
+            raise ValueError(
+                f"{len(payload)} bytes, shorter than its {TIMING_STRUCT.size}-byte timings"
+            )
+        return predictions.decode(self.plugin, payload[TIMING_STRUCT.size :])
+
+    def _expire(self, now_ns: int) -> None:
+        with self.cond:
+            late = [f for f in self.inflight.values() if f.deadline_ns <= now_ns]
+            for flight in late:
+                del self.inflight[flight.request]
+        for flight in late:
+            flight.record["total_ms"] = (now_ns - flight.intended_ns) / 1e6
+            message = f"no reply within {self.timeout_s} s"
+            self._finish(flight.request, flight.record, None, "timeout", message)
+
+    def _broke(self, conn: Connection, why: str) -> None:
+        """Fail what is in flight on `conn`; the next send opens a new connection."""
+        with self.cond:
+            lost = [f for f in self.inflight.values() if f.conn is conn]
+            for flight in lost:
+                del self.inflight[flight.request]
+            if conn is self.conn:
+                self.broken = True
+        if lost:
+            log.warning("connection lost with %d request(s) in flight: %s", len(lost), why)
+        for flight in lost:
+            flight.record["total_ms"] = (time.monotonic_ns() - flight.intended_ns) / 1e6
+            self._finish(flight.request, flight.record, None, "error", why)
+        conn.close()
+
+    def _finish(self, request: int, record: dict, prediction, status: str, error: str) -> None:
+        if self.closed:
+            return
+        recorded = -1 if prediction is None else predictions.to_record(self.plugin, prediction)
+        record.update(prediction=recorded, status=status)
+        record["error"] = error
+        self.writer.complete(request, record)
+        with self.cond:
+            self.cond.notify_all()
+
+    def _feed_estimate(self) -> None:
+        with self.cond:
+            uploads, self.uploads = self.uploads, []
+        for nbytes, uplink_ms in uploads:
+            self.estimate.observe_upload(nbytes, uplink_ms)
+
+
+def run_offloader(
+    requests: Requests, offloader, index: int, inputs, samples: list[int], labels,
+    first_request: int, offsets_ms: np.ndarray | None, tags: dict,
+) -> int:  # fmt: skip
+    """One offloader's measured requests: closed loop when `offsets_ms` is None, else
+    request k intended at offsets_ms[k] after now (started then, or as soon as the
+    device is free). Returns the last request id used."""
+    request = first_request - 1
+    origin_ns = None if offsets_ms is None else time.monotonic_ns()
+    for k, sample in enumerate(samples):
+        request += 1
+        intended_ns = None
+        if offsets_ms is not None:
+            intended_ns = origin_ns + round(offsets_ms[k] * 1e6)
+            delay_ns = intended_ns - time.monotonic_ns()
+            if delay_ns > 0:
+                time.sleep(delay_ns / 1e9)
+        requests.writer.expect(request)
+        record = dict(tags, request=request, sample=int(sample), label=int(labels[sample]))
+        intended_ns = requests.issue(
+            offloader, index, request, inputs[sample], record, intended_ns, origin_ns
+        )
+        if offsets_ms is None:
+            origin_ns = intended_ns if origin_ns is None else origin_ns
+            requests.wait_idle()
+    requests.wait_idle()
+    return request
+
+
+def wait_for_limit(loaded: Path, cgroup: str, timeout_s: float = 60.0) -> None:
+    """Say that loading is done, then wait until the runner has moved this process into
+    the host's CPU cgroup: profiling and requests must run under the device's share."""
+    loaded.write_text(str(os.getpid()))
+    deadline = time.monotonic() + timeout_s
+    while f"/{cgroup}" not in Path("/proc/self/cgroup").read_text():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not moved into the CPU cgroup {cgroup!r} in {timeout_s:.0f} s")
+        time.sleep(0.02)
+
+
+def read_arrival(job: dict) -> float | None:
+    """The open-loop rate in Hz, or None for closed loop."""
+    arrival = job.get("arrival") or {"process": "closed"}
+    if arrival.get("process") == "closed":
+        return None
+    if arrival.get("process") == "poisson" and float(arrival.get("rate_hz", 0)) > 0:
+        return float(arrival["rate_hz"])
+    raise RuntimeError(f"unknown arrival in the job file: {arrival!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("job", type=Path)
+    args = parser.parse_args(argv)
+    honour_sigint()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s device %(levelname)s %(message)s")
+    job = json.loads(args.job.read_text())
+    rate_hz = read_arrival(job)  # until the runner writes them: one closed-loop device
+    seed, device = int(job.get("seed", 1)), int(job.get("device_index", 0))
+    devices, barrier = int(job.get("devices", 1)), job.get("barrier")
+
+    import torch
+
+    torch.set_num_threads(job["threads"])
+    plugin = plugins.get(job["plugin"])
+    model = plugin.load_model()
+    data = plugins.test_data(plugin, job.get("test_data"))
+    built = [offloaders.get(o["name"])(plugin, model, **o["params"]) for o in job["offloaders"]]
+    kernels_s = warm_kernels(type(o) for o in built)
+    if job.get("cgroup"):
+        wait_for_limit(Path(job["loaded"]), job["cgroup"])
+    started = time.monotonic()
+    for offloader in built:  # profiling on this (CPU-limited) host; calibration is cached
+        offloader.prepare("device")
+    prepare_s = time.monotonic() - started
+    hello = {"plugin": job["plugin"], "offloaders": job["offloaders"]}
+    estimate = LinkEstimate()
+    switch_interval = sys.getswitchinterval()
+    with open(job["records"], "a", buffering=1) as out, sigterm_raises():
+        requests = Requests(
+            job["edge_host"], job["edge_port"], hello, job["timeout_s"], RecordWriter(out),
+            estimate, plugin,
+        )  # fmt: skip
+        try:
+            conn = requests.open()
+            estimate.observe_rtt(conn.rtt_ms(job["pings"]))
+            for offloader, edge_half in zip(built, conn.described, strict=True):
+                offloader.connect(edge_half, estimate)
+            meta = {"rtt_ms": estimate.rtt_ms, "offloaders": conn.described,
+                    "device_offloaders": [o.describe() for o in built],
+                    "device_kernel_warmup_s": kernels_s, "device_prepare_s": prepare_s,
+                    "arrival": job.get("arrival") or {"process": "closed"},
+                    "device_index": device}  # fmt: skip
+            Path(job["meta"]).write_text(json.dumps(meta))
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
+            request = 0
+            for index, (spec, offloader) in enumerate(zip(job["offloaders"], built, strict=True)):
+                first = job["samples"][0]
+                for _ in range(job["warmup"]):  # first calls pay allocation and JIT costs
+                    request += 1
+                    tags = {"offloader": spec["label"], "request": request}
+                    requests.issue(offloader, index, request, data.inputs[first], tags)
+                    requests.wait_idle()
+                if barrier:  # every device starts this offloader's requests together
+                    wait_barrier(barrier, str(index), device, devices, job["timeout_s"] * 4 + 60)
+                offsets = None
+                if rate_hz is not None:
+                    offsets = poisson_offsets_ms(rate_hz, len(job["samples"]), seed, index, device)
+                tags = {"offloader": spec["label"], "device": device}
+                request = run_offloader(
+                    requests, offloader, index, data.inputs, job["samples"], data.labels,
+                    request + 1, offsets, tags,
+                )  # fmt: skip
+        except (KeyboardInterrupt, Terminated) as exc:
+            log.warning("interrupted: %s", type(exc).__name__)
+            return 130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM
+        finally:
+            sys.setswitchinterval(switch_interval)
+            requests.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

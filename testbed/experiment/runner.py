@@ -1,0 +1,463 @@
+"""One scenario run: scenario -> topology -> agents -> records -> results.
+
+The runner checks everything it can before it creates anything (plugin, weights,
+gates, features), so bad input never leaves a half-built network behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from testbed import offloaders, programs
+from testbed.cleanup import Terminated, sigterm_raises
+from testbed.config import gates
+from testbed.config.scenario import unsupported
+from testbed.emulation import capture, stale
+from testbed.emulation.link.trace import load_trace
+from testbed.emulation.topology import OffloadTopology, check_environment, stop_process, wait_ready
+from testbed.emulation.traffic.run import TrafficRun
+from testbed.errors import ScenarioError, TestbedError
+from testbed.experiment import environment
+from testbed.fidelity import measure
+from testbed.models import plugins, predictions
+from testbed.models.plugin_api import check_plugin
+from testbed.offloaders.base import warm_kernels
+from testbed.results import records as results
+
+log = logging.getLogger("testbed")
+EDGE_PORT = 5000
+WARMUP_REQUESTS = 2  # per offloader, not recorded: first calls pay allocations and JIT
+PINGS = 5
+STARTUP_S = 300.0  # importing torch on a device at a few % of a core is slow
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    summary: list[dict]
+    gate_failures: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def offloader_labels(specs) -> list[str]:
+    """Display names: the offloader's name, plus its parameters where a name repeats."""
+    counts: dict[str, int] = {}
+    for spec in specs:
+        counts[spec.name] = counts.get(spec.name, 0) + 1
+    labels = []
+    for spec in specs:
+        if counts[spec.name] == 1:
+            labels.append(spec.name)
+        else:
+            labels.append(spec.name + "_" + "_".join(f"{k}{v}" for k, v in spec.params.items()))
+    return labels
+
+
+def check_gates(scenario, labels: list[str]) -> None:
+    for i, text in enumerate(scenario.expect):
+        try:
+            named = gates.offloaders_named(text)
+        except gates.GateSyntaxError as exc:
+            raise ScenarioError(f"{scenario.source}: expect[{i}] {text!r}: {exc}") from None
+        for name in sorted(named - set(labels)):
+            raise ScenarioError(
+                f"{scenario.source}: expect[{i}] {text!r}: offloader {name!r} is not in "
+                f"`offloaders` (this scenario runs: {', '.join(labels)})"
+            )
+
+
+def choose_samples(scenario, count: int) -> np.ndarray:
+    if scenario.samples > count:
+        raise ScenarioError(
+            f"{scenario.source}: samples: {scenario.samples} but plugin {scenario.model!r} "
+            f"has {count} test samples"
+        )
+    return np.random.default_rng(scenario.seed).choice(count, scenario.samples, replace=False)
+
+
+def reference_predictions(plugin, model, inputs: np.ndarray) -> list:
+    """The unmodified model's prediction on each input, as records hold predictions
+    (`testbed.models.predictions.to_record`): what every offloader's is compared with."""
+    import torch
+
+    out = []
+    # batches of at most 256 inputs and 256 MiB of float input (a 640x480 frame is 3.7 MB)
+    step = max(1, min(256, (256 << 20) // (4 * int(np.prod(plugin.input_spec.shape)))))
+    with torch.inference_mode():
+        for start in range(0, len(inputs), step):
+            output = model(plugin.to_tensor(inputs[start : start + step]))
+            out += [predictions.to_record(plugin, p) for p in predictions.predict(plugin, output)]
+    return out
+
+
+def run(
+    scenario,
+    out_dir: Path,
+    progress: bool = True,
+    fidelity: bool = True,
+    strict: bool = False,
+    capture: bool = False,
+    bar=None,
+) -> RunResult:
+    """`bar`: a tqdm bar to advance (a sweep's, shared by its cells) instead of a new one."""
+    bad = unsupported(scenario)
+    if bad:
+        raise ScenarioError(f"{scenario.source}: " + "; ".join(bad) + " (refused, not ignored)")
+    labels = offloader_labels(scenario.offloaders)
+    check_gates(scenario, labels)
+    for path in (scenario.network.trace or {}).values():
+        load_trace(path)  # a malformed trace is bad input: refused before anything starts
+    check_environment()
+    for prefix, items in stale.clean_all().items():  # runs killed outright earlier
+        print(f"removed {len(items)} leftovers of killed run {prefix}", file=sys.stderr)
+    plugin = plugins.get(scenario.model)
+    check_plugin(plugin)
+    model = plugin.load_model()
+    for spec in scenario.offloaders:  # a missing artefact is bad input, found before any start
+        built = offloaders.get(spec.name)(plugin, model, **spec.params)
+        started = time.monotonic()
+        built.calibrate()  # at full speed here; the device host reads the cached results
+        if time.monotonic() - started > 1 and progress:
+            _say(f"calibrated {spec.name} in {time.monotonic() - started:.0f} s", bar)
+    data = plugins.test_data(plugin, scenario.test_data)
+    indices = choose_samples(scenario, len(data))
+    reference = reference_predictions(plugin, model, data.inputs[indices])
+    # compile the kernels here, at full speed, so that agents on slow hosts only load them
+    kernels_s = warm_kernels(offloaders.get(spec.name) for spec in scenario.offloaders)
+    reference_by_sample = dict(zip(indices.tolist(), reference, strict=True))
+    if plugin.metric == "accuracy":
+        reference_score = float(np.mean(np.array(reference) == data.labels[indices]))
+    else:
+        reference_score = 1.0
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logs = out_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    (out_dir / "resolved_scenario.yaml").write_text(yaml.safe_dump(scenario.to_dict()))
+    records_paths = [out_dir / records_name(i) for i in range(scenario.devices)]
+    for path in records_paths:
+        path.unlink(missing_ok=True)
+
+    topo = OffloadTopology(scenario, workdir=logs)
+    extra: dict = {"run_prefix": topo.prefix, "seed": scenario.seed, "samples": indices.tolist()}
+    extra["metric"] = plugin.metric  # the report reads it rather than guessing it back
+    extra["kernel_warmup_s"] = kernels_s
+    extra["cleanup_failures"] = ["teardown did not run"]
+    interrupted = False
+    with sigterm_raises():
+        try:
+            topo.start()
+            extra["link_backend"] = topo.backend.label
+            if fidelity:
+                extra["fidelity"] = _fidelity(topo, out_dir, strict)
+            if capture:
+                _start_capture(topo, out_dir / "capture.pcap", logs)
+            extra.update(_agents(scenario, plugin, topo, indices, labels, logs, progress, bar))
+            extra["trace_players"] = {
+                d: {"rate_changes": p.calls, "skipped": p.skipped, "max_late_ms": p.max_late_ms}
+                for d, p in topo.players.items()
+            }
+        except (KeyboardInterrupt, Terminated):
+            interrupted = True
+            raise
+        finally:
+            try:
+                extra["cleanup_failures"] = topo.stop()
+            except (KeyboardInterrupt, Terminated):  # came during the teardown, which finished
+                extra["cleanup_failures"] = []
+                interrupted = True
+                raise
+            finally:
+                extra["interrupted"] = interrupted
+                summary = _write_results(
+                    out_dir, [r for p in records_paths for r in results.read_records(p)],
+                    labels, reference_by_sample,
+                    reference_score, plugin.metric, extra, predictions.comparer(plugin),
+                    bounds=_bounds(scenario, labels),
+                )  # fmt: skip
+    by_name = {row["offloader"]: row for row in summary}
+    failed = []
+    for text in scenario.expect:
+        holds, filled = gates.evaluate(text, by_name)
+        if not holds:
+            failed.append(filled)
+    return RunResult(out_dir, summary, failed)
+
+
+def _fidelity(topo, out_dir: Path, strict: bool) -> list[str]:
+    """Measure the links before the requests; warn loudly (or stop, under --strict)
+    when a direction is off its configuration."""
+    report = measure.measure(topo)
+    (out_dir / "fidelity.json").write_text(json.dumps(report, indent=2))
+    lines = measure.summary_lines(report)
+    bad = [line for line, result in zip(lines, report.values(), strict=True) if not result["ok"]]
+    for line in bad:
+        log.warning("LINK FIDELITY: %s", line)
+        print(f"WARNING: the emulated link is off its configuration: {line}", file=sys.stderr)
+    if bad and strict:
+        raise TestbedError("--strict: link fidelity out of tolerance (see fidelity.json)")
+    return lines
+
+
+def _start_capture(topo, pcap: Path, logs: Path) -> None:
+    command = programs.command(
+        "capture",
+        "--iface",
+        topo.bottleneck["uplink"],
+        "--port",
+        str(EDGE_PORT),
+        "--out",
+        str(pcap),
+    )
+    log_file = open(logs / "capture.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file)
+    topo.teardown.add("capture", lambda: (stop_process(proc, 10), log_file.close()))
+    wait_ready(proc, "packet capture", 60)
+
+
+def _capture_report(out_dir: Path, records: list[dict], labels: list[str]) -> list[str]:
+    """capture.csv and one line per offloader: payload bytes against wire bytes."""
+    wire = capture.analyze(out_dir / "capture.pcap", records, EDGE_PORT)
+    rows = []
+    for record in records:
+        if "stream" in record and record.get("bytes_up"):
+            found = wire.get(tuple(record["stream"][:2]), {})
+            rows.append({
+                "offloader": record["offloader"], "request": record["request"],
+                "bytes_up": record["bytes_up"], "wire_bytes_up": found.get("wire_bytes_up", 0),
+                "bytes_down": record["bytes_down"],
+                "wire_bytes_down": found.get("wire_bytes_down", 0),
+                "retransmissions": found.get("retransmissions", 0),
+            })  # fmt: skip
+    results.write_csv(out_dir / "capture.csv", rows, results.CAPTURE_COLUMNS)
+    lines = []
+    for label in labels:
+        mine = [r for r in rows if r["offloader"] == label]
+        if mine:
+            payload = sum(r["bytes_up"] for r in mine) / len(mine)
+            on_wire = sum(r["wire_bytes_up"] for r in mine) / len(mine)
+            retrans = sum(r["retransmissions"] for r in mine)
+            lines.append(f"{label}: {payload:.0f} payload bytes up per request, {on_wire:.0f} "
+                         f"on the wire; {retrans} retransmitted segments")  # fmt: skip
+    return lines
+
+
+def records_name(device: int) -> str:
+    """records.jsonl for the first device (as with one), records-d1.jsonl, ..."""
+    return "records.jsonl" if device == 0 else f"records-d{device}.jsonl"
+
+
+def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool, bar) -> dict:
+    cores = os.cpu_count() or 1
+    edge_threads = max(1, min(cores, round(scenario.edge.cpu)))
+    edge = topo.popen(
+        topo.edge,
+        programs.command("edge-agent", "--port", str(EDGE_PORT), "--preload", plugin.name,
+                         "--threads", str(edge_threads)),
+        "edge.log",
+    )  # fmt: skip
+    wait_ready(edge, "edge agent", timeout_s=STARTUP_S)
+    barrier = logs / "barrier"  # several devices start each offloader together
+    if scenario.devices > 1:
+        barrier.mkdir(exist_ok=True)
+    jobs = []
+    for i, host in enumerate(topo.devices):
+        suffix = "" if i == 0 else f"-d{i}"
+        job = {
+            "plugin": plugin.name,
+            "test_data": None if scenario.test_data is None else str(scenario.test_data),
+            "offloaders": [
+                {"name": s.name, "params": s.params, "label": label}
+                for s, label in zip(scenario.offloaders, labels, strict=True)
+            ],
+            "samples": indices.tolist(),
+            "edge_host": topo.edge.IP(),
+            "edge_port": EDGE_PORT,
+            "timeout_s": scenario.request_timeout_s,
+            "threads": max(1, min(cores, round(scenario.device.cpu))),
+            "warmup": WARMUP_REQUESTS,
+            "pings": PINGS,
+            "arrival": dict(scenario.arrival),
+            "seed": scenario.seed,
+            "device_index": i,
+            "devices": scenario.devices,
+            "barrier": str(barrier) if scenario.devices > 1 else None,
+            "records": str(logs.parent / records_name(i)),
+            "meta": str(logs / f"device_meta{suffix}.json"),
+            "loaded": str(logs / f"device_loaded{suffix}"),  # loaded; waits for its limit
+            "cgroup": host.name,
+        }
+        (logs / f"device_job{suffix}.json").write_text(json.dumps(job, indent=1))
+        jobs.append(job)
+    traffic = TrafficRun(topo) if scenario.traffic else None
+    if traffic is not None:
+        traffic.start()
+    # loaded outside the CPU limit, then moved in before it profiles or sends anything
+    devices = []
+    for i, (host, job) in enumerate(zip(topo.devices, jobs, strict=True)):
+        suffix = "" if i == 0 else f"-d{i}"
+        device = topo.popen(
+            host, programs.command("device-agent", str(logs / f"device_job{suffix}.json")),
+            f"device{suffix}.log", limited=False,
+        )  # fmt: skip
+        devices.append((device, host, Path(job["loaded"]), f"device{suffix}.log"))
+    for device, host, loaded, log_name in devices:
+        _enter_limit(topo, host, device, loaded, logs / log_name)
+    _follow(
+        devices, edge, [Path(j["records"]) for j in jobs], len(indices) * len(labels) * len(jobs),
+        scenario, logs, progress, bar,
+    )  # fmt: skip
+    flows = traffic.stop() if traffic is not None else []
+    metas = [json.loads(Path(j["meta"]).read_text()) for j in jobs]
+    meta = metas[0]
+    return {
+        "rtt_ms": meta["rtt_ms"],
+        "device_rtt_ms": [m["rtt_ms"] for m in metas],
+        "offloaders": meta["offloaders"],  # the edge halves' descriptions (edge profiles)
+        "device_offloaders": meta.get("device_offloaders"),  # device profiles, calibration
+        "device_kernel_warmup_s": meta.get("device_kernel_warmup_s"),
+        "device_prepare_s": meta.get("device_prepare_s"),
+        "traffic": flows,
+        "congestion_control": scenario.network.congestion_control,
+        "congestion_control_scope": topo.congestion_scope,
+        "namespace_default_congestion_control": topo.device.cmd(
+            "sysctl -n net.ipv4.tcp_congestion_control"
+        ).strip(),
+    }
+
+
+def _follow(devices, edge, records: list[Path], total: int, scenario, logs: Path,
+            progress: bool, bar=None) -> None:  # fmt: skip
+    """Show progress until every device agent ends; fail fast if an agent dies or stalls."""
+    from tqdm import tqdm
+
+    done, last_change, started = 0, time.monotonic(), False
+    # longer than a device waits at the start barrier (timeout * 4 + 60 s), whose
+    # message is clearer
+    stall_s = scenario.request_timeout_s * (WARMUP_REQUESTS + 3) + 90
+    own = bar is None
+    if own:
+        bar = tqdm(total=total, unit="req", desc=scenario.name, disable=not progress)
+    try:
+        while True:
+            for device, _, _, log_name in devices:
+                if device.poll() is not None and device.returncode != 0:
+                    tail = (logs / log_name).read_text(errors="replace").strip().splitlines()
+                    raise TestbedError(
+                        f"the device agent failed (exit {device.returncode}): "
+                        + " | ".join(tail[-3:])
+                    )
+            finished = all(device.poll() is not None for device, *_ in devices)
+            count = sum(_count_lines(path) for path in records)
+            if count != done:
+                bar.update(count - done)
+                done, last_change, started = count, time.monotonic(), True
+            if finished:
+                break
+            if edge.poll() is not None:
+                raise TestbedError(
+                    f"the edge agent exited ({edge.returncode}): see {logs}/edge.log"
+                )
+            limit = stall_s if started else STARTUP_S
+            if time.monotonic() - last_change > limit:
+                raise TestbedError(f"no request finished for {limit:.0f} s: see {logs}/device.log")
+            time.sleep(0.2)
+    finally:
+        if own:
+            bar.close()
+
+
+def _enter_limit(topo, host, device, loaded: Path, log_file: Path) -> None:
+    deadline = time.monotonic() + STARTUP_S
+    while not loaded.exists():
+        if device.poll() is not None:
+            tail = log_file.read_text(errors="replace").strip().splitlines()[-3:]
+            raise TestbedError(
+                f"the device agent exited ({device.returncode}): " + " | ".join(tail)
+            )
+        if time.monotonic() > deadline:
+            raise TestbedError(
+                f"the device agent did not load in {STARTUP_S:.0f} s: see {log_file}"
+            )
+        time.sleep(0.05)
+    topo.limit(host, device.pid)
+
+
+def _say(text: str, bar) -> None:
+    """A line above the progress bar (or on stderr without one)."""
+    if bar is not None:
+        bar.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr)
+
+
+def _count_lines(path: Path) -> int:
+    try:
+        with path.open("rb") as handle:
+            return handle.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def _bounds(scenario, labels: list[str]) -> tuple[float, dict[str, float]]:
+    """The scenario's accuracy bound and each offloader's own configured one (by label)."""
+    bound = float(getattr(scenario, "max_drop_pp", results.DEFAULT_MAX_DROP_PP))
+    specs = [{"name": s.name, **s.params} for s in scenario.offloaders]
+    return bound, results.configured_bounds(specs, labels)
+
+
+def _write_results(
+    out_dir, records, labels, reference, reference_score, metric, extra, compare=None,
+    bounds=(results.DEFAULT_MAX_DROP_PP, {}),
+):  # fmt: skip
+    """`bounds`: the scenario's max_drop_pp and each label's configured one."""
+    if (out_dir / "capture.pcap").exists():
+        extra["capture"] = _capture_report(out_dir, records, labels)
+    bound, configured = bounds
+    extra["bounds"] = {"max_drop_pp": bound, "offloaders": configured}  # for the report
+    rows = results.complete_records(records, reference, compare)
+    results.write_csv(out_dir / "requests.csv", rows, results.REQUEST_COLUMNS)
+    summary = results.summarize(rows, labels, reference_score, metric, bound)
+    results.write_csv(out_dir / "summary.csv", summary, results.SUMMARY_COLUMNS)
+    env = environment.collect(extra)
+    (out_dir / "environment.json").write_text(json.dumps(env, indent=2, default=str))
+    lines = [f"# {out_dir.name}", "", f"Score: {metric}.", "", results.table(summary), ""]
+    lines += [*results.matched_lines(rows, summary, bound, configured), ""]
+    if metric == "detection_agreement":
+        lines.append(
+            "`accuracy` is detection agreement: the share of images whose boxes all match "
+            "the unmodified detector's (IoU >= 0.5, one to one); precision and recall pool "
+            "the boxes (summary.csv)."
+        )
+    elif metric != "accuracy":
+        lines.append("`accuracy` is top-1 agreement with the unsplit model (no labels).")
+    lines.append(
+        f"Link backend: {env['link_backend']}; round trip {extra.get('rtt_ms', 0):.2f} ms."
+    )
+    if extra.get("traffic"):
+        results.write_csv(out_dir / "traffic.csv", extra["traffic"], results.TRAFFIC_COLUMNS)
+        lines += ["", "Competing traffic (achieved):", ""]
+        for flow in extra["traffic"]:
+            achieved = flow.get("throughput_mbps")
+            text = f"{achieved:.3f} Mbit/s" if achieved is not None else flow.get("error", "?")
+            lines.append(f"- {flow['flow']}: {text}")
+    if extra.get("capture"):
+        lines += ["", "On the wire (capture.pcap):", ""]
+        lines += [f"- {line}" for line in extra["capture"]]
+    if extra.get("fidelity"):
+        lines += ["", "Link fidelity (measured/expected):", ""]
+        lines += [f"- {line}" for line in extra["fidelity"]]
+    if extra.get("interrupted"):
+        lines.append("**The run was interrupted: these results are partial.**")
+    (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    return summary

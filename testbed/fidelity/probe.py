@@ -1,0 +1,592 @@
+"""Link-fidelity probes: measure what an emulated link really does.
+
+Emulators fail silently here (TCLink drops `delay`/`loss` without netem), so the
+testbed measures each link instead of trusting its configuration. These modes run
+as separate processes inside the Mininet hosts, started by the topology code:
+
+    python -m testbed.fidelity.probe udp-sink   --port P [--duration S] [--timeout T] [--grace G]
+    python -m testbed.fidelity.probe udp-source --host H --port P --count N --interval-ms I --size B
+    python -m testbed.fidelity.probe tcp-sink   --port P [--timeout T] [--max-seconds S]
+    python -m testbed.fidelity.probe tcp-source --host H --port P --seconds S
+
+Server modes print `READY <port>` as their first stdout line once listening
+(`--port 0` picks a free port). Every mode prints one JSON object as its last
+stdout line. Exit status: 0 measured, 1 error (the JSON has "error"), 2 bad
+arguments, 128+signal when stopped by SIGTERM/SIGINT (the JSON holds what was
+measured so far and "terminated": true).
+
+One-way delay is measured directly: Mininet hosts share CLOCK_MONOTONIC, so the
+sender's time.monotonic_ns() in the probe compares with the receiver's.
+
+UDP probe datagram (big-endian), padded with zeros to the requested size:
+
+    offset size  field
+    0      4     magic b"DCPB"
+    4      1     version (1)
+    5      1     kind: 1 probe, 2 end marker
+    6      2     reserved (0)
+    8      4     train id (random per source run; the sink follows one train)
+    12     4     sequence number (probe: 0..count-1; marker: count)
+    16     4     count: probes in the train
+    20     4     datagram length; must equal the received length
+    24     8     sender's time.monotonic_ns() just before sending
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import contextlib
+import json
+import math
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Sequence
+
+from testbed.agents.protocol import set_congestion_control
+
+MAGIC = b"DCPB"
+VERSION = 1
+KIND_PROBE = 1
+KIND_END = 2
+HEADER = struct.Struct("!4sBBHIIIIq")
+MAX_DATAGRAM = 65507  # largest UDP payload over IPv4
+MAX_COUNT = 1_000_000  # bounds the sink's per-probe memory (~8 MB of delays)
+END_MARKERS = 3  # the marker may be lost like any probe
+END_MARKER_SPACING_S = 0.005
+TCP_CHUNK = 256 * 1024
+UDP_RCVBUF = 4 * 1024 * 1024  # so a burst is not dropped by the sink's own socket
+# Linux socket option: a per-datagram counter of datagrams the socket dropped,
+# so drops at the sink are not mistaken for link loss. Python has no constant.
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+class Terminated(Exception):
+    """SIGTERM/SIGINT arrived; unwinds a blocking call so partial results are printed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    _ignore_signals()  # a second signal must not interrupt printing the result
+    raise Terminated(signum)
+
+
+def _ignore_signals() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _emit(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _ready(port: int) -> None:
+    sys.stdout.write(f"READY {port}\n")
+    sys.stdout.flush()
+
+
+def _r(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+# ---------------------------------------------------------------- packets
+
+
+def encode_probe(buf: bytearray, kind: int, train: int, seq: int, count: int, send_ns: int) -> None:
+    """Writes the header in place so the source never allocates per packet."""
+    HEADER.pack_into(buf, 0, MAGIC, VERSION, kind, 0, train, seq, count, len(buf), send_ns)
+
+
+def decode_probe(data: bytes | memoryview) -> tuple[int, int, int, int, int] | None:
+    """Returns (kind, train, seq, count, send_ns), or None for anything not ours."""
+    if len(data) < HEADER.size:
+        return None
+    magic, version, kind, _, train, seq, count, length, send_ns = HEADER.unpack_from(data)
+    if magic != MAGIC or version != VERSION or length != len(data):
+        return None
+    if not 1 <= count <= MAX_COUNT:
+        return None
+    if kind == KIND_PROBE and seq < count:
+        return kind, train, seq, count, send_ns
+    if kind == KIND_END and seq == count:
+        return kind, train, seq, count, send_ns
+    return None
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), without numpy."""
+    if not sorted_values:
+        raise ValueError("no values")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def delay_stats(delays_ns: Sequence[int]) -> dict:
+    """Summary of one-way delays in ms; std is the sample std, used as jitter."""
+    if not delays_ns:
+        return dict.fromkeys(("median", "mean", "p5", "p95", "std", "min", "max"))
+    ms = sorted(d / 1e6 for d in delays_ns)
+    n = len(ms)
+    mean = math.fsum(ms) / n
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in ms) / (n - 1)) if n > 1 else 0.0
+    return {
+        "median": _r(percentile(ms, 50)),
+        "mean": _r(mean),
+        "p5": _r(percentile(ms, 5)),
+        "p95": _r(percentile(ms, 95)),
+        "std": _r(std),
+        "min": _r(ms[0]),
+        "max": _r(ms[-1]),
+    }
+
+
+# ---------------------------------------------------------------- sockets
+
+
+def _addr(host: str, port: int, kind: socket.SocketKind, passive: bool = False):
+    flags = socket.AI_PASSIVE if passive else 0
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=kind, flags=flags)[0]
+    return family, sockaddr
+
+
+# ---------------------------------------------------------------- udp-sink
+
+
+class UdpSink:
+    """Follows one train of probes and summarises its delay, loss and order."""
+
+    def __init__(self) -> None:
+        self.train: int | None = None
+        self.count = 0
+        self.seen = bytearray()  # one byte per sequence number, allocated once per train
+        self.delays = array.array("q")
+        self.max_seq = -1
+        self.reordered = 0
+        self.duplicates = 0
+        self.ignored = 0  # foreign or malformed datagrams, and other trains
+        self.end_marker = False
+        self.socket_drops = 0
+        self.first_ns: int | None = None
+        self.last_ns: int | None = None
+
+    def feed(self, data: memoryview, recv_ns: int) -> bool:
+        """Returns whether the datagram belonged to the followed train."""
+        decoded = decode_probe(data)
+        if decoded is None:
+            self.ignored += 1
+            return False
+        kind, train, seq, count, send_ns = decoded
+        if self.train is None:
+            # lock on a marker too, so a train whose probes were all lost reads 100% loss
+            self.train, self.count = train, count
+            self.seen = bytearray(count)
+        elif train != self.train or count != self.count:
+            self.ignored += 1
+            return False
+        if kind == KIND_END:
+            self.end_marker = True
+            return True
+        if self.seen[seq]:
+            self.duplicates += 1
+            return True
+        self.seen[seq] = 1
+        self.delays.append(recv_ns - send_ns)
+        if seq < self.max_seq:
+            self.reordered += 1  # arrived after a later-sent probe
+        else:
+            self.max_seq = seq
+        if self.first_ns is None:
+            self.first_ns = recv_ns
+        self.last_ns = recv_ns
+        return True
+
+    def result(self) -> dict:
+        received = len(self.delays)
+        expected = self.count if self.train is not None else self.max_seq + 1
+        loss = 100.0 * (expected - received) / expected if expected else None
+        span = (self.last_ns - self.first_ns) / 1e9 if self.first_ns is not None else None
+        return {
+            "received": received,
+            "expected": expected,
+            "loss_pct": _r(loss),
+            "delay_ms": delay_stats(self.delays),
+            "reordered": self.reordered,
+            "duplicates": self.duplicates,
+            "ignored": self.ignored,
+            "socket_drops": self.socket_drops,
+            "end_marker": self.end_marker,
+            "train": self.train,
+            "seconds": _r(span, 6),
+        }
+
+
+def _drops(ancdata: list) -> int | None:
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL and len(data) >= 4:
+            return struct.unpack("=I", data[:4])[0]
+    return None
+
+
+def udp_sink(args: argparse.Namespace, out: dict) -> int:
+    family, sockaddr = _addr(args.bind, args.port, socket.SOCK_DGRAM, passive=True)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sink = UdpSink()
+    out["partial"] = sink.result
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+        with contextlib.suppress(OSError):  # not Linux: sink drops go unreported
+            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+        sock.bind(sockaddr)
+        _ready(sock.getsockname()[1])
+        buf = bytearray(MAX_DATAGRAM + 1)  # +1: an oversized datagram fails the length check
+        view = memoryview(buf)
+        cmsg_size = socket.CMSG_SPACE(4)
+        started = time.monotonic()
+        first = last_valid = end_seen = None
+        while True:
+            now = time.monotonic()
+            if first is None:
+                deadline = started + args.timeout
+            else:
+                deadline = min(first + args.duration, last_valid + args.timeout)
+                if end_seen is not None:
+                    deadline = min(deadline, end_seen + args.grace)
+            if now >= deadline:
+                break
+            sock.settimeout(deadline - now)
+            try:
+                n, ancdata, _, _ = sock.recvmsg_into([view], cmsg_size)
+            except TimeoutError:
+                continue
+            recv_ns = time.monotonic_ns()
+            drops = _drops(ancdata)
+            if drops is not None:
+                sink.socket_drops = drops
+            if sink.feed(view[:n], recv_ns):
+                last_valid = recv_ns / 1e9
+                if first is None:
+                    first = last_valid
+                if sink.end_marker and end_seen is None:
+                    end_seen = last_valid
+    finally:
+        sock.close()
+    out.update(sink.result())
+    out.pop("partial")
+    if sink.train is None:
+        out["error"] = f"no probe received within {args.timeout:g} s"
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- udp-source
+
+
+def _sleep_until(target_ns: int) -> None:
+    delta = target_ns - time.monotonic_ns()
+    if delta > 0:
+        time.sleep(delta / 1e9)
+
+
+def udp_source(args: argparse.Namespace, out: dict) -> int:
+    family, sockaddr = _addr(args.host, args.port, socket.SOCK_DGRAM)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    train = args.train if args.train is not None else int.from_bytes(os.urandom(4), "big")
+    state = {"sent": 0, "send_errors": 0, "late_max_ms": 0.0}
+    out["partial"] = lambda: {**state, "train": train}
+    buf = bytearray(args.size)
+    interval_ns = round(args.interval_ms * 1e6)
+    try:
+        # scheduled from one start time: a late send does not shift the ones after it
+        start = time.monotonic_ns()
+        for seq in range(args.count):
+            target = start + seq * interval_ns
+            _sleep_until(target)
+            now = time.monotonic_ns()
+            state["late_max_ms"] = max(state["late_max_ms"], (now - target) / 1e6)
+            encode_probe(buf, KIND_PROBE, train, seq, args.count, time.monotonic_ns())
+            try:
+                sock.sendto(buf, sockaddr)
+                state["sent"] += 1
+            except OSError:
+                state["send_errors"] += 1  # e.g. ENOBUFS; the sink counts it as lost
+        marker = bytearray(HEADER.size)
+        end = start + args.count * interval_ns
+        for i in range(END_MARKERS):
+            _sleep_until(end + round(i * END_MARKER_SPACING_S * 1e9))
+            encode_probe(marker, KIND_END, train, args.count, args.count, time.monotonic_ns())
+            try:
+                sock.sendto(marker, sockaddr)
+            except OSError:
+                state["send_errors"] += 1
+    finally:
+        sock.close()
+    out.pop("partial")
+    out.update(state, train=train, late_max_ms=_r(state["late_max_ms"]))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- tcp-sink
+
+
+def tcp_sink(args: argparse.Namespace, out: dict) -> int:
+    family, sockaddr = _addr(args.bind, args.port, socket.SOCK_STREAM, passive=True)
+    listener = set_congestion_control(socket.socket(family, socket.SOCK_STREAM))
+    state = {"bytes": 0, "first_ns": None, "last_ns": None, "first_chunk": 0}
+
+    def result() -> dict:
+        first, last = state["first_ns"], state["last_ns"]
+        seconds = (last - first) / 1e9 if first is not None else None
+        # the first read's bytes arrived before the clock started, so they do not count
+        goodput = (state["bytes"] - state["first_chunk"]) * 8 / seconds / 1e6 if seconds else None
+        return {"bytes": state["bytes"], "seconds": _r(seconds, 6), "goodput_mbps": _r(goodput)}
+
+    out["partial"] = result
+    conn = None
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(sockaddr)
+        listener.listen(1)
+        _ready(listener.getsockname()[1])
+        listener.settimeout(args.timeout)
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            out.pop("partial")
+            out.update(result(), error=f"no connection within {args.timeout:g} s")
+            return EXIT_ERROR
+        finally:
+            listener.close()
+        stop = time.monotonic() + args.max_seconds
+        buf = bytearray(TCP_CHUNK)
+        error = None
+        while True:
+            remaining = stop - time.monotonic()
+            if remaining <= 0:
+                error = f"still receiving after {args.max_seconds:g} s"
+                break
+            conn.settimeout(min(args.timeout, remaining))
+            try:
+                n = conn.recv_into(buf)
+            except TimeoutError:
+                if args.timeout < remaining:
+                    error = f"nothing received for {args.timeout:g} s"
+                    break
+                continue  # the max-seconds check above reports it
+            now = time.monotonic_ns()
+            if n == 0:
+                break
+            if state["first_ns"] is None:
+                state["first_ns"], state["first_chunk"] = now, n
+            state["last_ns"] = now
+            state["bytes"] += n
+        if error is None and state["bytes"] == 0:
+            error = "connection closed without data"
+    finally:
+        listener.close()
+        if conn is not None:
+            conn.close()  # tells tcp-source that everything was read
+    out.pop("partial")
+    out.update(result())
+    if error:
+        out["error"] = error
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- tcp-source
+
+
+def _connect(family: int, sockaddr: tuple, timeout: float) -> socket.socket:
+    """Retries refused connections: the sink may still be starting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = set_congestion_control(socket.socket(family, socket.SOCK_STREAM))
+        remaining = deadline - time.monotonic()
+        sock.settimeout(max(remaining, 0.001))
+        try:
+            sock.connect(sockaddr)
+            return sock
+        except ConnectionRefusedError:
+            sock.close()
+            if deadline - time.monotonic() <= 0.1:
+                raise
+            time.sleep(0.1)
+        except BaseException:
+            sock.close()
+            raise
+
+
+def tcp_source(args: argparse.Namespace, out: dict) -> int:
+    family, sockaddr = _addr(args.host, args.port, socket.SOCK_STREAM)
+    state = {"bytes_sent": 0}
+    out["partial"] = lambda: dict(state)
+    sock = _connect(family, sockaddr, args.connect_timeout)
+    try:
+        view = memoryview(bytes(TCP_CHUNK))
+        started = time.monotonic()
+        stop = started + args.seconds
+        # send(), not sendall(): a timed-out sendall cannot say how much it sent,
+        # and one large sendall on a slow link would overrun the deadline
+        while (remaining := stop - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            try:
+                state["bytes_sent"] += sock.send(view)
+            except TimeoutError:
+                break
+        sending = time.monotonic() - started
+        sock.shutdown(socket.SHUT_WR)
+        # wait for the sink to close: then it has read every byte we counted
+        sock.settimeout(args.drain_timeout)
+        drained = True
+        try:
+            while sock.recv(4096):
+                pass
+        except TimeoutError:
+            drained = False
+    finally:
+        sock.close()
+    out.pop("partial")
+    out.update(
+        state,
+        seconds=_r(sending, 6),
+        drain_seconds=_r(time.monotonic() - started - sending, 6),
+    )
+    if not drained:
+        out["error"] = f"sink did not close within {args.drain_timeout:g} s of the end"
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- command line
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments still end with a JSON line, as callers parse the last line."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        _emit({"error": f"bad arguments: {message}"})
+        sys.exit(EXIT_USAGE)
+
+
+def _positive(x: str) -> float:
+    v = float(x)
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {x}")
+    return v
+
+
+def _non_negative(x: str) -> float:
+    v = float(x)
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {x}")
+    return v
+
+
+def _port(x: str) -> int:
+    v = int(x)
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {x}")
+    return v
+
+
+def _bounded_int(lo: int, hi: int):
+    def parse(x: str) -> int:
+        v = int(x)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be {lo}..{hi}, got {x}")
+        return v
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m testbed.fidelity.probe", description=__doc__.split("\n")[0])
+    modes = parser.add_subparsers(dest="mode", required=True, parser_class=_Parser)
+
+    p = modes.add_parser("udp-sink", help="receive a probe train; report delay and loss")
+    p.add_argument("--port", type=_port, required=True, help="0 picks a free port")
+    p.add_argument("--bind", default="0.0.0.0")
+    p.add_argument("--duration", type=_positive, default=60.0, help="s after the first probe")
+    p.add_argument(
+        "--timeout", type=_positive, default=10.0, help="s to wait for the first probe, or idle"
+    )
+    p.add_argument("--grace", type=_non_negative, default=0.5, help="s after the end marker")
+
+    p = modes.add_parser("udp-source", help="send a probe train at fixed intervals")
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=_port, required=True)
+    p.add_argument("--count", type=_bounded_int(1, MAX_COUNT), required=True)
+    p.add_argument("--interval-ms", type=_non_negative, required=True)
+    p.add_argument("--size", type=_bounded_int(HEADER.size, MAX_DATAGRAM), default=64)
+    p.add_argument("--train", type=_bounded_int(0, 2**32 - 1), default=None)
+
+    p = modes.add_parser("tcp-sink", help="receive one TCP stream; report goodput")
+    p.add_argument("--port", type=_port, required=True, help="0 picks a free port")
+    p.add_argument("--bind", default="0.0.0.0")
+    p.add_argument(
+        "--timeout", type=_positive, default=10.0, help="s to wait for the connection, or idle"
+    )
+    p.add_argument("--max-seconds", type=_positive, default=600.0)
+
+    p = modes.add_parser("tcp-source", help="send as fast as possible for a while")
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=_port, required=True)
+    p.add_argument("--seconds", type=_positive, required=True)
+    p.add_argument("--connect-timeout", type=_positive, default=10.0)
+    p.add_argument(
+        "--drain-timeout", type=_positive, default=60.0, help="s to wait for the sink to finish"
+    )
+    return parser
+
+
+MODES = {
+    "udp-sink": udp_sink,
+    "udp-source": udp_source,
+    "tcp-sink": tcp_sink,
+    "tcp-source": tcp_source,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out: dict = {"mode": args.mode}
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        code = MODES[args.mode](args, out)
+    except Terminated as stop:
+        partial = out.pop("partial", None)
+        if partial is not None:
+            out.update(partial())
+        out.update(terminated=True, error=f"stopped by signal {stop.signum}")
+        code = 128 + stop.signum
+    except OSError as exc:
+        _ignore_signals()
+        partial = out.pop("partial", None)
+        if partial is not None:
+            out.update(partial())
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        code = EXIT_ERROR
+    _ignore_signals()
+    _emit(out)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

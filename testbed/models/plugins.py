@@ -1,0 +1,74 @@
+"""Registry of model plugins: the shipped ones under `plugins/` and third-party ones
+registered through the entry-point group `deepcod_testbed.plugins`.
+
+Each shipped plugin is a subpackage of `plugins` with a `make_plugin()` factory; an
+entry point names such a factory (`mypkg.plugin:make_plugin`). Plugins are built
+lazily so that one broken plugin never stops the others from working.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from testbed.errors import PluginError
+from testbed.models.plugin_api import Plugin
+
+ENTRY_POINT_GROUP = "deepcod_testbed.plugins"
+
+
+def _shipped() -> dict[str, Callable[[], Plugin]]:
+    import plugins
+
+    found = {}
+    for info in pkgutil.iter_modules(plugins.__path__):
+        if info.ispkg:
+            name = info.name
+            found[name] = lambda name=name: importlib.import_module(f"plugins.{name}").make_plugin()
+    return found
+
+
+def _third_party() -> dict[str, Callable[[], Plugin]]:
+    return {ep.name: (lambda ep=ep: ep.load()()) for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available() -> list[str]:
+    """Names of all registered plugins (without importing them)."""
+    return sorted({**_shipped(), **_third_party()})
+
+
+def get(name: str) -> Plugin:
+    factories = {**_shipped(), **_third_party()}
+    if name not in factories:
+        raise PluginError(f"unknown plugin {name!r}; registered: {', '.join(sorted(factories))}")
+    try:
+        plugin = factories[name]()
+    except PluginError:
+        raise
+    except Exception as exc:  # a third party's bug must not look like ours
+        raise PluginError(f"plugin {name!r} failed to load: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(plugin, Plugin):
+        raise PluginError(
+            f"plugin {name!r}: factory returned {type(plugin).__name__}, not a Plugin"
+        )
+    return plugin
+
+
+def test_data(plugin: Plugin, folder: Path | None = None):
+    """The plugin's test set, or a folder of the user's own inputs in its place (scenario
+    key `test_data:`, `--test-data`); a plugin error names the plugin, a bad folder the
+    file (both exit 2)."""
+    if folder is None:
+        return plugin.test_data()
+    data = plugin.test_data_from(Path(folder))
+    spec = plugin.input_spec
+    if data.inputs.shape[1:] != tuple(spec.shape) or len(data.inputs) != len(data.labels):
+        raise PluginError(
+            f"plugin {plugin.name!r}: test_data_from({folder}) gave inputs "
+            f"{data.inputs.shape} for {len(data.labels)} labels; expected (N, "
+            f"{', '.join(map(str, spec.shape))})"
+        )
+    return data

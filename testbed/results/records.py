@@ -1,0 +1,438 @@
+"""Per-request records and their per-offloader summary (the results contract).
+
+A request that failed or timed out stays in requests.csv with its status, and
+counts as a wrong prediction in `accuracy`, so failures can never raise accuracy.
+
+For a detection plugin (`testbed.models.predictions`) a request `agrees` when its boxes match
+the unmodified model's on the original input one to one (no false positive, no false
+negative), `tp`/`fp`/`fn` count its boxes against those (a failed request found
+nothing: its reference boxes are all false negatives), `accuracy` is the share of
+images that agree, and `precision`/`recall` pool the boxes; both are empty for a
+classifier.
+
+Comparisons are at matched accuracy (docs/results.md): an offloader's speedup over
+another is claimed only when the other loses at least as much accuracy, since a faster
+offloader that loses more accuracy is not better; `within_bound` says whether its drop
+stays within the scenario's `max_drop_pp`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from testbed.results import stats
+from testbed.models.predictions import Comparison
+
+REQUEST_COLUMNS = [
+    "offloader", "request", "sample", "device_ms", "encode_ms", "uplink_ms", "decode_ms",
+    "edge_ms", "downlink_ms", "total_ms", "bytes_up", "bytes_down", "prediction", "label",
+    "correct", "agrees", "status", "error", "choice", "est_uplink_mbps", "queue_ms",
+    "intended_ms", "device", "tp", "fp", "fn",
+]  # fmt: skip
+SUMMARY_COLUMNS = [
+    "offloader", "n", "p50_ms", "mean_ms", "p95_ms", "p99_ms", "mean_bytes_up", "accuracy",
+    "accuracy_lo", "accuracy_hi", "agreement", "accuracy_drop_pp", "within_bound",
+    "speedup_vs_raw", "failed", "p50_device_ms", "p50_encode_ms", "p50_uplink_ms", "choice",
+    "p50_queue_ms", "precision", "recall",
+]  # fmt: skip
+DEFAULT_MAX_DROP_PP = 1.0  # the scenario's default bound (Scenario.max_drop_pp)
+# what a choice says about the request's configuration (the rest is prediction)
+CHOICE_KEYS = ("split", "bits", "scale", "quality", "mode")
+
+
+TRAFFIC_COLUMNS = [
+    "flow", "kind", "direction", "throughput_mbps", "bytes", "retransmits", "lost_packets",
+    "error",
+]  # fmt: skip
+
+
+CAPTURE_COLUMNS = [
+    "offloader", "request", "bytes_up", "wire_bytes_up", "bytes_down", "wire_bytes_down",
+    "retransmissions",
+]  # fmt: skip
+
+
+def read_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by an interruption
+    return records
+
+
+def complete_records(
+    records: list[dict], reference: dict, compare: Callable[[Any, Any], Comparison] | None = None
+) -> list[dict]:
+    """Add `correct` and `agrees` (with the unsplit model's prediction on the sample) and,
+    for detection, `tp`/`fp`/`fn`: `compare` is the plugin's (`predictions.comparer`;
+    None: a classifier's equality)."""
+    compare = compare or (lambda prediction, ref: Comparison(agrees=prediction == ref))
+    out = []
+    for record in records:
+        row = {column: record.get(column, "") for column in REQUEST_COLUMNS}
+        ok = record.get("status") == "ok"
+        prediction, label = record.get("prediction", -1), record.get("label", -1)
+        row["correct"] = int(ok and label >= 0 and prediction == label)
+        ref = reference.get(record.get("sample"))
+        found = compare(prediction if ok else None, ref) if ref is not None else Comparison(False)
+        row["agrees"] = int(ok and found.agrees)
+        for key in ("tp", "fp", "fn"):
+            row[key] = "" if getattr(found, key) is None else getattr(found, key)
+        out.append(row)
+    return out
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(row.get(k, "")) for k in columns})
+
+
+def _fmt(value):
+    if isinstance(value, list | tuple):  # a detection's boxes
+        return json.dumps(value, separators=(",", ":"))
+    return f"{value:.4f}" if isinstance(value, float) else value
+
+
+def summarize(
+    rows: list[dict],
+    order: list[str],
+    reference_score: float,
+    metric: str,
+    max_drop_pp: float = DEFAULT_MAX_DROP_PP,
+) -> list[dict]:
+    """One row per offloader; `accuracy` is agreement with the unsplit model where the
+    plugin's metric is agreement (no labels); `agreement` is that in every case."""
+    score_key = "correct" if metric == "accuracy" else "agrees"
+    summary = []
+    for name in order:
+        mine = [r for r in rows if r["offloader"] == name]
+        ok = [r for r in mine if r["status"] == "ok"]
+        totals = np.array([float(r["total_ms"]) for r in ok])
+        score = stats.wilson(sum(int(r[score_key]) for r in mine), len(mine))
+        drop = (reference_score - score.value) * 100
+        summary.append(
+            {
+                "offloader": name,
+                "n": len(ok),
+                "p50_ms": _pct(totals, 50),
+                "mean_ms": float(np.mean(totals)) if len(totals) else float("nan"),
+                "p95_ms": _pct(totals, 95),
+                "p99_ms": _pct(totals, 99),
+                "mean_bytes_up": float(np.mean([r["bytes_up"] for r in ok])) if ok else 0.0,
+                "accuracy": score.value,
+                "accuracy_lo": score.low,
+                "accuracy_hi": score.high,
+                "agreement": stats.wilson(sum(int(r["agrees"]) for r in mine), len(mine)).value,
+                "accuracy_drop_pp": drop,
+                "within_bound": int(within(drop, max_drop_pp)),
+                "speedup_vs_raw": "",
+                "failed": len(mine) - len(ok),
+                "p50_device_ms": _pct(_column(ok, "device_ms"), 50),
+                "p50_encode_ms": _pct(_column(ok, "encode_ms"), 50),
+                "p50_uplink_ms": _pct(_column(ok, "uplink_ms"), 50),
+                "choice": _common_choice(ok),
+                # open loop: how late the device started requests (0 in closed loop)
+                "p50_queue_ms": _pct(_column(ok, "queue_ms"), 50),
+                **_pooled(mine),
+            }
+        )
+    raw = next((s for s in summary if s["offloader"] == "raw"), None)
+    if raw is not None:
+        for row in summary:
+            if row["p50_ms"] > 0:
+                row["speedup_vs_raw"] = raw["p50_ms"] / row["p50_ms"]
+    return summary
+
+
+# ------------------------------------------------------------ matched accuracy
+
+
+def within(drop_pp: float, bound_pp: float) -> bool:
+    """Whether a drop (points) stays within a bound; an unknown drop does not."""
+    return math.isfinite(drop_pp) and drop_pp <= bound_pp + 1e-9
+
+
+def claimable(drop_pp: float, other_drop_pp: float) -> bool:
+    """Whether a speedup over `other` may be claimed: only when `other` loses at least as
+    much accuracy, or a faster but less faithful offloader would be called better."""
+    finite = math.isfinite(drop_pp) and math.isfinite(other_drop_pp)
+    return finite and other_drop_pp >= drop_pp - 1e-9
+
+
+def fastest_within(points: list[tuple[Any, float, float]], bound_pp: float) -> Any | None:
+    """Of (key, median ms, drop pp) points, the key of the fastest within the bound (ties:
+    the smaller drop, then the first); None where none is within."""
+    fits = [p for p in points if within(p[2], bound_pp) and math.isfinite(p[1])]
+    return min(fits, key=lambda p: (p[1], p[2]))[0] if fits else None
+
+
+def paired_totals(cells: list[list[dict]], name: str, other: str) -> tuple[np.ndarray, ...]:
+    """Latencies of `name` and `other` on the same samples, aligned: within each cell (a
+    run, whose offloaders all send the same samples) the k-th completed request of a
+    sample pairs with the other's k-th of that sample."""
+    mine, theirs = [], []
+    for rows in cells:
+        a, b = _by_sample(rows, name), _by_sample(rows, other)
+        for key in (k for k in a if k in b):  # a's order: the same pairs, the same bytes
+            mine.append(a[key])
+            theirs.append(b[key])
+    return np.array(mine, dtype=float), np.array(theirs, dtype=float)
+
+
+def _by_sample(rows: list[dict], name: str) -> dict[tuple, float]:
+    out, seen = {}, {}
+    for r in rows:
+        sample = r.get("sample", "")
+        if r["offloader"] != name or r["status"] != "ok" or not _is_finite(sample):
+            continue
+        seen[sample] = seen.get(sample, 0) + 1
+        out[(float(sample), seen[sample])] = float(r["total_ms"])
+    return dict(sorted(out.items()))
+
+
+def _is_finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class Versus:
+    """`name` against `other` at matched accuracy: `ratio` is median(other) / median(name)
+    (above 1: `name` is faster), computed only where a speedup may be claimed."""
+
+    name: str
+    other: str
+    drop_pp: float
+    other_drop_pp: float
+    ratio: stats.Estimate = stats.NAN
+    pairs: int = 0  # 0: unpaired (no shared samples), independent resampling
+
+    @property
+    def claimed(self) -> bool:
+        return claimable(self.drop_pp, self.other_drop_pp)
+
+    def verdict(self) -> str:
+        """What the comparison supports, in words."""
+        if not self.claimed:
+            if not (math.isfinite(self.drop_pp) and math.isfinite(self.other_drop_pp)):
+                return f"{self.other}: no accuracy to compare: no speedup claimed"
+            return (
+                f"{self.other} loses less accuracy (drop {self.other_drop_pp:.2f} vs "
+                f"{self.drop_pp:.2f} points): no speedup claimed"
+            )
+        if not math.isfinite(self.ratio.value):
+            return f"{self.other}: no completed requests to compare"
+        if self.ratio.low > 1:
+            return f"{self.name} faster at no larger drop"
+        if self.ratio.high < 1:
+            return f"{self.name} slower"
+        return "no clear difference in latency"
+
+    def ratio_text(self) -> str:
+        if not self.claimed or not math.isfinite(self.ratio.value):
+            return "-"
+        e, how = self.ratio, f"paired, {self.pairs} pairs" if self.pairs else "unpaired"
+        return f"{e.value:.2f}x [{e.low:.2f}, {e.high:.2f}] ({how})"
+
+
+def versus(
+    cells: list[list[dict]], name: str, other: str, drop_pp: float, other_drop_pp: float
+) -> Versus:
+    """Compare `name` with `other` over the cells' requests: paired by sample where they
+    share samples, else resampled independently; no ratio where no speedup may be
+    claimed."""
+    base = Versus(name, other, drop_pp, other_drop_pp)
+    if not base.claimed:
+        return base
+    mine, theirs = paired_totals(cells, name, other)
+    if mine.size:
+        ratio = stats.paired_ratio_of_medians_ci(theirs, mine)
+        return Versus(name, other, drop_pp, other_drop_pp, ratio, int(mine.size))
+    totals = [_ok_totals(rows, n) for n in (other, name) for rows in cells]
+    half = len(cells)
+    ratio = stats.ratio_of_medians_ci(np.concatenate(totals[:half]), np.concatenate(totals[half:]))
+    return Versus(name, other, drop_pp, other_drop_pp, ratio)
+
+
+def _ok_totals(rows: list[dict], name: str) -> np.ndarray:
+    return np.array(
+        [float(r["total_ms"]) for r in rows if r["offloader"] == name and r["status"] == "ok"]
+    )
+
+
+def configured_bounds(offloaders: list, labels: list[str] | None = None) -> dict[str, float]:
+    """Label -> the `max_drop_pp` an offloader was configured to stay within (jpeg or
+    webp only under `quality: auto`: a fixed quality aims at no bound); offloaders
+    configured with none are left out. `offloaders`: the scenario's list (names, or
+    dicts of name and parameters); `labels`: theirs, else spelled as the runner does."""
+    specs = [{"name": o} if isinstance(o, str) else dict(o) for o in offloaders or []]
+    names = [str(s.get("name", "")) for s in specs]
+    if labels is None or len(labels) != len(specs):
+        labels = [
+            n if names.count(n) == 1 else _label(n, {k: v for k, v in s.items() if k != "name"})
+            for n, s in zip(names, specs, strict=True)
+        ]
+    out = {}
+    for spec, label in zip(specs, labels, strict=True):
+        bound = spec.get("max_drop_pp")
+        if isinstance(bound, int | float) and spec.get("quality", "auto") == "auto":
+            out[label] = float(bound)
+    return out
+
+
+def _label(name: str, params: dict) -> str:
+    """runner.offloader_labels' label of a repeated offloader."""
+    return name + "_" + "_".join(f"{k}{v}" for k, v in params.items())
+
+
+def bound_warnings(
+    drops: dict[str, float], bound_pp: float, configured: dict[str, float], where: str = ""
+) -> list[str]:
+    """One line per offloader whose measured drop exceeds the scenario's bound or the
+    bound it was configured with."""
+    lines = []
+    for name, drop in drops.items():
+        broken = []
+        if name in configured and not within(drop, configured[name]):
+            broken.append(f"its configured max_drop_pp ({configured[name]:g})")
+        if not within(drop, bound_pp) and math.isfinite(drop):
+            broken.append(f"the scenario's bound ({bound_pp:g})")
+        if broken:
+            lines.append(
+                f"**Warning:** {name} lost {drop:.2f} accuracy points{where}, beyond "
+                + " and ".join(broken)
+                + "."
+            )
+    return lines
+
+
+def matched_lines(
+    rows: list[dict], summary: list[dict], bound_pp: float, configured: dict[str, float]
+) -> list[str]:
+    """summary.md's matched-accuracy part: the bound, each DeepCOD's comparisons (claimed
+    only against offloaders that lose at least as much accuracy), and the warnings."""
+    drops = {s["offloader"]: s["accuracy_drop_pp"] for s in summary}
+    lines = [
+        f"Accuracy bound: {bound_pp:g} points of drop (`max_drop_pp`); within it: "
+        + (", ".join(n for n, d in drops.items() if within(d, bound_pp)) or "none")
+        + "."
+    ]
+    for name in (n for n in drops if n.startswith("deepcod")):
+        others = [n for n in drops if not n.startswith("deepcod")]
+        found = [versus([rows], name, o, drops[name], drops[o]) for o in others]
+        lines += ["", f"{name} (drop {drops[name]:.2f} points) at matched accuracy:", ""]
+        lines += [f"- {v.other}: {v.ratio_text()}, {v.verdict()}" for v in found if v.claimed]
+        lines += [f"- {v.verdict()}" for v in found if not v.claimed]
+        if not any(v.claimed for v in found):
+            lines.append("- No offloader loses at least as much accuracy: no speedup claimed.")
+    warnings = bound_warnings(drops, bound_pp, configured)
+    return lines + (["", *(f"- {w}" for w in warnings)] if warnings else [])
+
+
+def _pooled(rows: list[dict]) -> dict:
+    """Precision and recall of the boxes of all requests (failed ones included: they
+    found nothing); empty where the requests carry no box counts (a classifier)."""
+    counted = [r for r in rows if r.get("tp", "") != ""]
+    if not counted:
+        return {"precision": "", "recall": ""}
+    tp, fp, fn = (sum(int(r[k]) for r in counted) for k in ("tp", "fp", "fn"))
+    return {
+        "precision": tp / (tp + fp) if tp + fp else 1.0,  # nothing found: nothing wrong
+        "recall": tp / (tp + fn) if tp + fn else 1.0,  # nothing to find
+    }
+
+
+def _column(rows: list[dict], key: str) -> np.ndarray:
+    return np.array([float(r[key]) for r in rows if r.get(key, "") != ""])
+
+
+def _common_choice(rows: list[dict]) -> str:
+    """The most frequent configuration adaptive offloaders chose, with its share:
+    `split=4 bits=3 (28/30)`; empty for offloaders that choose nothing."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        if not row.get("choice"):
+            continue
+        choice = json.loads(row["choice"])
+        text = " ".join(f"{k}={choice[k]}" for k in CHOICE_KEYS if k in choice)
+        counts[text] = counts.get(text, 0) + 1
+    if not counts:
+        return ""
+    text, count = max(counts.items(), key=lambda item: item[1])
+    return f"{text} ({count}/{len(rows)})" if count < len(rows) else text
+
+
+def _pct(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def table(summary: list[dict]) -> str:
+    """The summary as a Markdown table (also readable in a terminal). `vs raw` only where
+    the offloader loses no more accuracy than raw: a speedup bought with accuracy is no
+    speedup at matched accuracy."""
+    head = ["offloader", "n", "p50 ms", "mean ms", "p95 ms", "p99 ms", "bytes up"]
+    head += ["accuracy [95% CI]", "agreement", "drop pp", "in bound", "vs raw", "encode ms"]
+    head += ["choice"]
+    boxes = any(s.get("precision", "") != "" for s in summary)  # a detector's
+    if boxes:
+        head += ["precision", "recall"]
+    raw = next((s for s in summary if s["offloader"] == "raw"), None)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summary:
+        cells = [
+            s["offloader"], str(s["n"]), f"{s['p50_ms']:.1f}", _num(s.get("mean_ms", ""), 1),
+            f"{s['p95_ms']:.1f}", f"{s['p99_ms']:.1f}", f"{s['mean_bytes_up']:.0f}",
+            _score(s), _share(s.get("agreement", "")), f"{s['accuracy_drop_pp']:+.2f}",
+            _bound(s.get("within_bound", "")), _vs_raw(s, raw), f"{s['p50_encode_ms']:.2f}",
+            s["choice"] or "-",
+        ]  # fmt: skip
+        if boxes:
+            cells += [_share(s.get("precision", "")), _share(s.get("recall", ""))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _score(s: dict) -> str:
+    low, high = s.get("accuracy_lo", ""), s.get("accuracy_hi", "")
+    if low == "" or not math.isfinite(low):
+        return _share(s["accuracy"])
+    return f"{_share(s['accuracy'])} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def _vs_raw(s: dict, raw: dict | None) -> str:
+    if s["speedup_vs_raw"] == "" or raw is None:
+        return "-"
+    if not claimable(s["accuracy_drop_pp"], raw["accuracy_drop_pp"]):
+        return "loses more"
+    return f"{s['speedup_vs_raw']:.2f}x"
+
+
+def _bound(value) -> str:
+    return {1: "yes", 0: "no"}.get(value, "-") if value != "" else "-"
+
+
+def _num(value, digits: int) -> str:
+    return "-" if value == "" else f"{value:.{digits}f}"
+
+
+def _share(value) -> str:
+    if value == "" or not math.isfinite(value):
+        return "-"
+    return f"{100 * value:.1f}%"
