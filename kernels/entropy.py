@@ -27,7 +27,9 @@ MAX_NDIM = 64
 _MAX_DIM = (1 << 63) - 1
 
 # flags bits 0-1: dtype code; bit 2: sparse code lengths; bits 3-7 reserved (zero).
-_DTYPES = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.uint16), np.dtype(np.int16))
+_DTYPES: tuple[np.dtype, ...] = (
+    np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.uint16), np.dtype(np.int16)
+)
 _SPARSE = 0x04
 _FIXED = len(MAGIC) + 3  # magic, version, flags, ndim
 _CRC = 4
@@ -82,8 +84,8 @@ def _to_unsigned(a: np.ndarray, code: int) -> np.ndarray:
     if code == 0 or code == 2:
         return flat
     # Offset binary: -128..127 -> 0..255 (resp. 16-bit), so the histogram stays dense.
-    unsigned = np.uint8 if code == 1 else np.uint16
-    return flat.view(unsigned) ^ unsigned(0x80 if code == 1 else 0x8000)
+    unsigned = np.dtype(np.uint8 if code == 1 else np.uint16)
+    return flat.view(unsigned) ^ np.asarray(0x80 if code == 1 else 0x8000, unsigned)
 
 
 def _length_table(lengths: np.ndarray) -> tuple[int, bytes]:
@@ -131,7 +133,7 @@ def encode(symbols: np.ndarray) -> bytes:
     if u.size:
         huffman.encode_with(u, lengths, nbits, buf[h:])
     end = h + nbytes
-    buf[end : end + _CRC] = np.frombuffer(struct.pack("<I", zlib.crc32(buf[:end])), np.uint8)
+    buf[end : end + _CRC] = np.frombuffer(struct.pack("<I", zlib.crc32(buf[:end].data)), np.uint8)
     return buf[: end + _CRC].tobytes()
 
 

@@ -330,7 +330,7 @@ class DecodeTable(NamedTuple):
     bits: int  # table index width, min(max_len, PRIMARY_BITS)
     max_len: int
     first: np.ndarray  # first canonical code of each length
-    count: np.ndarray  # number of codes of each length
+    per_length: np.ndarray  # number of codes of each length
     base: np.ndarray  # index in `symbols` of the first code of each length
     symbols: np.ndarray  # used symbols ordered by (length, symbol), i.e. by code
 
@@ -496,7 +496,7 @@ def decode_with(payload: np.ndarray, tables: DecodeTable, out: np.ndarray) -> in
             t.bits,
             t.max_len,
             t.first,
-            t.count,
+            t.per_length,
             t.base,
             t.symbols,
             out,

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The project's test command (README, .ci/run): set-up if needed, lint, then the
+# The project's test command (README, .ci/run): set-up if needed, lint, types, then the
 # whole suite (unit, property, end-to-end Mininet runs, quick benchmarks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy  # the runtime packages ([tool.mypy] in pyproject.toml)
 mkdir -p results
 stamp=$(mktemp)
 trap 'rm -f "$stamp"' EXIT

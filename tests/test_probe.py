@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from testbed.fidelity import judge as fidelity
-from testbed.fidelity import probe
+from testbed.fidelity import probe, probe_packets
 from testbed.fidelity.judge import (
     betainc,
     clopper_pearson,
@@ -79,9 +79,9 @@ def run(*args: str, timeout: float = 15) -> tuple[int, dict]:
 
 def send_garbage(port: int) -> int:
     """Datagrams a sink must ignore; returns how many were sent."""
-    h = probe.HEADER
+    h = probe_packets.HEADER
     good = bytearray(64)
-    probe.encode_probe(good, probe.KIND_PROBE, 7, 0, 10, time.monotonic_ns())
+    probe_packets.encode_probe(good, probe_packets.KIND_PROBE, 7, 0, 10, time.monotonic_ns())
     bad_magic = b"XXXX" + bytes(good[4:])
     bad_version = bytes(good[:4]) + b"\x09" + bytes(good[5:])
     truncated = bytes(good[:-1])  # length field says 64
@@ -89,9 +89,13 @@ def send_garbage(port: int) -> int:
     bad_kind = bytearray(good)
     bad_kind[5] = 9
     seq_past_count = bytearray(64)
-    h.pack_into(seq_past_count, 0, probe.MAGIC, 1, probe.KIND_PROBE, 0, 7, 10, 10, 64, 0)
+    h.pack_into(
+        seq_past_count, 0, probe_packets.MAGIC, 1, probe_packets.KIND_PROBE, 0, 7, 10, 10, 64, 0
+    )
     huge_count = bytearray(64)
-    h.pack_into(huge_count, 0, probe.MAGIC, 1, probe.KIND_PROBE, 0, 7, 0, 2**31, 64, 0)
+    h.pack_into(
+        huge_count, 0, probe_packets.MAGIC, 1, probe_packets.KIND_PROBE, 0, 7, 0, 2**31, 64, 0
+    )
     packets = [
         b"",
         b"hello",
@@ -152,8 +156,8 @@ def test_udp_sink_ignores_foreign_datagrams():
 def test_udp_sink_reports_loss_from_marker_when_every_probe_is_lost():
     """Only the end marker arrives: that is 100% loss, not 'no traffic'."""
     sink, port = start_sink("udp-sink", "--timeout", "5", "--grace", "0.1")
-    marker = bytearray(probe.HEADER.size)
-    probe.encode_probe(marker, probe.KIND_END, 5, 50, 50, time.monotonic_ns())
+    marker = bytearray(probe_packets.HEADER.size)
+    probe_packets.encode_probe(marker, probe_packets.KIND_END, 5, 50, 50, time.monotonic_ns())
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(marker, (LOCAL, port))
     rc, got = finish(sink)
@@ -263,22 +267,24 @@ def test_bad_arguments_end_with_a_json_error(args):
 
 def test_probe_header_round_trip_and_rejections():
     buf = bytearray(100)
-    probe.encode_probe(buf, probe.KIND_PROBE, 3, 4, 10, 123456789)
-    assert probe.decode_probe(bytes(buf)) == (probe.KIND_PROBE, 3, 4, 10, 123456789)
-    assert probe.decode_probe(bytes(buf[:-1])) is None
-    assert probe.decode_probe(bytes(buf[:10])) is None
-    end = bytearray(probe.HEADER.size)
-    probe.encode_probe(end, probe.KIND_END, 3, 10, 10, 1)
-    assert probe.decode_probe(memoryview(end))[0] == probe.KIND_END
-    probe.encode_probe(end, probe.KIND_END, 3, 9, 10, 1)  # a marker carries seq == count
-    assert probe.decode_probe(end) is None
+    probe_packets.encode_probe(buf, probe_packets.KIND_PROBE, 3, 4, 10, 123456789)
+    assert probe_packets.decode_probe(bytes(buf)) == (probe_packets.KIND_PROBE, 3, 4, 10, 123456789)
+    assert probe_packets.decode_probe(bytes(buf[:-1])) is None
+    assert probe_packets.decode_probe(bytes(buf[:10])) is None
+    end = bytearray(probe_packets.HEADER.size)
+    probe_packets.encode_probe(end, probe_packets.KIND_END, 3, 10, 10, 1)
+    assert probe_packets.decode_probe(memoryview(end))[0] == probe_packets.KIND_END
+    probe_packets.encode_probe(
+        end, probe_packets.KIND_END, 3, 9, 10, 1
+    )  # a marker carries seq == count
+    assert probe_packets.decode_probe(end) is None
 
 
 def test_udp_sink_state_counts_reorder_duplicates_and_other_trains():
     sink = probe.UdpSink()
     buf = bytearray(64)
     for seq, train in [(0, 1), (2, 1), (1, 1), (2, 1), (3, 2), (4, 1)]:
-        probe.encode_probe(buf, probe.KIND_PROBE, train, seq, 6, 1_000_000)
+        probe_packets.encode_probe(buf, probe_packets.KIND_PROBE, train, seq, 6, 1_000_000)
         sink.feed(memoryview(buf), 3_000_000)
     r = sink.result()
     assert r["received"] == 4 and r["expected"] == 6
@@ -288,7 +294,7 @@ def test_udp_sink_state_counts_reorder_duplicates_and_other_trains():
 
 
 def test_delay_stats_percentiles():
-    stats = probe.delay_stats([i * 1_000_000 for i in range(1, 102)])  # 1..101 ms
+    stats = probe_packets.delay_stats([i * 1_000_000 for i in range(1, 102)])  # 1..101 ms
     assert stats["median"] == 51.0 and stats["p5"] == 6.0 and stats["p95"] == 96.0
     assert stats["mean"] == 51.0 and stats["min"] == 1.0 and stats["max"] == 101.0
     assert math.isclose(stats["std"], math.sqrt(101 * 102 / 12), abs_tol=1e-4)

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 STATE_DIR = Path("/run/deepcod-testbed")
@@ -43,7 +44,7 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
-def register(prefix: str, host_pids: list[int] = ()) -> Path:
+def register(prefix: str, host_pids: Sequence[int] = ()) -> Path:
     """Write (or rewrite, once the hosts exist) the run's state file."""
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     path = STATE_DIR / f"{prefix}.json"
@@ -64,7 +65,7 @@ def unregister(path: Path) -> None:
 
 
 def stale_prefixes() -> list[str]:
-    found = []
+    found: list[str] = []
     if not STATE_DIR.is_dir():
         return found
     for path in sorted(STATE_DIR.glob("dc*.json")):

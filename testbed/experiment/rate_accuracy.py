@@ -120,7 +120,7 @@ def configurations(plugin, families=FAMILIES) -> tuple[list[Config], list[str]]:
 def artefact_keys(plugin) -> list[str]:
     """Names (without .pt) of the artefacts beside the plugin's code and in its
     `artefacts` (where tests redirect them), as `testbed.offloaders.deepcod.train` finds them."""
-    folder = Path(sys.modules[type(plugin).__module__].__file__).resolve().parent
+    folder = Path(sys.modules[type(plugin).__module__].__file__ or ".").resolve().parent
     return sorted({path.stem for path in folder.glob("*.pt")} | set(plugin.artefacts))
 
 

@@ -21,6 +21,7 @@ key is compared with an *expected* value:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 KEYS = ("bandwidth_mbps", "delay_ms", "jitter_ms", "loss_pct")
 GOODPUT_RATIO = 0.956
@@ -197,13 +198,13 @@ def compare(
     if rate is not None and rate < 0:
         raise ValueError(f"configured bandwidth_mbps must be >= 0, got {rate}")
     rate = rate or None
-    conf = {
+    conf: dict[str, Any] = {
         "bandwidth_mbps": rate,
         "delay_ms": _num(configured, "delay_ms") or 0.0,
         "jitter_ms": _num(configured, "jitter_ms") or 0.0,
         "loss_pct": _num(configured, "loss_pct") or 0.0,
     }
-    meas = {key: _num(measured, key) for key in KEYS}
+    meas: dict[str, Any] = {key: _num(measured, key) for key in KEYS}
     probe_bytes = int(measured.get("probe_bytes") or DEFAULT_PROBE_BYTES)
     probes = measured.get("probes")
 
@@ -253,7 +254,8 @@ def compare(
             skipped.append(key)
             continue
         if key == "loss_pct":
-            within[key] = k_lo <= lost <= k_hi  # on counts: no rounding of percentages
+            # on counts: no rounding of percentages (lost is known wherever loss_pct is)
+            within[key] = lost is not None and k_lo <= lost <= k_hi
         else:
             lo, hi = bounds[key]
             within[key] = lo <= meas[key] <= hi

@@ -37,8 +37,6 @@ from __future__ import annotations
 import argparse
 import array
 import contextlib
-import json
-import math
 import os
 import signal
 import socket
@@ -46,16 +44,21 @@ import struct
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from testbed.agents.protocol import set_congestion_control
+from testbed.fidelity.probe_args import build_parser, emit
+from testbed.fidelity.probe_packets import (
+    HEADER,
+    KIND_END,
+    KIND_PROBE,
+    MAX_DATAGRAM,
+    decode_probe,
+    delay_stats,
+    encode_probe,
+    rounded,
+)
 
-MAGIC = b"DCPB"
-VERSION = 1
-KIND_PROBE = 1
-KIND_END = 2
-HEADER = struct.Struct("!4sBBHIIIIq")
-MAX_DATAGRAM = 65507  # largest UDP payload over IPv4
-MAX_COUNT = 1_000_000  # bounds the sink's per-probe memory (~8 MB of delays)
 END_MARKERS = 3  # the marker may be lost like any probe
 END_MARKER_SPACING_S = 0.005
 TCP_CHUNK = 256 * 1024
@@ -63,7 +66,7 @@ UDP_RCVBUF = 4 * 1024 * 1024  # so a burst is not dropped by the sink's own sock
 # Linux socket option: a per-datagram counter of datagrams the socket dropped,
 # so drops at the sink are not mistaken for link loss. Python has no constant.
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
-EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERROR = 0, 1
 
 
 class Terminated(Exception):
@@ -84,74 +87,9 @@ def _ignore_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _emit(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
 def _ready(port: int) -> None:
     sys.stdout.write(f"READY {port}\n")
     sys.stdout.flush()
-
-
-def _r(x: float | None, digits: int = 4) -> float | None:
-    return None if x is None else round(x, digits)
-
-
-# ---------------------------------------------------------------- packets
-
-
-def encode_probe(buf: bytearray, kind: int, train: int, seq: int, count: int, send_ns: int) -> None:
-    """Writes the header in place so the source never allocates per packet."""
-    HEADER.pack_into(buf, 0, MAGIC, VERSION, kind, 0, train, seq, count, len(buf), send_ns)
-
-
-def decode_probe(data: bytes | memoryview) -> tuple[int, int, int, int, int] | None:
-    """Returns (kind, train, seq, count, send_ns), or None for anything not ours."""
-    if len(data) < HEADER.size:
-        return None
-    magic, version, kind, _, train, seq, count, length, send_ns = HEADER.unpack_from(data)
-    if magic != MAGIC or version != VERSION or length != len(data):
-        return None
-    if not 1 <= count <= MAX_COUNT:
-        return None
-    if kind == KIND_PROBE and seq < count:
-        return kind, train, seq, count, send_ns
-    if kind == KIND_END and seq == count:
-        return kind, train, seq, count, send_ns
-    return None
-
-
-# ---------------------------------------------------------------- statistics
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default), without numpy."""
-    if not sorted_values:
-        raise ValueError("no values")
-    pos = (len(sorted_values) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
-def delay_stats(delays_ns: Sequence[int]) -> dict:
-    """Summary of one-way delays in ms; std is the sample std, used as jitter."""
-    if not delays_ns:
-        return dict.fromkeys(("median", "mean", "p5", "p95", "std", "min", "max"))
-    ms = sorted(d / 1e6 for d in delays_ns)
-    n = len(ms)
-    mean = math.fsum(ms) / n
-    std = math.sqrt(math.fsum((x - mean) ** 2 for x in ms) / (n - 1)) if n > 1 else 0.0
-    return {
-        "median": _r(percentile(ms, 50)),
-        "mean": _r(mean),
-        "p5": _r(percentile(ms, 5)),
-        "p95": _r(percentile(ms, 95)),
-        "std": _r(std),
-        "min": _r(ms[0]),
-        "max": _r(ms[-1]),
-    }
 
 
 # ---------------------------------------------------------------- sockets
@@ -218,11 +156,12 @@ class UdpSink:
         received = len(self.delays)
         expected = self.count if self.train is not None else self.max_seq + 1
         loss = 100.0 * (expected - received) / expected if expected else None
-        span = (self.last_ns - self.first_ns) / 1e9 if self.first_ns is not None else None
+        first, last = self.first_ns, self.last_ns
+        span = (last - first) / 1e9 if first is not None and last is not None else None
         return {
             "received": received,
             "expected": expected,
-            "loss_pct": _r(loss),
+            "loss_pct": rounded(loss),
             "delay_ms": delay_stats(self.delays),
             "reordered": self.reordered,
             "duplicates": self.duplicates,
@@ -230,7 +169,7 @@ class UdpSink:
             "socket_drops": self.socket_drops,
             "end_marker": self.end_marker,
             "train": self.train,
-            "seconds": _r(span, 6),
+            "seconds": rounded(span, 6),
         }
 
 
@@ -335,7 +274,7 @@ def udp_source(args: argparse.Namespace, out: dict) -> int:
     finally:
         sock.close()
     out.pop("partial")
-    out.update(state, train=train, late_max_ms=_r(state["late_max_ms"]))
+    out.update(state, train=train, late_max_ms=rounded(state["late_max_ms"]))
     return EXIT_OK
 
 
@@ -345,14 +284,18 @@ def udp_source(args: argparse.Namespace, out: dict) -> int:
 def tcp_sink(args: argparse.Namespace, out: dict) -> int:
     family, sockaddr = _addr(args.bind, args.port, socket.SOCK_STREAM, passive=True)
     listener = set_congestion_control(socket.socket(family, socket.SOCK_STREAM))
-    state = {"bytes": 0, "first_ns": None, "last_ns": None, "first_chunk": 0}
+    state: dict[str, Any] = {"bytes": 0, "first_ns": None, "last_ns": None, "first_chunk": 0}
 
     def result() -> dict:
         first, last = state["first_ns"], state["last_ns"]
         seconds = (last - first) / 1e9 if first is not None else None
         # the first read's bytes arrived before the clock started, so they do not count
         goodput = (state["bytes"] - state["first_chunk"]) * 8 / seconds / 1e6 if seconds else None
-        return {"bytes": state["bytes"], "seconds": _r(seconds, 6), "goodput_mbps": _r(goodput)}
+        return {
+            "bytes": state["bytes"],
+            "seconds": rounded(seconds, 6),
+            "goodput_mbps": rounded(goodput),
+        }
 
     out["partial"] = result
     conn = None
@@ -462,97 +405,13 @@ def tcp_source(args: argparse.Namespace, out: dict) -> int:
     out.pop("partial")
     out.update(
         state,
-        seconds=_r(sending, 6),
-        drain_seconds=_r(time.monotonic() - started - sending, 6),
+        seconds=rounded(sending, 6),
+        drain_seconds=rounded(time.monotonic() - started - sending, 6),
     )
     if not drained:
         out["error"] = f"sink did not close within {args.drain_timeout:g} s of the end"
         return EXIT_ERROR
     return EXIT_OK
-
-
-# ---------------------------------------------------------------- command line
-
-
-class _Parser(argparse.ArgumentParser):
-    """Bad arguments still end with a JSON line, as callers parse the last line."""
-
-    def error(self, message: str):
-        self.print_usage(sys.stderr)
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        _emit({"error": f"bad arguments: {message}"})
-        sys.exit(EXIT_USAGE)
-
-
-def _positive(x: str) -> float:
-    v = float(x)
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {x}")
-    return v
-
-
-def _non_negative(x: str) -> float:
-    v = float(x)
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {x}")
-    return v
-
-
-def _port(x: str) -> int:
-    v = int(x)
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {x}")
-    return v
-
-
-def _bounded_int(lo: int, hi: int):
-    def parse(x: str) -> int:
-        v = int(x)
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"must be {lo}..{hi}, got {x}")
-        return v
-
-    return parse
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m testbed.fidelity.probe", description=__doc__.split("\n")[0])
-    modes = parser.add_subparsers(dest="mode", required=True, parser_class=_Parser)
-
-    p = modes.add_parser("udp-sink", help="receive a probe train; report delay and loss")
-    p.add_argument("--port", type=_port, required=True, help="0 picks a free port")
-    p.add_argument("--bind", default="0.0.0.0")
-    p.add_argument("--duration", type=_positive, default=60.0, help="s after the first probe")
-    p.add_argument(
-        "--timeout", type=_positive, default=10.0, help="s to wait for the first probe, or idle"
-    )
-    p.add_argument("--grace", type=_non_negative, default=0.5, help="s after the end marker")
-
-    p = modes.add_parser("udp-source", help="send a probe train at fixed intervals")
-    p.add_argument("--host", required=True)
-    p.add_argument("--port", type=_port, required=True)
-    p.add_argument("--count", type=_bounded_int(1, MAX_COUNT), required=True)
-    p.add_argument("--interval-ms", type=_non_negative, required=True)
-    p.add_argument("--size", type=_bounded_int(HEADER.size, MAX_DATAGRAM), default=64)
-    p.add_argument("--train", type=_bounded_int(0, 2**32 - 1), default=None)
-
-    p = modes.add_parser("tcp-sink", help="receive one TCP stream; report goodput")
-    p.add_argument("--port", type=_port, required=True, help="0 picks a free port")
-    p.add_argument("--bind", default="0.0.0.0")
-    p.add_argument(
-        "--timeout", type=_positive, default=10.0, help="s to wait for the connection, or idle"
-    )
-    p.add_argument("--max-seconds", type=_positive, default=600.0)
-
-    p = modes.add_parser("tcp-source", help="send as fast as possible for a while")
-    p.add_argument("--host", required=True)
-    p.add_argument("--port", type=_port, required=True)
-    p.add_argument("--seconds", type=_positive, required=True)
-    p.add_argument("--connect-timeout", type=_positive, default=10.0)
-    p.add_argument(
-        "--drain-timeout", type=_positive, default=60.0, help="s to wait for the sink to finish"
-    )
-    return parser
 
 
 MODES = {
@@ -584,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out["error"] = f"{type(exc).__name__}: {exc}"
         code = EXIT_ERROR
     _ignore_signals()
-    _emit(out)
+    emit(out)
     return code
 
 

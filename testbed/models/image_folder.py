@@ -112,7 +112,7 @@ def eval_view(image, resize: int = RESIZE, crop: int = CROP) -> np.ndarray:
 
     w, h = image.size
     size = (resize, int(resize * h / w)) if w <= h else (int(resize * w / h), resize)
-    image = image.resize(size, Image.BILINEAR)
+    image = image.resize(size, Image.Resampling.BILINEAR)
     left = round((size[0] - crop) / 2.0)
     top = round((size[1] - crop) / 2.0)
     view = image.crop((left, top, left + crop, top + crop))

@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from functools import partial
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from testbed.errors import PluginError
@@ -23,16 +24,23 @@ ENTRY_POINT_GROUP = "deepcod_testbed.plugins"
 def _shipped() -> dict[str, Callable[[], Plugin]]:
     import plugins
 
-    found = {}
+    found: dict[str, Callable[[], Plugin]] = {}
     for info in pkgutil.iter_modules(plugins.__path__):
         if info.ispkg:
-            name = info.name
-            found[name] = lambda name=name: importlib.import_module(f"plugins.{name}").make_plugin()
+            found[info.name] = partial(_make_shipped, info.name)
     return found
 
 
+def _make_shipped(name: str) -> Plugin:
+    return importlib.import_module(f"plugins.{name}").make_plugin()
+
+
 def _third_party() -> dict[str, Callable[[], Plugin]]:
-    return {ep.name: (lambda ep=ep: ep.load()()) for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return {ep.name: partial(_make_installed, ep) for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _make_installed(entry_point: EntryPoint) -> Plugin:
+    return entry_point.load()()
 
 
 def available() -> list[str]:

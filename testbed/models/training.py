@@ -15,6 +15,7 @@ import os
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -158,13 +159,13 @@ def score_through(plugin, codec: nn.Module, split: int, count: int | None = None
     data = plugin.test_data() if data is None else data
     head, tail = model[:split], model[split:]
     count = min(count or len(data), len(data))
-    direct, through = [], []
+    direct_parts, through_parts = [], []
     for start in range(0, count, batch_size):
         x = plugin.to_tensor(data.inputs[start : min(count, start + batch_size)])
         x = head(x.to(device) if device is not None else x)
-        direct.append(tail(x).argmax(1).cpu())
-        through.append(tail(codec(x)).argmax(1).cpu())
-    direct, through = torch.cat(direct), torch.cat(through)
+        direct_parts.append(tail(x).argmax(1).cpu())
+        through_parts.append(tail(codec(x)).argmax(1).cpu())
+    direct, through = torch.cat(direct_parts), torch.cat(through_parts)
     agreement = float((through == direct).float().mean())
     if plugin.metric == "accuracy":
         labels = torch.from_numpy(data.labels[:count])
@@ -223,9 +224,10 @@ def fit(plugin, data, step, *, epochs: int, batch_size: int, generator: torch.Ge
     back with `resume`; restoring the generator continues the batches and crops exactly."""
     checkpoints = Checkpoints(resume_from, resume) if resume_from is not None else None
     done_epochs = checkpoints.load(modules, generator) if checkpoints is not None else 0
-    if done_epochs:
+    if done_epochs and checkpoints is not None:
         print(f"resuming after epoch {done_epochs} from {checkpoints.path}", file=sys.stderr)
-    done, shown = 0, {}
+    done = 0
+    shown: dict[str, Any] = {}
     total = batches_per_epoch(plugin, data, batch_size, augment, limit)
     for epoch in range(done_epochs, epochs):
         for m in modules.values():

@@ -223,7 +223,8 @@ def run_sink(args, ready_out=sys.stdout) -> dict:
     deadline = time.monotonic() + args.max_seconds if args.max_seconds else math.inf
     buf = bytearray(65536)
     total = packets = 0
-    first = last = None
+    first: float | None = None
+    last = 0.0
     bins: list[int] = []
     seq_lo, seq_hi, seq_n = math.inf, -1, 0
 
@@ -252,8 +253,8 @@ def run_sink(args, ready_out=sys.stdout) -> dict:
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        readable, _, _ = select.select([sock, stop.fd], [], [], min(left, 3600.0))
-        if sock in readable:
+        readable, _, _ = select.select([sock.fileno(), stop.fd], [], [], min(left, 3600.0))
+        if sock.fileno() in readable:
             drain()
     drain()  # what already arrived still counts
     sock.close()

@@ -31,6 +31,7 @@ import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from testbed import programs
 from testbed.errors import TestbedError
@@ -286,7 +287,7 @@ def parse_trafficgen(
         doc = json.loads(line)
         if not isinstance(doc, dict):
             raise ValueError("not an object")
-        out = {
+        out: dict[str, Any] = {
             "flow": flow,
             "kind": kind,
             "direction": direction,

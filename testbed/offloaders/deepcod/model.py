@@ -19,6 +19,8 @@ would spend measurements on. Sizes that are multiples of 4 are not padded at all
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
@@ -53,9 +55,8 @@ class SamplingEncoder(nn.Module):
         super().__init__()
         self.out_channels = encoder_channels(in_channels, ratio)
         self.padding = padding
-        self.conv = spectral_norm(
-            nn.Conv2d(in_channels, self.out_channels, PATCH, stride=PATCH, bias=False)
-        )
+        self.conv = nn.Conv2d(in_channels, self.out_channels, PATCH, stride=PATCH, bias=False)
+        spectral_norm(self.conv)  # registers the parametrization on the module in place
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(pad_to_patches(x, self.padding))
@@ -177,7 +178,7 @@ class Decoder(nn.Module):
             nn.Sigmoid() if bounded else nn.Identity(),
         )
 
-    def forward(self, y: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
         """`size` (H, W): crop the (4h, 4w) output back to an input that was padded."""
         out = self.net(y)
         if size is not None and tuple(size) != tuple(out.shape[-2:]):
@@ -215,7 +216,7 @@ class DeepCOD(nn.Module):
         """The measurements (before quantization) of an input in the plugin's range."""
         return self.encoder(x / self.scale if self.scale != 1 else x)
 
-    def decode(self, y: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    def decode(self, y: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
         """Measurements' centre values -> the input, in the plugin's range."""
         out = self.decoder(y, size)
         return out * self.scale if self.scale != 1 else out
