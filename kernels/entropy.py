@@ -28,7 +28,10 @@ _MAX_DIM = (1 << 63) - 1
 
 # flags bits 0-1: dtype code; bit 2: sparse code lengths; bits 3-7 reserved (zero).
 _DTYPES: tuple[np.dtype, ...] = (
-    np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.uint16), np.dtype(np.int16)
+    np.dtype(np.uint8),
+    np.dtype(np.int8),
+    np.dtype(np.uint16),
+    np.dtype(np.int16),
 )
 _SPARSE = 0x04
 _FIXED = len(MAGIC) + 3  # magic, version, flags, ndim
