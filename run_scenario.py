@@ -31,9 +31,10 @@ def parse_args(argv):
         "--strict", action="store_true", help="fail when a link is off its configuration"
     )
     parser.add_argument(
-        "--cleanup-stale", action="store_true",
+        "--cleanup-stale",
+        action="store_true",
         help="remove what runs killed outright (SIGKILL) left behind, and nothing else",
-    )  # fmt: skip
+    )
     parser.add_argument("--list-plugins", action="store_true", help="list model plugins")
     parser.add_argument("--list-offloaders", action="store_true", help="list offloaders")
     args = parser.parse_args(argv)
@@ -95,8 +96,11 @@ def _run_one(sweep, out: Path, options: dict) -> tuple[list[str], list[str], Pat
         result = runner.run(sweep.cells[0].scenario, out, **options)
         print(table(result.summary))
         return result.gate_failures, [], _report(out)
-    print(f"{sweep.name}: {len(sweep.cells)} runs into {out} (after an interruption, the "
-          f"same command with --out {out} resumes)", file=sys.stderr)  # fmt: skip
+    print(
+        f"{sweep.name}: {len(sweep.cells)} runs into {out} (after an interruption, the "
+        f"same command with --out {out} resumes)",
+        file=sys.stderr,
+    )
     try:
         result = run_sweep(sweep, out, **options)
     except KeyboardInterrupt:
@@ -122,8 +126,10 @@ def _report(out: Path) -> Path | None:
 
         return report.write_report(out)
     except Exception as exc:  # the CSVs are written: say what went wrong, keep them
-        print(f"warning: the report could not be written: {type(exc).__name__}: {exc}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: the report could not be written: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
         return None
 
 
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             cleanup_stale()
         if not args.scenario:
             return 0
-        from testbed.experiment.sweep import load_sweeps
+        from testbed.config.sweep import load_sweeps
 
         sweeps = load_sweeps(args.scenario)
         if args.samples is not None:
@@ -152,8 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         name = sweeps[0].name if len(sweeps) == 1 else args.scenario.stem
         out = args.out or Path("results") / f"{name}-{stamp}"
-        options = {"progress": not args.no_progress, "fidelity": not args.skip_fidelity,
-                   "strict": args.strict, "capture": args.capture}  # fmt: skip
+        options = {
+            "progress": not args.no_progress,
+            "fidelity": not args.skip_fidelity,
+            "strict": args.strict,
+            "capture": args.capture,
+        }
         failures, failed_runs, reports = [], [], []
         for sweep in sweeps:  # a file of several documents: OUT/<name>/ each
             where = out / sweep.name if len(sweeps) > 1 else out

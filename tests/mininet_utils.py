@@ -23,8 +23,9 @@ def leftovers(prefix: str) -> list[str]:
     """Everything a run with this prefix could have left on the machine."""
     found = []
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    found += [f"interface {line.split(':')[1].strip()}" for line in links.splitlines()
-              if prefix in line]  # fmt: skip
+    found += [
+        f"interface {line.split(':')[1].strip()}" for line in links.splitlines() if prefix in line
+    ]
     for controller in ("cpu", "cpuacct", "cpuset"):
         found += [f"cgroup {p}" for p in Path("/sys/fs/cgroup", controller).glob(f"{prefix}*")]
     for pid in run_processes(prefix):  # every process the run started carries its prefix

@@ -17,8 +17,24 @@ from testbed.offloaders.bottlenet import HEADER
 from testbed.offloaders.bottlenet import train as bottlenet_train
 from testbed.offloaders.bottlenet.model import BottleNet
 
-TINY = ["--plugin", "fashion_cnn", "--split", "2", "--channels", "4", "--bits", "4",
-        "--stride", "2", "--epochs", "1", "--threads", "1", "--eval", "100"]  # fmt: skip
+TINY = [
+    "--plugin",
+    "fashion_cnn",
+    "--split",
+    "2",
+    "--channels",
+    "4",
+    "--bits",
+    "4",
+    "--stride",
+    "2",
+    "--epochs",
+    "1",
+    "--threads",
+    "1",
+    "--eval",
+    "100",
+]
 KEY = "bottlenet-s2-c4-b4-x2"
 
 # The committed artefact, measured when it was trained (README of fashion_cnn): accuracy

@@ -58,10 +58,12 @@ def test_sigint_is_honoured_when_it_arrived_ignored(mode, status):
     from pathlib import Path
 
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SLEEPER, mode], stdout=subprocess.PIPE, text=True,
+        [sys.executable, "-c", _SLEEPER, mode],
+        stdout=subprocess.PIPE,
+        text=True,
         cwd=Path(__file__).resolve().parent.parent,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-    )  # fmt: skip
+    )
     try:
         assert proc.stdout.readline().strip() == "ready"
         proc.send_signal(signal.SIGINT)

@@ -81,10 +81,32 @@ def test_default_options_keep_the_paper_layer():
 @needs_weights
 def test_training_command_works_for_a_detector(tmp_path):
     out = tmp_path / "deepcod.pt"
-    status = deepcod_train.main(["--plugin", "mtcnn_faces", "--ratio", "0.1", "--epochs", "1",
-                                 "--steps", "1", "--batch-size", "2", "--crop", "64x64",
-                                 "--attention-pool", "4", "--width", "8", "--threads", "1",
-                                 "--eval-count", "1", "--out", str(out)])  # fmt: skip
+    status = deepcod_train.main(
+        [
+            "--plugin",
+            "mtcnn_faces",
+            "--ratio",
+            "0.1",
+            "--epochs",
+            "1",
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--crop",
+            "64x64",
+            "--attention-pool",
+            "4",
+            "--width",
+            "8",
+            "--threads",
+            "1",
+            "--eval-count",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert status == 0
     config = torch.load(out, weights_only=True)["config"]
     assert config["plugin"] == "mtcnn_faces" and config["scale"] == 255.0

@@ -110,8 +110,22 @@ def test_split_model_takes_odd_features_and_refuses_flat_ones():
 
 def test_training_command_writes_a_loadable_artefact(tmp_path):
     out = tmp_path / "deepcod.pt"
-    status = deepcod_train.main(["--plugin", "fashion_cnn", "--epochs", "1", "--limit", "256",
-                                 "--batch-size", "64", "--threads", "1", "--out", str(out)])  # fmt: skip
+    status = deepcod_train.main(
+        [
+            "--plugin",
+            "fashion_cnn",
+            "--epochs",
+            "1",
+            "--limit",
+            "256",
+            "--batch-size",
+            "64",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert status == 0
     saved = torch.load(out, weights_only=True)
     assert saved["config"]["ratio"] == 0.1 and saved["config"]["plugin"] == "fashion_cnn"

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from testbed import offloaders
-from testbed.config.scenario import load_scenario, unsupported
+from testbed.config.scenario import load_scenario
 from testbed.experiment.runner import check_gates, offloader_labels
 from testbed.models import plugins
 from testbed.offloaders.base import PhaseTimer
@@ -69,8 +69,9 @@ def test_agreement_and_accuracy_match_the_readme(kws):
     through, direct = [], []
     with torch.inference_mode():
         for sample in data.inputs[CLIPS]:
-            through.append(offloader.edge(offloader.device(sample, PhaseTimer()).payload,
-                                          PhaseTimer()))  # fmt: skip
+            through.append(
+                offloader.edge(offloader.device(sample, PhaseTimer()).payload, PhaseTimer())
+            )
             direct.append(int(model(plugin.to_tensor(sample[None])).argmax(1)[0]))
     through, direct = np.array(through), np.array(direct)
     agree, correct = int((through == direct).sum()), int((through == data.labels[CLIPS]).sum())
@@ -90,11 +91,12 @@ def test_the_speech_scenario_can_list_deepcod_after_split_1(tmp_path):
     copy = tmp_path / "speech_kws.yaml"
     copy.write_text(yaml.safe_dump(data, sort_keys=False))
     scenario = load_scenario(copy)
-    assert unsupported(scenario) == []
     check_gates(scenario, offloader_labels(scenario.offloaders))
     plugin = plugins.get(scenario.model)
     model = plugin.load_model()
-    built = {spec.name: offloaders.get(spec.name)(plugin, model, **spec.params)
-             for spec in scenario.offloaders}  # fmt: skip
+    built = {
+        spec.name: offloaders.get(spec.name)(plugin, model, **spec.params)
+        for spec in scenario.offloaders
+    }
     assert built["deepcod"].describe()["split"] == 1
     assert built["deepcod"].describe()["ratio"] == RATIO

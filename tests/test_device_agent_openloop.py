@@ -20,13 +20,9 @@ import numpy as np
 import pytest
 
 from testbed.agents import device as device_agent
-from testbed.agents.device import (
-    RecordWriter,
-    Requests,
-    poisson_offsets_ms,
-    run_offloader,
-    wait_barrier,
-)
+from testbed.agents.arrivals import poisson_offsets_ms, wait_barrier
+from testbed.agents.contract import RequestRecord
+from testbed.agents.device import RecordWriter, Requests, run_offloader
 from testbed.agents.protocol import (
     RESULT_STRUCT,
     ConnectionClosed,
@@ -177,6 +173,38 @@ def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def identity(request: int) -> dict:
+    """What run_offloader gives `issue` of request `request`: who and what it is."""
+    return {"offloader": "f", "device": 0, "request": request, "sample": 0, "label": 0}
+
+
+def record(request: int) -> RequestRecord:
+    phases = dict.fromkeys(
+        [
+            "intended_ms",
+            "queue_ms",
+            "device_ms",
+            "encode_ms",
+            "uplink_ms",
+            "decode_ms",
+            "edge_ms",
+            "downlink_ms",
+            "total_ms",
+        ],
+        0.0,
+    )
+    return RequestRecord(
+        **identity(request),
+        **phases,
+        bytes_up=0,
+        bytes_down=0,
+        est_uplink_mbps=None,
+        prediction=-1,
+        status="ok",
+        error="",
+    )
+
+
 def run_fake(tmp_path, offloader, offsets, samples=10, **kw):
     requests, out = make_requests(tmp_path, **kw)
     try:
@@ -226,10 +254,10 @@ def test_writer_keeps_request_order_and_skips_warmups(tmp_path):
         writer = RecordWriter(out)
         for request in (2, 3, 4):
             writer.expect(request)
-        writer.complete(1, {"request": 1})  # a warm-up: never announced
-        writer.complete(3, {"request": 3})
+        writer.complete(1, record(1))  # a warm-up: never announced
+        writer.complete(3, record(3))
         assert (tmp_path / "w.jsonl").read_text() == ""  # 3 waits for 2
-        writer.complete(2, {"request": 2})
+        writer.complete(2, record(2))
         writer.flush()
     assert [r["request"] for r in read_lines(tmp_path / "w.jsonl")] == [2, 3]
 
@@ -238,9 +266,20 @@ def test_summary_reports_the_median_queue_and_gates_may_use_it():
     from testbed.config import gates
     from testbed.results import records as results
 
-    records = [{"offloader": "raw", "request": i, "sample": i, "total_ms": 10.0 + q,
-                "queue_ms": q, "status": "ok", "prediction": 1, "label": 1, "bytes_up": 800}
-               for i, q in enumerate([0.0, 2.0, 40.0])]  # fmt: skip
+    records = [
+        {
+            "offloader": "raw",
+            "request": i,
+            "sample": i,
+            "total_ms": 10.0 + q,
+            "queue_ms": q,
+            "status": "ok",
+            "prediction": 1,
+            "label": 1,
+            "bytes_up": 800,
+        }
+        for i, q in enumerate([0.0, 2.0, 40.0])
+    ]
     rows = results.complete_records(records, {i: 1 for i in range(3)})
     (summary,) = results.summarize(rows, ["raw"], 1.0, "accuracy")
     assert summary["p50_queue_ms"] == 2.0
@@ -266,8 +305,7 @@ def test_requests_are_pipelined_and_replies_matched_by_id(tmp_path):
     assert [r["status"] for r in records] == ["ok"] * 5
     assert [r["prediction"] for r in records] == [7] * 5
     assert all(200 <= r["total_ms"] < 400 for r in records), [r["total_ms"] for r in records]
-    assert all(r["bytes_up"] == 116 and r["bytes_down"] == 16 + RESULT_STRUCT.size
-               for r in records)  # fmt: skip
+    assert all(r["bytes_up"] == 116 and r["bytes_down"] == 16 + RESULT_STRUCT.size for r in records)
 
 
 def test_only_uploads_sent_with_nothing_outstanding_feed_the_estimate(tmp_path):
@@ -312,17 +350,16 @@ def test_timeouts_give_one_record_each_and_late_replies_are_dropped(tmp_path):
 def test_a_lost_connection_fails_what_is_in_flight_and_the_next_request_reconnects(tmp_path):
     edge = FakeEdge(delays={1: None})
     requests, out = make_requests(tmp_path, port=edge.port)
-    tags = {"offloader": "f"}
     try:
         requests.writer.expect(1)
-        requests.issue(Sender(), 0, 1, 0, tags)
+        requests.issue(Sender(), 0, 1, 0, identity(1))
         conn = requests.conn
         while not edge.requests:
             time.sleep(0.01)
         conn.sock.shutdown(socket.SHUT_RDWR)  # the connection dies under request 1
         requests.wait_idle()
         requests.writer.expect(2)
-        requests.issue(Sender(), 0, 2, 0, tags)
+        requests.issue(Sender(), 0, 2, 0, identity(2))
         requests.wait_idle()
         assert requests.conn is not conn and edge.connections == 2
     finally:
@@ -338,10 +375,23 @@ def test_a_lost_connection_fails_what_is_in_flight_and_the_next_request_reconnec
 
 def start_edge():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "testbed.agents.edge", "--host", "127.0.0.1", "--port", "0",
-         "--preload", "fashion_cnn", "--threads", "1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "testbed.agents.edge",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--preload",
+            "fashion_cnn",
+            "--threads",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     line = proc.stdout.readline().decode()
     assert line.startswith("READY"), line
     return proc, int(line.split()[1])
@@ -403,8 +453,10 @@ def test_light_poisson_load_on_loopback(tmp_path, edge):
         queue = [r["queue_ms"] for r in mine]
         assert statistics.median(queue) < 2.0, (name, queue)
         assert all(r["total_ms"] >= r["queue_ms"] + r["device_ms"] for r in mine)
-        print(f"light {name}: achieved {59 / (mine[-1]['intended_ms'] / 1000):.1f} Hz, "
-              f"queue_ms p50 {statistics.median(queue):.3f}")  # fmt: skip
+        print(
+            f"light {name}: achieved {59 / (mine[-1]['intended_ms'] / 1000):.1f} Hz, "
+            f"queue_ms p50 {statistics.median(queue):.3f}"
+        )
     raw = by_offloader(records)["raw"]
     assert all(r["uplink_ms"] > 0 and r["edge_ms"] > 0 for r in raw)
     assert all(r["bytes_up"] == 16 + 784 for r in raw)
@@ -424,9 +476,11 @@ def test_overload_on_loopback_queues_and_latency_grows(tmp_path, edge):
         assert all(r["total_ms"] >= r["queue_ms"] for r in mine)
         early, late = thirds([r["total_ms"] for r in mine])
         assert late > early + 10, (name, early, late)
-        print(f"overload {name}: queue_ms p50 "
-              f"{statistics.median(r['queue_ms'] for r in mine):.2f}, total_ms first third "
-              f"{early:.1f}, last third {late:.1f}")  # fmt: skip
+        print(
+            f"overload {name}: queue_ms p50 "
+            f"{statistics.median(r['queue_ms'] for r in mine):.2f}, total_ms first third "
+            f"{early:.1f}, last third {late:.1f}"
+        )
     early, late = thirds([r["queue_ms"] for r in records["local"]])
     assert late > early + 10, (early, late)
     local = records["local"]
@@ -449,8 +503,10 @@ def test_closed_loop_job_without_the_new_keys(tmp_path, edge):
 def agent(job: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "testbed.agents.device", str(job)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_for(predicate, timeout_s: float, proc=None) -> None:

@@ -66,6 +66,14 @@ def test_fashion_lowbw_holds_its_gates(tmp_path):
     proc = run_cli(ROOT / "scenarios" / "fashion_lowbw.yaml", "--out", out, "--samples", "40")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["offloader"]: r for r in read_csv(out / "summary.csv")}
-    assert list(rows) == ["raw", "local", "jpeg", "webp", "neurosurgeon", "jalad", "bottlenet",
-                          "deepcod"]  # fmt: skip
+    assert list(rows) == [
+        "raw",
+        "local",
+        "jpeg",
+        "webp",
+        "neurosurgeon",
+        "jalad",
+        "bottlenet",
+        "deepcod",
+    ]
     assert all(r["n"] == "40" for r in rows.values())

@@ -23,8 +23,11 @@ pytestmark = [needs_mininet, pytest.mark.mininet]
 def run_cli(*args, timeout=600):
     return subprocess.run(
         [sys.executable, "run_scenario.py", *map(str, args), "--no-progress"],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,23 +48,61 @@ def read_csv(path):
 def test_prints_table_and_writes_result_files(small_run):
     proc, out = small_run
     assert "| local |" in proc.stdout and "| raw |" in proc.stdout
-    for name in ("requests.csv", "summary.csv", "summary.md", "environment.json",
-                 "resolved_scenario.yaml"):  # fmt: skip
+    for name in (
+        "requests.csv",
+        "summary.csv",
+        "summary.md",
+        "environment.json",
+        "resolved_scenario.yaml",
+    ):
         assert (out / name).stat().st_size > 0, name
     requests = read_csv(out / "requests.csv")
     assert list(requests[0]) == [
-        "offloader", "request", "sample", "device_ms", "encode_ms", "uplink_ms", "decode_ms",
-        "edge_ms", "downlink_ms", "total_ms", "bytes_up", "bytes_down", "prediction", "label",
-        "correct", "agrees", "status", "error", "choice", "est_uplink_mbps", "queue_ms",
-        "intended_ms", "device", "tp", "fp", "fn",
-    ]  # fmt: skip
+        "offloader",
+        "request",
+        "sample",
+        "device_ms",
+        "encode_ms",
+        "uplink_ms",
+        "decode_ms",
+        "edge_ms",
+        "downlink_ms",
+        "total_ms",
+        "bytes_up",
+        "bytes_down",
+        "prediction",
+        "label",
+        "correct",
+        "agrees",
+        "status",
+        "error",
+        "choice",
+        "est_uplink_mbps",
+        "queue_ms",
+        "intended_ms",
+        "device",
+        "tp",
+        "fp",
+        "fn",
+    ]
     assert len(requests) == 40 and {r["status"] for r in requests} == {"ok"}
     summary = {row["offloader"]: row for row in read_csv(out / "summary.csv")}
     assert list(next(iter(summary.values())))[:14] == [
-        "offloader", "n", "p50_ms", "mean_ms", "p95_ms", "p99_ms", "mean_bytes_up", "accuracy",
-        "accuracy_lo", "accuracy_hi", "agreement", "accuracy_drop_pp", "within_bound",
+        "offloader",
+        "n",
+        "p50_ms",
+        "mean_ms",
+        "p95_ms",
+        "p99_ms",
+        "mean_bytes_up",
+        "accuracy",
+        "accuracy_lo",
+        "accuracy_hi",
+        "agreement",
+        "accuracy_drop_pp",
+        "within_bound",
         "speedup_vs_raw",
-    ]  # fmt: skip
+    ]
     assert summary["local"]["n"] == summary["raw"]["n"] == "20"
     assert float(summary["local"]["mean_bytes_up"]) == 0
     assert float(summary["raw"]["mean_bytes_up"]) == 16 + 784
@@ -117,8 +158,11 @@ def test_interrupted_run_cleans_up(tmp_path, sig, status):
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "run_scenario.py", str(scenario), "--out", str(out), "--no-progress"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     records = out / "records.jsonl"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
@@ -172,10 +216,19 @@ def test_leftovers_of_a_killed_run_are_removed_by_cleanup_stale(tmp_path):
     scenario = write_scenario(tmp_path / "killed.yaml", samples=2000, offloaders=["raw"])
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "run_scenario.py", str(scenario), "--out", str(out), "--no-progress",
-         "--skip-fidelity"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "run_scenario.py",
+            str(scenario),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--skip-fidelity",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     records = out / "records.jsonl"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not (records.exists() and records.stat().st_size):
@@ -183,15 +236,19 @@ def test_leftovers_of_a_killed_run_are_removed_by_cleanup_stale(tmp_path):
     proc.kill()
     proc.wait()
     (state,) = [  # other runs may be going on: take the killed one's
-        p for p in Path("/run/deepcod-testbed").glob("dc*.json")
+        p
+        for p in Path("/run/deepcod-testbed").glob("dc*.json")
         if json.loads(p.read_text())["pid"] == proc.pid
-    ]  # fmt: skip
+    ]
     prefix = state.stem
     assert leftovers(prefix), "SIGKILL should have left the topology behind"
     cleaned = subprocess.run(
-        [sys.executable, "run_scenario.py", "--cleanup-stale"], cwd=ROOT, capture_output=True,
-        text=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "run_scenario.py", "--cleanup-stale"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert cleaned.returncode == 0 and prefix in cleaned.stdout, cleaned
     assert leftovers(prefix) == []
     assert not state.exists()

@@ -58,10 +58,19 @@ def test_eval_view_matches_torchvision_geometry():
         (lambda d: None, "no image"),
         (lambda d: photo(d / "tench.JPEG"), "cannot tell its class"),
         (lambda d: photo(d / "n99999999_nothing.JPEG"), "unknown wnid 'n99999999'"),
-        (lambda d: (d / "n01440764_tench.JPEG").write_bytes(b"\xff\xd8 not a jpeg"), "unreadable image"),
-        (lambda d: (d / "n01440764" / "deep").mkdir(parents=True) or photo(d / "n01440764" / "deep" / "a.jpg"), "too deep"),
+        (
+            lambda d: (d / "n01440764_tench.JPEG").write_bytes(b"\xff\xd8 not a jpeg"),
+            "unreadable image",
+        ),
+        (
+            lambda d: (
+                (d / "n01440764" / "deep").mkdir(parents=True)
+                or photo(d / "n01440764" / "deep" / "a.jpg")
+            ),
+            "too deep",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_folders_name_the_file(tmp_path, make, message):
     make(tmp_path)
     with pytest.raises(DataError, match=message) as caught:
@@ -88,8 +97,20 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_training_command_refuses_a_bad_folder_in_one_line(tmp_path):
     photo(tmp_path / "n99999999_x.JPEG")
-    out = run_cli("-m", "testbed.offloaders.bottlenet.train", "--plugin", "mobilenet_v2", "--split", "5",
-                  "--epochs", "1", "--test-data", str(tmp_path), "--out", str(tmp_path / "b.pt"))  # fmt: skip
+    out = run_cli(
+        "-m",
+        "testbed.offloaders.bottlenet.train",
+        "--plugin",
+        "mobilenet_v2",
+        "--split",
+        "5",
+        "--epochs",
+        "1",
+        "--test-data",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "b.pt"),
+    )
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().count("\n") == 0 and "unknown wnid" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "b.pt").exists()

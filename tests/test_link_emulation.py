@@ -78,8 +78,12 @@ def test_one_way_delay_within_1ms(tmp_path, delay, backend):
 
 @pytest.mark.parametrize("distribution, std_per_ms", [("normal", 1.0), ("uniform", 3**-0.5)])
 def test_jitter_spread(tmp_path, distribution, std_per_ms):
-    link = {"bandwidth_mbps": 10, "delay_ms": 30, "jitter_ms": 4,
-            "jitter_distribution": distribution}  # fmt: skip
+    link = {
+        "bandwidth_mbps": 10,
+        "delay_ms": 30,
+        "jitter_ms": 4,
+        "jitter_distribution": distribution,
+    }
     with topology(tmp_path, link) as topo:
         report = measure.udp_trains(topo, count=200, interval_ms=25)["uplink"]
     assert report["delay_ms"]["std"] == pytest.approx(4 * std_per_ms, rel=0.25), report
@@ -117,8 +121,11 @@ def test_competing_bulk_flows_take_their_fair_share(tmp_path):
     """Two bulk flows from the traffic host and one from the device share 3 Mbit/s:
     each gets about a third (the arithmetic of fair sharing)."""
     rate = 3
-    with topology(tmp_path, {"bandwidth_mbps": rate, "delay_ms": 5},
-                  traffic=[{"type": "tcp_bulk", "flows": 2}]) as topo:  # fmt: skip
+    with topology(
+        tmp_path,
+        {"bandwidth_mbps": rate, "delay_ms": 5},
+        traffic=[{"type": "tcp_bulk", "flows": 2}],
+    ) as topo:
         from testbed.emulation.traffic.run import TrafficRun
 
         traffic = TrafficRun(topo)
@@ -147,21 +154,57 @@ def test_delivery_follows_a_bandwidth_trace(tmp_path):
     trace = load_trace(tmp_path / "t.up")
     data = {
         "model": "fashion_cnn",
-        "network": {"trace": {"uplink": "t.up", "downlink": "t.down"}, "uplink": {},
-                    "downlink": {}, "backend": "userspace"},
-    }  # fmt: skip
+        "network": {
+            "trace": {"uplink": "t.up", "downlink": "t.down"},
+            "uplink": {},
+            "downlink": {},
+            "backend": "userspace",
+        },
+    }
     topo = OffloadTopology(parse_scenario(data, tmp_path / "trace.yaml"), tmp_path)
     try:
         topo.start()
-        sink = topo.popen(topo.edge, [sys.executable, "-m", "testbed.emulation.traffic.gen", "sink",
-                                      "--port", "9000", "--max-seconds", "30"],
-                          "sink.log", limited=False)  # fmt: skip
+        sink = topo.popen(
+            topo.edge,
+            [
+                sys.executable,
+                "-m",
+                "testbed.emulation.traffic.gen",
+                "sink",
+                "--port",
+                "9000",
+                "--max-seconds",
+                "30",
+            ],
+            "sink.log",
+            limited=False,
+        )
         wait_ready(sink, "sink", 60)
-        sender = topo.popen(topo.device, [sys.executable, "-m", "testbed.emulation.traffic.gen", "send",
-                                          "--host", topo.edge.IP(), "--port", "9000",
-                                          "--pattern", "cbr", "--rate-mbps", "8",
-                                          "--packet-bytes", "1472", "--duration-s", "6.5",
-                                          "--seed", "1"], "send.log", limited=False)  # fmt: skip
+        sender = topo.popen(
+            topo.device,
+            [
+                sys.executable,
+                "-m",
+                "testbed.emulation.traffic.gen",
+                "send",
+                "--host",
+                topo.edge.IP(),
+                "--port",
+                "9000",
+                "--pattern",
+                "cbr",
+                "--rate-mbps",
+                "8",
+                "--packet-bytes",
+                "1472",
+                "--duration-s",
+                "6.5",
+                "--seed",
+                "1",
+            ],
+            "send.log",
+            limited=False,
+        )
         sender.communicate(timeout=60)
         threading.Event().wait(1)
         sink.terminate()

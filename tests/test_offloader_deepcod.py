@@ -13,8 +13,25 @@ from testbed.offloaders.deepcod import train as deepcod_train
 @pytest.fixture(scope="module")
 def deepcod(tmp_path_factory):
     path = tmp_path_factory.mktemp("deepcod") / "deepcod.pt"
-    assert deepcod_train.main(["--plugin", "fashion_cnn", "--epochs", "1", "--limit", "512",
-                               "--width", "16", "--threads", "1", "--out", str(path)]) == 0  # fmt: skip
+    assert (
+        deepcod_train.main(
+            [
+                "--plugin",
+                "fashion_cnn",
+                "--epochs",
+                "1",
+                "--limit",
+                "512",
+                "--width",
+                "16",
+                "--threads",
+                "1",
+                "--out",
+                str(path),
+            ]
+        )
+        == 0
+    )
     plugin = plugins.get("fashion_cnn")
     plugin.artefacts["deepcod-r0.1"] = path
     return offloaders.get("deepcod")(plugin, plugin.load_model(), ratio=0.1), plugin

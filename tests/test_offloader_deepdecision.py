@@ -37,9 +37,10 @@ class ColourPlugin(Plugin):
         torch.manual_seed(0)
         return [
             torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()),
-            torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
-                                torch.nn.Linear(16, 5)),
-        ]  # fmt: skip
+            torch.nn.Sequential(
+                torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(16, 5)
+            ),
+        ]
 
     def load_model(self):
         model = torch.nn.Sequential(*self.build_stages())
@@ -57,9 +58,13 @@ class ColourPlugin(Plugin):
 
 
 def colour_plugin(shape=(3, 32, 40), dtype="uint8") -> ColourPlugin:
-    return ColourPlugin(name="colour_test", description="test", num_classes=5,
-                        input_spec=InputSpec(shape=shape, dtype=dtype, low=0, high=255),
-                        split_points=(1,))  # fmt: skip
+    return ColourPlugin(
+        name="colour_test",
+        description="test",
+        num_classes=5,
+        input_spec=InputSpec(shape=shape, dtype=dtype, low=0, high=255),
+        split_points=(1,),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +91,13 @@ def link_at(mbps: float) -> LinkEstimate:
 
 
 def option(scale, quality, mean_bytes, drop_pp=0.5, within=True):
-    return {"scale": scale, "quality": quality, "drop_pp": drop_pp, "mean_bytes": mean_bytes,
-            "within_bound": within}  # fmt: skip
+    return {
+        "scale": scale,
+        "quality": quality,
+        "drop_pp": drop_pp,
+        "mean_bytes": mean_bytes,
+        "within_bound": within,
+    }
 
 
 def constructed(fashion, options, device_model_ms, encode_ms, mbps, **params):
@@ -97,8 +107,9 @@ def constructed(fashion, options, device_model_ms, encode_ms, mbps, **params):
     offloader.options = options
     offloader.device_model_ms = device_model_ms
     offloader.encode_ms = encode_ms
-    offloader.connect({"edge_model_ms": 5.0, "edge_decode_ms": {"1.0": 1.0, "0.5": 0.5}},
-                      link_at(mbps))  # fmt: skip
+    offloader.connect(
+        {"edge_model_ms": 5.0, "edge_decode_ms": {"1.0": 1.0, "0.5": 0.5}}, link_at(mbps)
+    )
     return offloader
 
 
@@ -228,8 +239,13 @@ def test_refuses_plugins_whose_input_is_not_an_image():
 
 
 def test_bad_parameters_are_refused():
-    for params in ({"max_drop_pp": -1.0}, {"probe_every": -1}, {"calibration_samples": 2},
-                   {"prior_mbps": 0.0}, {"scale": 0.5}):  # fmt: skip
+    for params in (
+        {"max_drop_pp": -1.0},
+        {"probe_every": -1},
+        {"calibration_samples": 2},
+        {"prior_mbps": 0.0},
+        {"scale": 0.5},
+    ):
         with pytest.raises(ValueError):
             offloaders.validate_params("deepdecision", params)
 
@@ -330,12 +346,14 @@ def test_malformed_payloads_are_refused_quickly(fashion):
 
 def test_calibration_keeps_per_scale_the_lowest_quality_within_the_bound(fashion, cache):
     plugin, model, _ = fashion
-    offloader = offloaders.get("deepdecision")(plugin, model, calibration_samples=100,
-                                               max_drop_pp=1.0)  # fmt: skip
+    offloader = offloaders.get("deepdecision")(
+        plugin, model, calibration_samples=100, max_drop_pp=1.0
+    )
     offloader.calibrate()
     calibrator = offloader.calibrator()  # the same cache file
-    scores = {(s, q): calibrator.score([s, q])
-              for s in offloader.sizes for q in deepdecision.QUALITIES}  # fmt: skip
+    scores = {
+        (s, q): calibrator.score([s, q]) for s in offloader.sizes for q in deepdecision.QUALITIES
+    }
     within = [o for o in offloader.options if o["within_bound"]]
     assert within and all(o["drop_pp"] <= 1.0 for o in within)
     for o in offloader.options:
@@ -366,8 +384,7 @@ def test_trace_scenario_choices_follow_the_bandwidth_step(tmp_path):
     between 10 and 0.5 Mbit/s every 10 s. Offloading must win at 10, local at 0.5, and
     the device's estimate must see both levels."""
     out = tmp_path / "out"
-    proc = run_cli(ROOT / "scenarios" / "deepdecision_trace.yaml", "--out", out,
-                   "--skip-fidelity")  # fmt: skip
+    proc = run_cli(ROOT / "scenarios" / "deepdecision_trace.yaml", "--out", out, "--skip-fidelity")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [r for r in read_csv(out / "requests.csv") if r["offloader"] == "deepdecision"]
     assert len(rows) == 200 and all(r["status"] == "ok" for r in rows)
@@ -393,8 +410,9 @@ def test_trace_scenario_choices_follow_the_bandwidth_step(tmp_path):
     assert {(c["scale"], c["quality"]) for c in offloaded} == {(1.0, 100)}
 
     def median(kind, key):
-        return statistics.median(float(r[key]) for r, k in zip(rows, kinds, strict=True)
-                                 if k == kind)  # fmt: skip
+        return statistics.median(
+            float(r[key]) for r, k in zip(rows, kinds, strict=True) if k == kind
+        )
 
     assert median("local", "bytes_up") == 0 and median("offload", "bytes_up") > 10_000
     # each level's choice beats what the other level's choice would have cost there

@@ -246,6 +246,6 @@ def test_params_are_validated(fashion, name):
     for key, value in bad:
         with pytest.raises(ValueError) as info:
             offloaders.validate_params(name, {key: value})
-        assert info.value.args[0][0] == key, (key, value)
+        assert info.value.param == key, (key, value)
     with pytest.raises(ValueError):  # direct construction checks them too
         offloaders.get(name)(fashion[0], fashion[1], quality=0)

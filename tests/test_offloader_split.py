@@ -127,8 +127,9 @@ def test_neurosurgeon_predicts_as_the_unsplit_model_at_every_split(fashion, spli
     plugin, model, data = fashion
     device, edge = halves("neurosurgeon", plugin, model)
     device.device_ms = [0.0 if i < split else 1000.0 for i in range(len(model))]
-    device.connect({"edge_stage_ms": [1000.0 if i < split else 0.0 for i in range(len(model))]},
-                   link_at(1e6))  # fmt: skip
+    device.connect(
+        {"edge_stage_ms": [1000.0 if i < split else 0.0 for i in range(len(model))]}, link_at(1e6)
+    )
     assert device.choose()[0].split == split
     with torch.inference_mode():
         expected = model(plugin.to_tensor(data.inputs[:20])).argmax(1).tolist()

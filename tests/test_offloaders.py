@@ -26,9 +26,10 @@ def test_validate_params_fills_defaults_and_rejects_bad_values():
     offloaders.register(Quality)
     try:
         assert offloaders.validate_params("quality_test", {}) == {"quality": 75}
-        with pytest.raises(ValueError) as info:
+        with pytest.raises(offloaders.ParamError) as info:
             offloaders.validate_params("quality_test", {"quality": 0})
-        assert info.value.args[0] == ("quality", "got 0; allowed: an integer 1 to 100")
+        err = info.value
+        assert (err.param, err.message) == ("quality", "got 0; allowed: an integer 1 to 100")
         with pytest.raises(ValueError):
             offloaders.validate_params("quality_test", {"quality": True})
         with pytest.raises(ValueError):

@@ -20,8 +20,13 @@ from tests.mininet_utils import ROOT, needs_mininet, write_scenario
 
 class Declared(Plugin):
     def __init__(self, stages, **kw):
-        defaults = dict(name="declared", description="test", num_classes=10, split_points=(1,),
-                        input_spec=InputSpec((1, 28, 28), "uint8", 0, 255))  # fmt: skip
+        defaults = dict(
+            name="declared",
+            description="test",
+            num_classes=10,
+            split_points=(1,),
+            input_spec=InputSpec((1, 28, 28), "uint8", 0, 255),
+        )
         super().__init__(**{**defaults, **kw})
         self._stages = stages
 
@@ -45,14 +50,26 @@ def test_shipped_plugin_passes_and_reports_shapes():
 @pytest.mark.parametrize(
     "stages, kw, message",
     [
-        (lambda: [nn.Flatten(), nn.Linear(100, 10)], {}, "stage 1 does not take stage 0's output of shape (1, 784)"),
-        (lambda: [nn.Linear(5, 10)], {"split_points": ()}, "stage 0 does not take the input 1x28x28 uint8"),
-        (good, {"split_points": (2,)}, "split_points (2,) must be increasing, each between 1 and 1"),
+        (
+            lambda: [nn.Flatten(), nn.Linear(100, 10)],
+            {},
+            "stage 1 does not take stage 0's output of shape (1, 784)",
+        ),
+        (
+            lambda: [nn.Linear(5, 10)],
+            {"split_points": ()},
+            "stage 0 does not take the input 1x28x28 uint8",
+        ),
+        (
+            good,
+            {"split_points": (2,)},
+            "split_points (2,) must be increasing, each between 1 and 1",
+        ),
         (good, {"num_classes": 5}, "expected (5,) logits"),
         (lambda: [], {}, "returned no stages"),
         (good, {"metric": "f1"}, "metric 'f1'"),
     ],
-)  # fmt: skip
+)
 def test_bad_declarations_are_named(stages, kw, message):
     with pytest.raises(PluginError, match="declared") as info:
         check_plugin(Declared(stages, **kw))
@@ -74,10 +91,16 @@ def test_a_broken_plugin_does_not_stop_the_others(monkeypatch):
         plugins.get("broken")
     assert plugins.get("fashion_cnn").name == "fashion_cnn"
     listing = subprocess.run(
-        [sys.executable, "-c", "import run_scenario, testbed.models.plugins as p;"
-         "p._third_party = lambda: {'broken': lambda: 1 / 0}; run_scenario.list_plugins()"],
-        cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import run_scenario, testbed.models.plugins as p;"
+            "p._third_party = lambda: {'broken': lambda: 1 / 0}; run_scenario.list_plugins()",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert (
         "broken           BROKEN: plugin 'broken' failed to load: ZeroDivisionError"
         in listing.stdout
@@ -93,27 +116,51 @@ def installed(tmp_path_factory):
     source = tmp_path_factory.mktemp("src") / "tinyplug"  # the build writes beside it
     shutil.copytree(ROOT / "tests" / "data" / "tinyplug", source)
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(source)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
     weights = target / "tiny.pt"
-    env = {**os.environ, "PYTHONPATH": f"{target}{os.pathsep}{ROOT}",
-           "TINYPLUG_WEIGHTS": str(weights)}  # fmt: skip
-    subprocess.run([sys.executable, "-c", "import tinyplug; tinyplug.train()"], env=env,
-                   check=True, cwd=ROOT)  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{target}{os.pathsep}{ROOT}",
+        "TINYPLUG_WEIGHTS": str(weights),
+    }
+    subprocess.run(
+        [sys.executable, "-c", "import tinyplug; tinyplug.train()"], env=env, check=True, cwd=ROOT
+    )
     return env
 
 
 def test_entry_point_plugin_is_listed(installed):
-    proc = subprocess.run([sys.executable, "run_scenario.py", "--list-plugins"], cwd=ROOT,
-                          env=installed, capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "run_scenario.py", "--list-plugins"],
+        cwd=ROOT,
+        env=installed,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "tiny_fashion     input 1x28x28 uint8" in proc.stdout
     assert "split points (feature shape): 1 (784), 2 (32)" in proc.stdout
     # without the temporary environment it is not there
-    plain = subprocess.run([sys.executable, "run_scenario.py", "--list-plugins"], cwd=ROOT,
-                           capture_output=True, text=True)  # fmt: skip
+    plain = subprocess.run(
+        [sys.executable, "run_scenario.py", "--list-plugins"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert "tiny_fashion" not in plain.stdout
 
 
@@ -124,10 +171,21 @@ def test_entry_point_plugin_runs_a_scenario(installed, tmp_path):
 
     scenario = write_scenario(tmp_path / "tiny.yaml", model="tiny_fashion", samples=10)
     proc = subprocess.run(
-        [sys.executable, "run_scenario.py", str(scenario), "--out", str(tmp_path / "out"),
-         "--no-progress", "--skip-fidelity"],
-        cwd=ROOT, env=installed, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "run_scenario.py",
+            str(scenario),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+            "--skip-fidelity",
+        ],
+        cwd=ROOT,
+        env=installed,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     with open(tmp_path / "out" / "summary.csv") as handle:
         rows = {r["offloader"]: r for r in csv.DictReader(handle)}

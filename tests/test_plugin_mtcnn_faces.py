@@ -186,9 +186,10 @@ def test_no_face_on_face_free_frames(detector, frames, info):
     """The 12 mate-backgrounds photos and the LFW non-face patches: measured 0 detections.
     (motorcycle_left, also face-free, has one: a wheel at 0.85; the reference keeps it.)"""
     picked = [
-        i for i, m in enumerate(info)
+        i
+        for i, m in enumerate(info)
         if not m["faces"] and ("mate" in m["sources"][0] or "non-face" in m["view"])
-    ]  # fmt: skip
+    ]
     assert len(picked) == 14
     assert [len(detector.detect(torch.from_numpy(frames[i]).float())) for i in picked] == [0] * 14
 
@@ -221,8 +222,11 @@ def test_same_detections_as_facenet_pytorchs_own_cascade(info):
     ]
     proc = subprocess.run(
         [sys.executable, "-m", "plugins.mtcnn_faces.crosscheck", *map(str, picked)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert [report[str(i)]["theirs"] for i in picked] == [1, 3, 11, 1]  # measured
@@ -283,12 +287,17 @@ def test_raw_and_jpeg_through_the_agents_send_box_lists(tmp_path):
     raw agrees with the unmodified detector on every frame, JPEG sends a tenth of the
     bytes or less, and the summary has box precision and recall."""
     scenario = write_scenario(
-        tmp_path / "faces.yaml", model="mtcnn_faces", samples=4, seed=3,
-        network={"uplink": {"bandwidth_mbps": 50, "delay_ms": 5},
-                 "downlink": {"bandwidth_mbps": 50, "delay_ms": 5}},
+        tmp_path / "faces.yaml",
+        model="mtcnn_faces",
+        samples=4,
+        seed=3,
+        network={
+            "uplink": {"bandwidth_mbps": 50, "delay_ms": 5},
+            "downlink": {"bandwidth_mbps": 50, "delay_ms": 5},
+        },
         offloaders=["raw", {"name": "jpeg", "quality": 50}],
         expect=["raw.accuracy == 1 and raw.recall == 1 and raw.precision == 1"],
-    )  # fmt: skip
+    )
     out = tmp_path / "out"
     proc = run_cli(scenario, "--out", out, "--skip-fidelity")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from testbed import offloaders
+from testbed.agents.contract import PHASES
 from testbed.agents.device import InFlight, RecordWriter, Requests
 from testbed.agents.protocol import RESULT_STRUCT, TIMING_STRUCT, Frame, MessageType
 from testbed.errors import PluginError
@@ -49,9 +50,15 @@ class Boxes(nn.Module):
 
 class Detector(Plugin):
     def __init__(self, rows: int = 4, **kw):
-        defaults = dict(name="detector", description="test", num_classes=0, split_points=(),
-                        input_spec=InputSpec((3, 8, 8), "uint8", 0, 255),
-                        metric="detection_agreement", task="detection")  # fmt: skip
+        defaults = dict(
+            name="detector",
+            description="test",
+            num_classes=0,
+            split_points=(),
+            input_spec=InputSpec((3, 8, 8), "uint8", 0, 255),
+            metric="detection_agreement",
+            task="detection",
+        )
         super().__init__(**{**defaults, **kw})
         self.output_shape = (rows, 5)
         self.rows = rows
@@ -150,7 +157,7 @@ def body(count: int, values) -> bytes:
         (body(1, [0, 0, 1, 1, math.nan]), "non-finite"),
         (body(1, [0, 0, math.inf, 1, 1]), "non-finite"),
     ],
-)  # fmt: skip
+)
 def test_malformed_detection_results_are_refused(detector, data, message):
     with pytest.raises(ValueError, match="detection result") as info:
         predictions.decode(detector, data)
@@ -183,8 +190,16 @@ def test_detection_compares_boxes_with_the_plugins_counts(detector):
 
 
 def detection_record(offloader, sample, prediction, status="ok"):
-    return {"offloader": offloader, "request": sample, "sample": sample, "total_ms": 10.0,
-            "prediction": prediction, "label": -1, "status": status, "bytes_up": 100}  # fmt: skip
+    return {
+        "offloader": offloader,
+        "request": sample,
+        "sample": sample,
+        "total_ms": 10.0,
+        "prediction": prediction,
+        "label": -1,
+        "status": status,
+        "bytes_up": 100,
+    }
 
 
 def test_results_score_detection_by_image_agreement_and_pool_precision_recall(detector):
@@ -248,11 +263,13 @@ def test_check_plugin_accepts_a_detector_and_checks_its_output_shape(detector):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"metric": "accuracy"}, "metric 'accuracy'; allowed for a detection plugin: "
-                                  "detection_agreement"),
+        (
+            {"metric": "accuracy"},
+            "metric 'accuracy'; allowed for a detection plugin: detection_agreement",
+        ),
         ({"split_points": (1,)}, "split_points (1,) must be"),
     ],
-)  # fmt: skip
+)
 def test_check_plugin_refuses_a_detectors_bad_declarations(change, message):
     with pytest.raises(PluginError, match="detector") as info:
         check_plugin(Detector(**change))
@@ -321,7 +338,20 @@ def reply_record(plugin, payload: bytes) -> dict:
     writer = RecordWriter(out)
     requests = Requests("127.0.0.1", 1, {}, 5.0, writer, LinkEstimate(), plugin)
     conn = FakeConnection()
-    record = {"offloader": "raw", "request": 3, "stream": [1, 0, 0]}
+    record = {
+        "offloader": "raw",
+        "device": 0,
+        "request": 3,
+        "sample": 0,
+        "label": 0,
+        "intended_ms": 0.0,
+        **dict.fromkeys(PHASES, 0.0),
+        "bytes_up": 0,
+        "bytes_down": 0,
+        "est_uplink_mbps": None,
+        "choice": "",
+        "stream": [1, 0, 0],
+    }
     now = time.monotonic_ns()
     requests.inflight[3] = InFlight(3, record, now, conn, 100, True, now, now + 10**10)
     writer.expect(3)
@@ -343,7 +373,7 @@ def test_a_detection_result_is_recorded_as_boxes(detector):
         (TIMING_STRUCT.pack(1, 0.5, 1.5, 2) + body(1, [0, 0, 1, 1, math.nan]), "non-finite"),
         (b"\0" * 10, "shorter than its 32-byte timings"),
     ],
-)  # fmt: skip
+)
 def test_a_malformed_result_is_an_error_record_not_a_crash(detector, payload, message):
     record = reply_record(detector, payload)
     assert record["status"] == "error" and record["prediction"] == -1

@@ -121,9 +121,18 @@ def send_garbage(port: int) -> int:
 def test_udp_train_on_loopback():
     sink, port = start_sink("udp-sink", "--timeout", "5", "--duration", "20", "--grace", "0.3")
     rc, sent = run(
-        "udp-source", "--host", LOCAL, "--port", str(port),
-        "--count", "200", "--interval-ms", "2", "--size", "100",
-    )  # fmt: skip
+        "udp-source",
+        "--host",
+        LOCAL,
+        "--port",
+        str(port),
+        "--count",
+        "200",
+        "--interval-ms",
+        "2",
+        "--size",
+        "100",
+    )
     assert rc == 0 and sent["sent"] == 200 and sent["send_errors"] == 0
     rc, got = finish(sink)
     assert rc == 0, got
@@ -142,9 +151,18 @@ def test_udp_sink_ignores_foreign_datagrams():
     sink, port = start_sink("udp-sink", "--timeout", "5", "--grace", "0.2")
     garbage = send_garbage(port)
     rc, _ = run(
-        "udp-source", "--host", LOCAL, "--port", str(port),
-        "--count", "20", "--interval-ms", "1", "--train", "42",
-    )  # fmt: skip
+        "udp-source",
+        "--host",
+        LOCAL,
+        "--port",
+        str(port),
+        "--count",
+        "20",
+        "--interval-ms",
+        "1",
+        "--train",
+        "42",
+    )
     assert rc == 0
     rc, got = finish(sink)
     assert rc == 0, got
@@ -182,9 +200,16 @@ def test_udp_sink_stops_at_duration():
     """A source that would run for 10 s is cut off by the sink's --duration."""
     sink, port = start_sink("udp-sink", "--duration", "0.5", "--timeout", "5")
     source = start(
-        "udp-source", "--host", LOCAL, "--port", str(port),
-        "--count", "1000", "--interval-ms", "10",
-    )  # fmt: skip
+        "udp-source",
+        "--host",
+        LOCAL,
+        "--port",
+        str(port),
+        "--count",
+        "1000",
+        "--interval-ms",
+        "10",
+    )
     try:
         rc, got = finish(sink, timeout=10)
         assert rc == 0, got
@@ -231,9 +256,16 @@ def test_tcp_source_without_sink_fails_fast():
         port = s.getsockname()[1]  # bound, not listening: refused
     t0 = time.monotonic()
     rc, got = run(
-        "tcp-source", "--host", LOCAL, "--port", str(port),
-        "--seconds", "1", "--connect-timeout", "0.5",
-    )  # fmt: skip
+        "tcp-source",
+        "--host",
+        LOCAL,
+        "--port",
+        str(port),
+        "--seconds",
+        "1",
+        "--connect-timeout",
+        "0.5",
+    )
     assert rc == 1 and "Refused" in got["error"]
     assert time.monotonic() - t0 < 5
 
@@ -253,13 +285,25 @@ def test_sigterm_ends_a_sink_promptly(mode):
 @pytest.mark.parametrize(
     "args",
     [
-        ["udp-source", "--host", LOCAL, "--port", "9", "--count", "5", "--interval-ms", "1", "--size", "31"],
+        [
+            "udp-source",
+            "--host",
+            LOCAL,
+            "--port",
+            "9",
+            "--count",
+            "5",
+            "--interval-ms",
+            "1",
+            "--size",
+            "31",
+        ],
         ["udp-source", "--host", LOCAL, "--port", "9", "--count", "0", "--interval-ms", "1"],
         ["udp-sink", "--port", "70000"],
         ["tcp-source", "--host", LOCAL, "--port", "9", "--seconds", "-1"],
         ["nonsense"],
     ],
-)  # fmt: skip
+)
 def test_bad_arguments_end_with_a_json_error(args):
     rc, got = run(*args)
     assert rc == 2 and got["error"].startswith("bad arguments")

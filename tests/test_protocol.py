@@ -46,8 +46,11 @@ def test_round_trip(size):
     a.sendall(encode(MessageType.REQUEST, payload, offloader=3, request=77))
     frame = read_frame(b)
     assert (frame.type, frame.offloader, frame.request, frame.payload) == (
-        MessageType.REQUEST, 3, 77, payload,
-    )  # fmt: skip
+        MessageType.REQUEST,
+        3,
+        77,
+        payload,
+    )
     assert frame.received_ns > 0
 
 
@@ -108,10 +111,23 @@ def test_json_payload_must_be_an_object():
 @pytest.fixture(scope="module")
 def edge():
     proc = subprocess.Popen(
-        [sys.executable, "-m", "testbed.agents.edge", "--host", "127.0.0.1", "--port", "0",
-         "--preload", "fashion_cnn", "--threads", "1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "testbed.agents.edge",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--preload",
+            "fashion_cnn",
+            "--threads",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     line = proc.stdout.readline().decode()
     assert line.startswith("READY"), proc.stderr.read().decode()
     yield int(line.split()[1])

@@ -87,8 +87,11 @@ def test_points_are_scored_against_labels_and_the_unmodified_model(run, fashion)
 
 def test_jpeg_bytes_grow_with_quality(run):
     _, _, curve = run
-    jpeg = {int(re.fullmatch(r"jpeg q(\d+)", r["config"])[1]): float(r["mean_bytes"])
-            for r in curve if r["offloader"] == "jpeg"}  # fmt: skip
+    jpeg = {
+        int(re.fullmatch(r"jpeg q(\d+)", r["config"])[1]): float(r["mean_bytes"])
+        for r in curve
+        if r["offloader"] == "jpeg"
+    }
     assert len(jpeg) == len(rate_accuracy.QUALITIES)
     sizes = [jpeg[q] for q in sorted(jpeg)]
     assert all(a < b for a, b in itertools.pairwise(sizes)), sizes
@@ -111,8 +114,9 @@ def test_configurations_follow_the_artefacts(run, fashion):
     plugin = fashion[0]
     keys = rate_accuracy.artefact_keys(plugin)
     ratios = sorted(float(k.removeprefix("deepcod-r")) for k in keys if k.startswith("deepcod-r"))
-    deepcod = sorted(float(r["config"].removeprefix("deepcod r")) for r in curve
-                     if r["offloader"] == "deepcod")  # fmt: skip
+    deepcod = sorted(
+        float(r["config"].removeprefix("deepcod r")) for r in curve if r["offloader"] == "deepcod"
+    )
     assert deepcod == ratios
     assert sum(r["offloader"] == "bottlenet" for r in curve) == sum(
         k.startswith("bottlenet-") for k in keys

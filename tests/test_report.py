@@ -17,8 +17,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from testbed.results import compare, figures, load, markdown, report, stats, summary_md
 from testbed.results import records as results
-from testbed.results import report, stats
+from testbed.results.formatting import estimate_text, ms
 
 ROOT = Path(__file__).resolve().parent.parent
 # share of total_ms per phase; the remaining 5% is unattributed
@@ -51,11 +52,16 @@ def write_run(
             failed = i < s.get("failed", 0)
             wrong = i < s.get("wrong", 0)
             record = {
-                "offloader": offloader, "request": request, "sample": i,
-                "total_ms": 0.0 if failed else float(t), "bytes_up": s.get("bytes", 1000),
-                "bytes_down": 40, "prediction": (i + 1) % 10 if wrong else i % 10,
-                "label": i % 10, "status": "timeout" if failed else "ok",
-            }  # fmt: skip
+                "offloader": offloader,
+                "request": request,
+                "sample": i,
+                "total_ms": 0.0 if failed else float(t),
+                "bytes_up": s.get("bytes", 1000),
+                "bytes_down": 40,
+                "prediction": (i + 1) % 10 if wrong else i % 10,
+                "label": i % 10,
+                "status": "timeout" if failed else "ok",
+            }
             for phase, share in SHARES.items():
                 record[phase] = 0.0 if failed else float(t) * share
             if "queue_ms" in extra_columns:
@@ -136,7 +142,7 @@ def test_run_report_numbers_and_failed_offloaders(tmp_path):
     totals = write_run(tmp_path, spec)
     path = report.write_report(tmp_path)
     text = path.read_text()
-    study = report.load_study(tmp_path)
+    study = load.load_study(tmp_path)
     (group,) = study.groups
     deepcod = group.offloaders["deepcod"]
     assert deepcod.median.value == pytest.approx(np.median(totals["deepcod"]), rel=1e-6)
@@ -144,7 +150,7 @@ def test_run_report_numbers_and_failed_offloaders(tmp_path):
     assert deepcod.drop_pp == pytest.approx(100 / 40)  # one wrong in 40
     assert deepcod.score_ci == stats.wilson(39, 40)
     line = next(row for row in text.splitlines() if row.startswith("| deepcod |"))
-    assert f"| 40 | {report._estimate_text(deepcod.median)} | {report._ms(deepcod.mean)} |" in line
+    assert f"| 40 | {estimate_text(deepcod.median)} | {ms(deepcod.mean)} |" in line
     # accuracy with its interval, agreement beside it, the drop, over the 1-point bound
     ci = stats.wilson(39, 40)
     assert f"| 97.5 [{100 * ci.low:.1f}, {100 * ci.high:.1f}] | 97.5 | +2.50 | no | 0 |" in line
@@ -167,8 +173,8 @@ def test_a_faster_offloader_with_a_larger_drop_gets_no_speedup_claim(tmp_path):
     speedup figure, no win, and no 'best'/'fastest' wording for it."""
     write_run(tmp_path, BASE)
     text = report.write_report(tmp_path).read_text()
-    study = report.load_study(tmp_path)
-    (row,) = report.comparisons(study, "deepcod")
+    study = load.load_study(tmp_path)
+    (row,) = compare.comparisons(study, "deepcod")
     for name in ("raw", "local"):
         assert not row[name].claimed and np.isnan(row[name].ratio.value)
         verdict = f"{name} loses less accuracy (drop 0.00 vs 2.50 points): no speedup claimed"
@@ -188,8 +194,8 @@ def test_a_baseline_losing_no_less_gets_a_paired_speedup(tmp_path):
     sample, with an interval; raw loses less: no claim."""
     spec = {**BASE, "jpeg": {"median": 1000.0, "wrong": 1}}
     totals = write_run(tmp_path, spec)
-    study = report.load_study(tmp_path)
-    (row,) = report.comparisons(study, "deepcod")
+    study = load.load_study(tmp_path)
+    (row,) = compare.comparisons(study, "deepcod")
     jpeg = row["jpeg"]
     assert jpeg.claimed and jpeg.pairs == 40
     expected = stats.paired_ratio_of_medians_ci(totals["jpeg"], totals["deepcod"])
@@ -215,9 +221,9 @@ def test_a_run_where_nothing_completed_still_reports(tmp_path):
     assert "| all requests | raw | 100.00 vs - | - | raw: no accuracy to compare" in text
     assert "No request completed: nothing to plot." in text
     # figures of such a study draw nothing but do not fail either
-    study = report.load_study(tmp_path)
-    assert not report.drop_figure(study).axes[0].collections
-    assert not report.cdf_figure(study)[0].axes[0].lines
+    study = load.load_study(tmp_path)
+    assert not figures.drop_figure(study).axes[0].collections
+    assert not figures.cdf_figure(study)[0].axes[0].lines
 
 
 def write_sweep(folder: Path, *, missing: bool = True) -> dict:
@@ -233,8 +239,16 @@ def write_sweep(folder: Path, *, missing: bool = True) -> dict:
                 cell_id = f"c{index:03d}"
                 status = "failed" if missing and (bw, devices, repeat) == (4, 2, 1) else "done"
                 rel = f"cells/{cell_id}-bw{bw}-d{devices}-r{repeat}"
-                cells.append({"id": cell_id, "dir": rel, "values": values, "repeat": repeat,
-                              "seed": index, "status": status})  # fmt: skip
+                cells.append(
+                    {
+                        "id": cell_id,
+                        "dir": rel,
+                        "values": values,
+                        "repeat": repeat,
+                        "seed": index,
+                        "status": status,
+                    }
+                )
                 index += 1
                 if status != "done":
                     continue
@@ -251,8 +265,13 @@ def write_sweep(folder: Path, *, missing: bool = True) -> dict:
                 got = write_run(folder / rel, spec, seed=index, name="paper")
                 for name, values_ in got.items():
                     pooled.setdefault((bw, devices, name), []).extend(values_)
-    sweep = {"name": "paper", "source": "/abs/scenarios/paper.yaml", "repeats": 2,
-             "axes": axes, "cells": cells}  # fmt: skip
+    sweep = {
+        "name": "paper",
+        "source": "/abs/scenarios/paper.yaml",
+        "repeats": 2,
+        "axes": axes,
+        "cells": cells,
+    }
     (folder / "sweep.json").write_text(json.dumps(sweep))
     return {k: np.array(v) for k, v in pooled.items()}
 
@@ -268,12 +287,12 @@ def sweep(tmp_path_factory):
 
 def test_sweep_figures_draw_the_pooled_statistics(sweep):
     folder, pooled, _ = sweep
-    study = report.load_study(folder)
+    study = load.load_study(folder)
     assert len(study.groups) == 6 and study.done == 11 and len(study.missing) == 1
     bw = "network.uplink.bandwidth_mbps"
-    assert report.numeric_axes(study) == [bw, "devices"]
+    assert figures.numeric_axes(study) == [bw, "devices"]
 
-    fig = report.latency_figure(study, bw)
+    fig = figures.latency_figure(study, bw)
     panels = [ax for ax in fig.axes if ax.get_visible() and ax.lines]
     assert [ax.get_title() for ax in panels] == ["devices=1", "devices=2"]
     for ax, devices in zip(panels, (1, 2), strict=True):
@@ -287,7 +306,7 @@ def test_sweep_figures_draw_the_pooled_statistics(sweep):
             ys = band.get_paths()[0].vertices[:, 1]
             assert all(ys.min() <= e <= ys.max() for e in expected)
             assert len(np.unique(ys)) > 2  # a band, not a line
-    cdf, shown = report.cdf_figure(study)
+    cdf, shown = figures.cdf_figure(study)
     assert shown == list(range(6))
     for ax, group in zip([a for a in cdf.axes if a.lines], study.groups, strict=True):
         for line in ax.lines:
@@ -295,7 +314,7 @@ def test_sweep_figures_draw_the_pooled_statistics(sweep):
             assert line.get_ydata()[-1] == 1.0 and line.get_ydata()[0] == 0.0
             assert np.allclose(line.get_xdata()[1:], np.sort(pooled[key]))
 
-    phases, _ = report.phase_figure(study)
+    phases, _ = figures.phase_figure(study)
     ax = phases.axes[0]
     group = study.groups[0]
     names = [t.get_text() for t in ax.get_xticklabels()]
@@ -303,7 +322,7 @@ def test_sweep_figures_draw_the_pooled_statistics(sweep):
     stacks = np.zeros(3)
     for container in ax.containers:
         heights = np.array([bar.get_height() for bar in container])
-        key = {v: k for k, v in report.PHASE_NAMES.items()}[container.get_label()]
+        key = {v: k for k, v in figures.PHASE_NAMES.items()}[container.get_label()]
         for name, height in zip(names, heights, strict=True):
             data = pooled[(0.25, 1, name)]
             share = SHARES.get(key, 0.05)
@@ -312,20 +331,21 @@ def test_sweep_figures_draw_the_pooled_statistics(sweep):
     means = [np.mean(group.offloaders[n].totals) for n in names]
     assert np.allclose(stacks, means, rtol=1e-4)
 
-    bytes_fig, profiles = report.bytes_figure(study)
+    bytes_fig, profiles = figures.bytes_figure(study)
     assert profiles == 3  # deepcod's bytes change with bandwidth, not with devices
     bars = bytes_fig.axes[0].containers
     assert [bar.get_height() for bar in bars[0]] == pytest.approx([0, 100_000, 3200])
     assert bytes_fig.axes[0].get_yscale() == "log"
 
-    drop = report.drop_figure(study)
+    drop = figures.drop_figure(study)
     (points,) = [c for c in drop.axes[0].collections if c.get_label() == "deepcod"]
-    medians = [np.median(pooled[(g.values[bw], g.values["devices"], "deepcod")])
-               for g in study.groups]  # fmt: skip
+    medians = [
+        np.median(pooled[(g.values[bw], g.values["devices"], "deepcod")]) for g in study.groups
+    ]
     assert np.allclose(points.get_offsets()[:, 0], medians)
     assert np.allclose(points.get_offsets()[:, 1], 5.0)  # 2 wrong in 40
 
-    devices = report.devices_figure(study, report.devices_axis(study))
+    devices = figures.devices_figure(study, figures.devices_axis(study))
     edge = [ln for ax in devices.axes for ln in ax.lines if ln.get_gid() == "edge:local"]
     assert len(edge) == 3  # one row per bandwidth
     local = pooled[(1, 1, "local")], pooled[(1, 2, "local")]
@@ -339,12 +359,12 @@ def test_sweep_report_lists_groups_missing_cells_and_speedups(sweep):
     assert "| c011 | bandwidth_mbps=4, devices=2 | 1 | failed |" in text
     assert "### bandwidth_mbps=4, devices=2 (1 cell)" in text
     assert "### bandwidth_mbps=0.25, devices=1 (2 cells)" in text
-    study = report.load_study(folder)
+    study = load.load_study(folder)
     group = study.groups[0]
     median = stats.median_ci(pooled[(0.25, 1, "raw")])
     assert group.offloaders["raw"].median == median
-    assert f"| raw | 80 | {report._estimate_text(median)} |" in text
-    rows = report.comparisons(study, "deepcod")
+    assert f"| raw | 80 | {estimate_text(median)} |" in text
+    rows = compare.comparisons(study, "deepcod")
     raw = rows[0]["raw"]  # paired within each repeat's cell, pooled over the two
     assert raw.claimed and raw.pairs == 80
     assert raw.ratio.value == pytest.approx(
@@ -368,12 +388,13 @@ def test_sweep_report_lists_groups_missing_cells_and_speedups(sweep):
 
 def test_queue_and_device_columns_are_used(tmp_path):
     write_run(
-        tmp_path, {"deepcod": {"median": 100.0, "devices": 3}, "raw": {"median": 300.0}},
+        tmp_path,
+        {"deepcod": {"median": 100.0, "devices": 3}, "raw": {"median": 300.0}},
         extra_columns=("queue_ms", "device"),
-    )  # fmt: skip
-    study = report.load_study(tmp_path)
+    )
+    study = load.load_study(tmp_path)
     assert study.phases[0] == "queue_ms"
-    phases, _ = report.phase_figure(study)
+    phases, _ = figures.phase_figure(study)
     (queue,) = [c for c in phases.axes[0].containers if c.get_label() == "queue"]
     totals = [study.groups[0].offloaders[n].totals for n in ("deepcod", "raw")]
     assert [bar.get_height() for bar in queue] == pytest.approx(
@@ -385,8 +406,8 @@ def test_queue_and_device_columns_are_used(tmp_path):
     assert "| offloader | device 0 | device 1 | device 2 |" in text
     per_device = study.groups[0].offloaders["deepcod"].per_device
     assert sorted(per_device) == ["0", "1", "2"]
-    expected = report._ms(float(np.median(per_device["1"])))
-    assert f"| deepcod | {report._ms(float(np.median(per_device['0'])))} | {expected} |" in text
+    expected = ms(float(np.median(per_device["1"])))
+    assert f"| deepcod | {ms(float(np.median(per_device['0'])))} | {expected} |" in text
 
 
 def test_string_axis_several_deepcods_and_an_all_failed_sweep(tmp_path):
@@ -395,8 +416,13 @@ def test_string_axis_several_deepcods_and_an_all_failed_sweep(tmp_path):
     for i, trace in enumerate(["/traces/a.up", "/traces/b.up"]):
         write_run(tmp_path / f"c{i}", spec, seed=i)
         cells.append({"id": f"c{i}", "dir": f"c{i}", "values": {"trace": trace}, "status": "done"})
-    sweep = {"name": "t", "source": "s.yaml", "repeats": 1, "axes": {"trace": ["/traces/a.up",
-             "/traces/b.up"]}, "cells": cells}  # fmt: skip
+    sweep = {
+        "name": "t",
+        "source": "s.yaml",
+        "repeats": 1,
+        "axes": {"trace": ["/traces/a.up", "/traces/b.up"]},
+        "cells": cells,
+    }
     (tmp_path / "sweep.json").write_text(json.dumps(sweep))
     text = report.write_report(tmp_path).read_text()
     assert "No latency-against-axis plot: no swept axis is numeric." in text
@@ -426,15 +452,21 @@ def test_bad_folders_exit_2_with_a_message(tmp_path, capsys):
 def test_command_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "testbed.results.report", str(tmp_path / "nowhere")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "neither a run folder" in proc.stderr
     write_run(tmp_path, BASE)
     proc = subprocess.run(
         [sys.executable, "-m", "testbed.results.report", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(tmp_path / "report.md")
 
@@ -452,18 +484,27 @@ def test_a_detection_run_is_reported_as_detection_agreement(tmp_path):
     box = [1.0, 2.0, 30.0, 40.0, 0.9]
     reference = {i: [box] * (i % 2) for i in range(20)}
     records = [
-        {"offloader": name, "request": i, "sample": i, "total_ms": 100.0 + i,
-         "bytes_up": 1000, "bytes_down": 70, "label": -1, "status": "ok",
-         "prediction": [] if name == "jpeg" and i < 4 else reference[i]}
-        for name in ("raw", "jpeg") for i in range(20)
-    ]  # fmt: skip
+        {
+            "offloader": name,
+            "request": i,
+            "sample": i,
+            "total_ms": 100.0 + i,
+            "bytes_up": 1000,
+            "bytes_down": 70,
+            "label": -1,
+            "status": "ok",
+            "prediction": [] if name == "jpeg" and i < 4 else reference[i],
+        }
+        for name in ("raw", "jpeg")
+        for i in range(20)
+    ]
     rows = results.complete_records(records, reference, compare)
     results.write_csv(tmp_path / "requests.csv", rows, results.REQUEST_COLUMNS)
     summary = results.summarize(rows, ["raw", "jpeg"], 1.0, "detection_agreement")
     results.write_csv(tmp_path / "summary.csv", summary, results.SUMMARY_COLUMNS)
     (tmp_path / "resolved_scenario.yaml").write_text(yaml.safe_dump({"name": "faces"}))
     (tmp_path / "environment.json").write_text("{}")
-    assert report.load_study(tmp_path).metric == "detection"
+    assert load.load_study(tmp_path).metric == "detection"
     text = report.write_report(tmp_path).read_text()
     assert "detection agreement %" in text and "score: detection agreement" in text
     assert "| jpeg | 20 |" in text and "| 90.0 [" in text  # 2 of the 20 frames differ
@@ -507,16 +548,16 @@ def write_bound_sweep(folder: Path, bound: float = 1.0) -> dict:
 
 def test_fastest_configuration_within_the_bound_and_broken_bounds(tmp_path):
     pooled = write_bound_sweep(tmp_path)
-    study = report.load_study(tmp_path)
-    best = report.fastest_within(study, "jpeg")
+    study = load.load_study(tmp_path)
+    best = compare.fastest_within(study, "jpeg")
     assert best is study.groups[1]  # bw=2: bw=4 is faster but 5 points over
-    assert report.fastest_within(study, "deepcod") is None
-    assert report.fastest_within(study, "raw") is study.groups[2]
-    text = "\n".join(report._matched_section(study))
-    median = report._estimate_text(stats.median_ci(pooled[2]["jpeg"]))
+    assert compare.fastest_within(study, "deepcod") is None
+    assert compare.fastest_within(study, "raw") is study.groups[2]
+    text = "\n".join(markdown.matched_section(study))
+    median = estimate_text(stats.median_ci(pooled[2]["jpeg"]))
     assert f"| jpeg | bw=2 | {median} | +0.00 | 2 of 3 cell-groups |" in text
     assert "| deepcod | none within the bound | - | - | 0 of 3 cell-groups |" in text
-    warnings = report._warnings(study)
+    warnings = markdown.warnings_section(study)
     assert warnings[0] == "## Warnings"
     assert (
         "- **Warning:** jpeg lost 5.00 accuracy points in bw=4 (over in 1 of 3 cell-groups), "
@@ -533,13 +574,13 @@ def test_the_scenario_bound_is_read_from_the_run(tmp_path):
     """max_drop_pp 5 in the resolved scenario: DeepCOD's 5 points are within it, jpeg's
     at bw=4 still break its own configured bound of 1."""
     write_bound_sweep(tmp_path, bound=5.0)
-    study = report.load_study(tmp_path)
+    study = load.load_study(tmp_path)
     assert [g.bound for g in study.groups] == [5.0] * 3
     fastest = min(study.groups, key=lambda g: g.offloaders["deepcod"].median.value)
-    assert report.fastest_within(study, "deepcod") is fastest
-    warnings = report._warnings(study)
+    assert compare.fastest_within(study, "deepcod") is fastest
+    warnings = markdown.warnings_section(study)
     assert len(warnings) == 4 and "jpeg" in warnings[2] and "scenario" not in warnings[2]
-    assert "`max_drop_pp` = 5 (points of drop)" in "\n".join(report._header(study, None))
+    assert "`max_drop_pp` = 5 (points of drop)" in "\n".join(markdown.header(study, None))
 
 
 def test_old_results_without_agreement_or_bound_still_render(tmp_path):
@@ -556,7 +597,7 @@ def test_old_results_without_agreement_or_bound_still_render(tmp_path):
     with (tmp_path / "summary.csv").open(newline="") as handle:
         summary = list(csv.DictReader(handle))
     results.write_csv(tmp_path / "summary.csv", summary, old)
-    study = report.load_study(tmp_path)
+    study = load.load_study(tmp_path)
     assert study.metric == "accuracy" and study.groups[0].bound == 1.0
     group = study.groups[0]
     assert group.offloaders["raw"].agreement == pytest.approx(36 / 40)
@@ -568,7 +609,74 @@ def test_old_results_without_agreement_or_bound_still_render(tmp_path):
 
 def test_the_recorded_metric_wins_over_the_guess(tmp_path):
     write_run(tmp_path, BASE)
-    assert report.load_study(tmp_path).metric == "accuracy"  # labels: the guess
+    assert load.load_study(tmp_path).metric == "accuracy"  # labels: the guess
     env = json.loads((tmp_path / "environment.json").read_text())
     (tmp_path / "environment.json").write_text(json.dumps({**env, "metric": "agreement"}))
-    assert report.load_study(tmp_path).metric == "agreement"
+    assert load.load_study(tmp_path).metric == "agreement"
+
+
+def test_the_recorded_roles_decide_who_is_compared(tmp_path):
+    """Runs record each offloader's role (environment.json `roles`); runs from before
+    that know DeepCOD by its label."""
+    spec = {**BASE, "jpeg": {"median": 1000.0, "wrong": 1}}
+    write_run(tmp_path, spec)
+    study = load.load_study(tmp_path)
+    assert study.proposed == ["deepcod"]  # no roles recorded: by the label
+    assert compare.baselines(study) == ["local", "raw", "jpeg"]
+    env = json.loads((tmp_path / "environment.json").read_text())
+    roles = {name: "baseline" for name in spec} | {"jpeg": "proposed"}
+    (tmp_path / "environment.json").write_text(json.dumps({**env, "roles": roles}))
+    study = load.load_study(tmp_path)
+    assert study.proposed == ["jpeg"]
+    assert compare.baselines(study) == ["local", "raw", "deepcod"]
+    (row,) = compare.comparisons(study, "jpeg")
+    assert row["deepcod"].claimed and row["deepcod"].verdict() == "jpeg slower"
+    text = report.write_report(tmp_path).read_text()
+    assert "| all requests | deepcod | 2.50 vs 2.50 |" in text and "| jpeg slower |" in text
+
+
+def test_summary_md_states_the_runs_comparisons_and_what_it_recorded(tmp_path):
+    """summary.md (written by the runner at the end of a run) compares the recorded
+    proposed offloaders, and lists traffic, capture, fidelity and an interruption."""
+    records = [
+        {
+            "offloader": name,
+            "request": i,
+            "sample": i,
+            "total_ms": median + i,
+            "bytes_up": 100,
+            "bytes_down": 40,
+            "prediction": i % 10 if i >= wrong else 99,
+            "label": i % 10,
+            "status": "ok",
+        }
+        for name, median, wrong in (("raw", 400.0, 0), ("jpeg", 300.0, 2), ("mine", 100.0, 2))
+        for i in range(20)
+    ]
+    rows = results.complete_records(records, {i: i % 10 for i in range(20)})
+    summary = results.summarize(rows, ["raw", "jpeg", "mine"], 1.0, "agreement", 1.0)
+    env = {
+        "link_backend": "htb+test",
+        "rtt_ms": 20.25,
+        "interrupted": True,
+        "bounds": {"max_drop_pp": 1.0, "offloaders": {"jpeg": 1.0}},
+        "roles": {"raw": "baseline", "jpeg": "baseline", "mine": "proposed"},
+        "traffic": [{"flow": "bulk", "throughput_mbps": 0.5}, {"flow": "udp", "error": "gone"}],
+        "capture": ["raw: 100 payload bytes"],
+        "fidelity": ["uplink 1.00/1.00 Mbit/s"],
+    }
+    text = summary_md.write(tmp_path, rows, summary, env, "agreement").read_text()
+    assert text.startswith(f"# {tmp_path.name}\n\nScore: agreement.\n\n| offloader |")
+    assert "within it: raw." in text
+    assert "mine (drop 10.00 points) at matched accuracy:" in text
+    jpeg = results.versus([rows], "mine", "jpeg", 10.0, 10.0)
+    assert f"- jpeg: {jpeg.ratio_text()}, mine faster at no larger drop" in text
+    assert "- raw loses less accuracy (drop 0.00 vs 10.00 points): no speedup claimed" in text
+    assert "jpeg (drop" not in text  # a baseline: compared with, not compared
+    assert "- **Warning:** jpeg lost 10.00 accuracy points, beyond its configured" in text
+    assert "`accuracy` is top-1 agreement with the unsplit model (no labels)." in text
+    assert "Link backend: htb+test; round trip 20.25 ms." in text
+    assert "- bulk: 0.500 Mbit/s\n- udp: gone\n" in text
+    assert "On the wire (capture.pcap):\n\n- raw: 100 payload bytes\n" in text
+    assert "Link fidelity (measured/expected):\n\n- uplink 1.00/1.00 Mbit/s\n" in text
+    assert text.endswith("**The run was interrupted: these results are partial.**\n")

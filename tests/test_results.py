@@ -80,12 +80,15 @@ def test_agreement_beside_accuracy_with_wilson_interval_and_bound():
     labels = {s: (s + 1) % 10 if s < 2 else s % 10 for s in range(10)}
     records = [record("raw", s, 10.0 + s, reference[s], labels[s]) for s in range(10)]
     # jpeg agrees with the model on 7 samples, and is right on 7 labels (not the same 7)
-    records += [record("jpeg", s, 5.0, labels[s] if s < 2 else reference[s], labels[s])
-                for s in range(7)]  # fmt: skip
+    records += [
+        record("jpeg", s, 5.0, labels[s] if s < 2 else reference[s], labels[s]) for s in range(7)
+    ]
     records += [record("jpeg", s, 5.0, 99, labels[s]) for s in range(7, 10)]
     rows = results.complete_records(records, reference)
-    summary = {s["offloader"]: s for s in results.summarize(rows, ["raw", "jpeg"], 0.8,
-                                                            "accuracy", max_drop_pp=1.0)}  # fmt: skip
+    summary = {
+        s["offloader"]: s
+        for s in results.summarize(rows, ["raw", "jpeg"], 0.8, "accuracy", max_drop_pp=1.0)
+    }
     raw, jpeg = summary["raw"], summary["jpeg"]
     assert raw["accuracy"] == 0.8 and raw["agreement"] == 1.0 and raw["within_bound"] == 1
     assert jpeg["accuracy"] == 0.7 and jpeg["agreement"] == 0.5
@@ -109,21 +112,25 @@ def test_wilson_interval():
 
 
 def timed(offloader, sample, total, ok=True):
-    return {"offloader": offloader, "sample": sample, "total_ms": total,
-            "status": "ok" if ok else "timeout"}  # fmt: skip
+    return {
+        "offloader": offloader,
+        "sample": sample,
+        "total_ms": total,
+        "status": "ok" if ok else "timeout",
+    }
 
 
 def test_pairs_are_the_same_samples_within_a_cell():
     cell = [timed("a", 3, 10.0), timed("a", 1, 20.0), timed("a", 2, 30.0, ok=False)]
     cell += [timed("b", 1, 200.0), timed("b", 2, 300.0), timed("b", 3, 100.0)]
-    mine, theirs = results.paired_totals([cell, [timed("a", 1, 5.0), timed("b", 1, 7.0)]],
-                                         "a", "b")  # fmt: skip
+    mine, theirs = results.paired_totals([cell, [timed("a", 1, 5.0), timed("b", 1, 7.0)]], "a", "b")
     assert mine.tolist() == [20.0, 10.0, 5.0] and theirs.tolist() == [200.0, 100.0, 7.0]
 
 
 def test_a_speedup_is_claimed_only_over_an_offloader_losing_no_less():
-    cell = [timed(n, s, t * (1 + s / 100)) for s in range(30) for n, t in (("d", 10.0),
-            ("j", 40.0))]  # fmt: skip
+    cell = [
+        timed(n, s, t * (1 + s / 100)) for s in range(30) for n, t in (("d", 10.0), ("j", 40.0))
+    ]
     better = results.versus([cell], "d", "j", drop_pp=5.0, other_drop_pp=1.0)
     assert not better.claimed and math.isnan(better.ratio.value)
     assert better.verdict() == (
@@ -146,14 +153,19 @@ def test_fastest_within_the_bound():
 
 
 def test_configured_bounds_and_warnings():
-    offloaders = ["raw", {"name": "jpeg", "quality": "auto", "max_drop_pp": 1.0},
-                  {"name": "webp", "quality": 75, "max_drop_pp": 1.0},
-                  {"name": "jalad", "max_drop_pp": 10}]  # fmt: skip
+    offloaders = [
+        "raw",
+        {"name": "jpeg", "quality": "auto", "max_drop_pp": 1.0},
+        {"name": "webp", "quality": 75, "max_drop_pp": 1.0},
+        {"name": "jalad", "max_drop_pp": 10},
+    ]
     configured = results.configured_bounds(offloaders)
     assert configured == {"jpeg": 1.0, "jalad": 10.0}  # a fixed quality aims at no bound
     twice = [{"name": "jalad", "max_drop_pp": 2}, {"name": "jalad", "max_drop_pp": 3}]
-    assert results.configured_bounds(twice) == {"jalad_max_drop_pp2": 2.0,
-                                                "jalad_max_drop_pp3": 3.0}  # fmt: skip
+    assert results.configured_bounds(twice) == {
+        "jalad_max_drop_pp2": 2.0,
+        "jalad_max_drop_pp3": 3.0,
+    }
     assert results.configured_bounds(twice, ["x", "y"]) == {"x": 2.0, "y": 3.0}
     drops = {"raw": 0.0, "jpeg": 2.0, "webp": 3.0, "jalad": 5.0}
     lines = results.bound_warnings(drops, 4.0, configured)
@@ -167,8 +179,7 @@ def test_summary_md_lines_claim_nothing_over_an_offloader_losing_less():
     reference = {s: s % 10 for s in range(20)}
     records = [record("raw", s, 100.0 + s, s % 10, s % 10) for s in range(20)]
     records += [record("jpeg", s, 40.0 + s, 99 if s < 2 else s % 10, s % 10) for s in range(20)]
-    records += [record("deepcod", s, 10.0 + s, 99 if s < 5 else s % 10, s % 10)
-                for s in range(20)]  # fmt: skip
+    records += [record("deepcod", s, 10.0 + s, 99 if s < 5 else s % 10, s % 10) for s in range(20)]
     rows = results.complete_records(records, reference)
     summary = results.summarize(rows, ["raw", "jpeg", "deepcod"], 1.0, "accuracy")
     text = "\n".join(results.matched_lines(rows, summary, 1.0, {"jpeg": 1.0}))

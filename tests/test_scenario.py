@@ -13,17 +13,15 @@ import yaml
 
 import testbed.offloaders as offloaders
 from testbed.config.scenario import (
-    NOT_YET_SUPPORTED,
     HostSpec,
     LinkSpec,
     NetworkSpec,
     OffloaderSpec,
     Scenario,
-    _key_paths,
     load_scenario,
     parse_scenario,
-    unsupported,
 )
+from testbed.config.schema import LINK, key_paths
 from testbed.errors import ScenarioError
 from testbed.offloaders.base import Offloader, Param
 
@@ -446,8 +444,12 @@ def test_full_scenario_resolves(tmp_path):
     assert (s.name, s.seed, s.samples, s.request_timeout_s) == ("lowbw", 7, 200, 5.0)
     assert s.arrival == {"process": "poisson", "rate_hz": 4.0}
     assert s.device == HostSpec(0.2) and s.edge == HostSpec(1.0)
-    assert s.network.uplink == LinkSpec(1.0, 20.0, 0.0, 0.5, 50)
-    assert s.network.downlink == LinkSpec(2.0, 20.0, 0.0, 0.0, 100)
+    assert s.network.uplink == LinkSpec(
+        bandwidth_mbps=1.0, delay_ms=20.0, jitter_ms=0.0, loss_pct=0.5, queue_packets=50
+    )
+    assert s.network.downlink == LinkSpec(
+        bandwidth_mbps=2.0, delay_ms=20.0, jitter_ms=0.0, loss_pct=0.0, queue_packets=100
+    )
     window = {"direction": "up", "start_s": 0.0, "stop_s": None}
     assert s.traffic == (
         {"type": "tcp_bulk", "flows": 2, **window},
@@ -473,7 +475,20 @@ def test_full_scenario_resolves(tmp_path):
 
 def test_downlink_defaults_to_a_copy_of_uplink(tmp_path):
     s = load_scenario(write(tmp_path, MINIMAL.replace("10}", "10, delay_ms: 40, loss_pct: 1}")))
-    assert s.network.downlink == s.network.uplink == LinkSpec(10.0, 40.0, 0.0, 1.0, 100)
+    assert (
+        s.network.downlink
+        == s.network.uplink
+        == LinkSpec(
+            bandwidth_mbps=10.0, delay_ms=40.0, jitter_ms=0.0, loss_pct=1.0, queue_packets=100
+        )
+    )
+
+
+def test_the_link_keys_are_the_declared_link_settings(tmp_path):
+    """The schema's link record is derived from LinkSpec: same keys, same defaults."""
+    assert list(LINK.fields) == [f.name for f in dataclasses.fields(LinkSpec)]
+    s = load_scenario(write(tmp_path, MINIMAL))
+    assert s.network.uplink == LinkSpec(bandwidth_mbps=10.0)
 
 
 def test_offloader_params_get_defaults(tmp_path):
@@ -523,7 +538,9 @@ def test_relative_trace_paths_follow_the_scenario_file(tmp_path, monkeypatch):
     s = load_scenario(path)
     assert s.network.trace == {"uplink": up.resolve(), "downlink": down.resolve()}
     assert all(p.is_absolute() for p in s.network.trace.values())
-    assert s.network.uplink == LinkSpec(None, 10.0, 0.0, 0.0, 100)
+    assert s.network.uplink == LinkSpec(
+        bandwidth_mbps=None, delay_ms=10.0, jitter_ms=0.0, loss_pct=0.0, queue_packets=100
+    )
     assert s.network.downlink == s.network.uplink
 
 
@@ -569,29 +586,17 @@ def test_to_dict_is_plain_data(tmp_path):
     assert yaml.safe_load(yaml.safe_dump(d)) == d
     assert isinstance(d["network"]["trace"]["uplink"], str)
     assert "bandwidth_mbps" not in d["network"]["uplink"]
-    assert set(d) == {k for k in _key_paths() if "." not in k and "[" not in k} - {"test_data"}
+    assert set(d) == {k for k in key_paths() if "." not in k and "[" not in k} - {"test_data"}
 
 
-# ------------------------------------------------------------------ support status and docs
-
-
-def test_unsupported_lists_what_this_version_cannot_do(tmp_path):
-    assert unsupported(load_scenario(write(tmp_path, MINIMAL))) == []
-    make_traces(tmp_path / "traces")
-    text = TRACE % ("traces/x.up", "traces/x.down")
-    s = load_scenario(write(tmp_path, text.replace("delay_ms: 10", "jitter_ms: 2")))
-    assert unsupported(s) == []  # traces, jitter and loss are emulated
-    poisson = MINIMAL + "arrival: {process: poisson, rate_hz: 3}\n"
-    assert unsupported(load_scenario(write(tmp_path, poisson))) == []  # open loop runs
+# ------------------------------------------------------------------ docs
 
 
 def test_reference_documents_every_key():
     docs = (REPO / "docs" / "scenarios.md").read_text()
-    for path in _key_paths():
+    for path in key_paths():
         leaf = path.rsplit(".", 1)[-1].removesuffix("[]")
         assert f"`{leaf}`" in docs, f"docs/scenarios.md does not mention `{leaf}` ({path})"
-    for key in NOT_YET_SUPPORTED:
-        assert f"`{key}`" in docs, f"docs/scenarios.md does not list `{key}` as not yet supported"
 
 
 # ------------------------------------------------------------------ command line

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from testbed.config import sweep as grids
 from testbed.errors import ScenarioError
 from testbed.errors import TestbedError as AgentFailure
 from testbed.experiment import sweep as sweeps
@@ -41,7 +42,7 @@ def test_lists_at_scalar_places_become_axes(tmp_path):
         "devices: [1, 2]\nrepeats: 2\n"
         "traffic: [{type: udp_cbr, rate_mbps: [0.1, 0.3]}, {type: tcp_bulk}]\n"
     )
-    sweep = sweeps.load_sweep(write(tmp_path / "s.yaml", text))
+    sweep = grids.load_sweep(write(tmp_path / "s.yaml", text))
     assert sweep.axes == {
         "network.uplink.bandwidth_mbps": [0.5, 2, 8],
         "devices": [1, 2],
@@ -66,10 +67,10 @@ def test_lists_at_scalar_places_become_axes(tmp_path):
 
 
 def test_a_plain_scenario_is_one_cell(tmp_path):
-    sweep = sweeps.load_sweep(write(tmp_path / "s.yaml", BASE.replace("BW", "1")))
+    sweep = grids.load_sweep(write(tmp_path / "s.yaml", BASE.replace("BW", "1")))
     assert sweep.axes == {} and len(sweep.cells) == 1 and not sweep.is_grid
     assert sweep.cells[0].scenario.network.uplink.bandwidth_mbps == 1
-    repeated = sweeps.load_sweep(write(tmp_path / "r.yaml", BASE.replace("BW", "1") + "repeats: 3"))
+    repeated = grids.load_sweep(write(tmp_path / "r.yaml", BASE.replace("BW", "1") + "repeats: 3"))
     assert repeated.is_grid and [c.scenario.seed for c in repeated.cells] == [7, 8, 9]
 
 
@@ -83,19 +84,19 @@ def test_a_plain_scenario_is_one_cell(tmp_path):
 )
 def test_a_bad_value_in_a_list_is_refused_with_its_place(tmp_path, value, message):
     with pytest.raises(ScenarioError, match=message.replace("[", r"\[")):
-        sweeps.load_sweep(write(tmp_path / "s.yaml", BASE.replace("BW", value)))
+        grids.load_sweep(write(tmp_path / "s.yaml", BASE.replace("BW", value)))
 
 
 def test_repeats_must_be_one_integer(tmp_path):
     with pytest.raises(ScenarioError, match="repeats"):
-        sweeps.load_sweep(write(tmp_path / "s.yaml", BASE.replace("BW", "1") + "repeats: [1, 2]"))
+        grids.load_sweep(write(tmp_path / "s.yaml", BASE.replace("BW", "1") + "repeats: [1, 2]"))
     with pytest.raises(ScenarioError, match="repeats: got 0"):
-        sweeps.load_sweep(write(tmp_path / "s.yaml", BASE.replace("BW", "1") + "repeats: 0"))
+        grids.load_sweep(write(tmp_path / "s.yaml", BASE.replace("BW", "1") + "repeats: 0"))
 
 
 def test_the_digest_follows_the_scenario(tmp_path):
-    a = sweeps.load_sweep(write(tmp_path / "a.yaml", BASE.replace("BW", "[1, 2]")))
-    b = sweeps.load_sweep(write(tmp_path / "b.yaml", BASE.replace("BW", "[1, 2]")))
+    a = grids.load_sweep(write(tmp_path / "a.yaml", BASE.replace("BW", "[1, 2]")))
+    b = grids.load_sweep(write(tmp_path / "b.yaml", BASE.replace("BW", "[1, 2]")))
     assert [c.digest() for c in a.cells] == [c.digest() for c in b.cells]
     assert a.cells[0].digest() != a.cells[1].digest()
     assert a.with_samples(9).cells[0].digest() != a.cells[0].digest()
@@ -129,7 +130,7 @@ class FakeRunner:
 def test_a_sweep_resumes_where_it_stopped(tmp_path, monkeypatch):
     from testbed.experiment import runner
 
-    sweep = sweeps.load_sweep(write(tmp_path / "s.yaml", BASE.replace("BW", "[1, 2, 4, 8]")))
+    sweep = grids.load_sweep(write(tmp_path / "s.yaml", BASE.replace("BW", "[1, 2, 4, 8]")))
     out = tmp_path / "out"
     fake = FakeRunner(interrupt_on=4)
     monkeypatch.setattr(runner, "run", fake.run)
@@ -158,7 +159,7 @@ def test_a_sweep_resumes_where_it_stopped(tmp_path, monkeypatch):
     sweeps.run_sweep(sweep, out, progress=False)
     assert fake.calls == [8]  # only the failed cell again
 
-    edited = sweeps.load_sweep(
+    edited = grids.load_sweep(
         write(
             tmp_path / "s.yaml",
             BASE.replace("BW", "[1, 2, 4, 8]").replace("samples: 4", "samples: 5"),
@@ -176,8 +177,11 @@ def test_a_sweep_resumes_where_it_stopped(tmp_path, monkeypatch):
 def run_cli(*args, timeout=900):
     return subprocess.run(
         [sys.executable, "run_scenario.py", *map(str, args), "--no-progress", "--skip-fidelity"],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def read_csv(path):
@@ -256,13 +260,13 @@ def test_a_real_sweep_runs_each_cell_once_and_reports(tmp_path):
 def test_a_file_of_several_documents_is_several_sweeps(tmp_path):
     one = BASE.replace("BW", "[1, 2]")
     two = BASE.replace("BW", "3").replace("name: grid", "name: other")
-    found = sweeps.load_sweeps(write(tmp_path / "s.yaml", one + "---\n" + two))
+    found = grids.load_sweeps(write(tmp_path / "s.yaml", one + "---\n" + two))
     assert [s.name for s in found] == ["grid", "other"]
     assert [len(s.cells) for s in found] == [2, 1]
     with pytest.raises(ScenarioError, match="document 2: name 'grid' is taken"):
-        sweeps.load_sweeps(write(tmp_path / "d.yaml", one + "---\n" + one))
+        grids.load_sweeps(write(tmp_path / "d.yaml", one + "---\n" + one))
     bad = two.replace("samples: 4", "samples: -4")
     with pytest.raises(ScenarioError, match=r"document 2: .*s.yaml:15: samples: got -4"):
-        sweeps.load_sweeps(write(tmp_path / "s.yaml", one + "---\n" + bad))
+        grids.load_sweeps(write(tmp_path / "s.yaml", one + "---\n" + bad))
     with pytest.raises(ScenarioError, match="2 YAML documents"):
-        sweeps.load_sweep(tmp_path / "s.yaml")  # one scenario expected
+        grids.load_sweep(tmp_path / "s.yaml")  # one scenario expected

@@ -11,14 +11,27 @@ import pytest
 from testbed.results import timeline
 
 
-def _row(offloader, sent_ms, total_ms, choice, *, status="ok", bytes_up=0, uplink_ms=0.0,
-         est=float("nan")):  # fmt: skip
+def _row(
+    offloader,
+    sent_ms,
+    total_ms,
+    choice,
+    *,
+    status="ok",
+    bytes_up=0,
+    uplink_ms=0.0,
+    est=float("nan"),
+):
     return {
-        "offloader": offloader, "intended_ms": sent_ms, "total_ms": total_ms,
+        "offloader": offloader,
+        "intended_ms": sent_ms,
+        "total_ms": total_ms,
         "choice": json.dumps(choice) if isinstance(choice, dict) else choice,
-        "status": status, "bytes_up": bytes_up, "uplink_ms": uplink_ms,
+        "status": status,
+        "bytes_up": bytes_up,
+        "uplink_ms": uplink_ms,
         "est_uplink_mbps": est,
-    }  # fmt: skip
+    }
 
 
 def _trace_rows():
@@ -28,8 +41,17 @@ def _trace_rows():
             rows.append(_row("dd", 1000.0 + 200 * i, 200.0 + i, {"mode": "local"}, est=1.0))
         else:
             choice = {"scale": 1.0, "quality": 100, "probe": i == 5}
-            rows.append(_row("dd", 1000.0 + 200 * i, 90.0 + i, choice, bytes_up=25_000,
-                             uplink_ms=50.0, est=5.0))  # fmt: skip
+            rows.append(
+                _row(
+                    "dd",
+                    1000.0 + 200 * i,
+                    90.0 + i,
+                    choice,
+                    bytes_up=25_000,
+                    uplink_ms=50.0,
+                    est=5.0,
+                )
+            )
     rows.append(_row("raw", 0.0, 300.0, "", bytes_up=150_000, uplink_ms=300.0))
     rows.append(_row("dd", 9999.0, 1.0, {"mode": "local"}, status="error"))
     return rows

@@ -152,10 +152,23 @@ def test_cbr_rate_measured_by_sink():
 
 def test_onoff_mean_and_variation():
     sent, got = _measure(
-        "--pattern", "onoff", "--rate-mbps", "8", "--on-s", "0.5", "--off-s", "0.5",
-        "--distribution", "exponential", "--packet-bytes", "1000", "--duration-s", "4",
-        "--seed", "3",
-    )  # fmt: skip
+        "--pattern",
+        "onoff",
+        "--rate-mbps",
+        "8",
+        "--on-s",
+        "0.5",
+        "--off-s",
+        "0.5",
+        "--distribution",
+        "exponential",
+        "--packet-bytes",
+        "1000",
+        "--duration-s",
+        "4",
+        "--seed",
+        "3",
+    )
     mean = got["bytes"] * 8 / 4.0 / 1e6
     per_s = got["per_second_mbps"]
     print("onoff", mean, per_s, sent)
@@ -167,9 +180,19 @@ def test_onoff_mean_and_variation():
 
 def test_poisson_trains():
     sent, got = _measure(
-        "--pattern", "poisson", "--rate-hz", "50", "--train-packets", "10",
-        "--packet-bytes", "1000", "--duration-s", "3", "--seed", "4",
-    )  # fmt: skip
+        "--pattern",
+        "poisson",
+        "--rate-hz",
+        "50",
+        "--train-packets",
+        "10",
+        "--packet-bytes",
+        "1000",
+        "--duration-s",
+        "3",
+        "--seed",
+        "4",
+    )
     mean = got["bytes"] * 8 / 3.0 / 1e6
     print("poisson", mean, sent)
     assert 3.0 <= mean <= 5.0
@@ -179,9 +202,25 @@ def test_poisson_trains():
 def test_sigterm_ends_sender_and_sink_with_json():
     sink, port = _start_sink()  # no --max-seconds: only a signal ends it
     send = _popen(
-        [*GEN, "send", "--host", LO, "--port", str(port), "--pattern", "onoff",
-         "--rate-mbps", "2", "--on-s", "0.3", "--off-s", "5", "--duration-s", "60"]
-    )  # fmt: skip
+        [
+            *GEN,
+            "send",
+            "--host",
+            LO,
+            "--port",
+            str(port),
+            "--pattern",
+            "onoff",
+            "--rate-mbps",
+            "2",
+            "--on-s",
+            "0.3",
+            "--off-s",
+            "5",
+            "--duration-s",
+            "60",
+        ]
+    )
     try:
         time.sleep(1.0)
         out, took = _stop(send)
@@ -208,10 +247,25 @@ def test_sink_max_seconds_without_traffic():
 
 def test_send_rejects_missing_pattern_arguments():
     done = subprocess.run(
-        [*GEN, "send", "--host", LO, "--port", "9", "--pattern", "onoff", "--rate-mbps", "1",
-         "--duration-s", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        [
+            *GEN,
+            "send",
+            "--host",
+            LO,
+            "--port",
+            "9",
+            "--pattern",
+            "onoff",
+            "--rate-mbps",
+            "1",
+            "--duration-s",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 2
     assert "--on-s" in done.stderr and "--off-s" in done.stderr
 
@@ -220,12 +274,27 @@ def test_send_rejects_missing_pattern_arguments():
 
 TRAFFIC = (
     {"type": "tcp_bulk", "flows": 2, "direction": "up", "start_s": 0.0, "stop_s": None},
-    {"type": "udp_onoff", "rate_mbps": 0.5, "on_s": 1.0, "off_s": 1.0,
-     "distribution": "pareto", "direction": "down", "start_s": 5.0, "stop_s": 20.0},
-    {"type": "poisson", "rate_hz": 3.0, "train_packets": 10, "packet_bytes": 1000,
-     "direction": "up", "start_s": 2.0, "stop_s": 500.0},
+    {
+        "type": "udp_onoff",
+        "rate_mbps": 0.5,
+        "on_s": 1.0,
+        "off_s": 1.0,
+        "distribution": "pareto",
+        "direction": "down",
+        "start_s": 5.0,
+        "stop_s": 20.0,
+    },
+    {
+        "type": "poisson",
+        "rate_hz": 3.0,
+        "train_packets": 10,
+        "packet_bytes": 1000,
+        "direction": "up",
+        "start_s": 2.0,
+        "stop_s": 500.0,
+    },
     {"type": "udp_cbr", "rate_mbps": 1.0, "direction": "up", "start_s": 70.0, "stop_s": None},
-)  # fmt: skip
+)
 
 
 def test_plan_windows_ports_and_sides():
@@ -233,8 +302,11 @@ def test_plan_windows_ports_and_sides():
         TRAFFIC, receiver_ip={"up": "10.0.0.2", "down": "10.0.0.1"}, duration_s=60, seed=2
     )
     assert [p.label for p in plans] == [
-        "tcp_bulk_up_0", "udp_onoff_down_1", "poisson_up_2", "udp_cbr_up_3"
-    ]  # fmt: skip
+        "tcp_bulk_up_0",
+        "udp_onoff_down_1",
+        "poisson_up_2",
+        "udp_cbr_up_3",
+    ]
     assert len({p.port for p in plans}) == 4
     assert [p.duration_s for p in plans] == [60.0, 15.0, 58.0, 0.0]
     assert [p.runs for p in plans] == [True, True, True, False]

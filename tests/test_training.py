@@ -68,8 +68,21 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
     DeepCOD with augmentation (crops drawn from the restored generator)."""
     from testbed.offloaders.deepcod import train as deepcod_train
 
-    tiny = ["--plugin", "fashion_cnn", "--ratio", "0.1", "--limit", "128", "--batch-size", "64",
-            "--threads", "1", "--eval-count", "32", "--augment"]  # fmt: skip
+    tiny = [
+        "--plugin",
+        "fashion_cnn",
+        "--ratio",
+        "0.1",
+        "--limit",
+        "128",
+        "--batch-size",
+        "64",
+        "--threads",
+        "1",
+        "--eval-count",
+        "32",
+        "--augment",
+    ]
     whole, parts = tmp_path / "whole.pt", tmp_path / "parts.pt"
     assert deepcod_train.main([*tiny, "--epochs", "2", "--out", str(whole)]) == 0
     assert deepcod_train.main([*tiny, "--epochs", "1", "--out", str(parts)]) == 0

@@ -69,9 +69,14 @@ def train(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(
-        argv, prog="python -m plugins.fashion_cnn.train", doc=__doc__, out=WEIGHTS,
-        epochs=6, batch_size=128, threads=2,
-    )  # fmt: skip
+        argv,
+        prog="python -m plugins.fashion_cnn.train",
+        doc=__doc__,
+        out=WEIGHTS,
+        epochs=6,
+        batch_size=128,
+        threads=2,
+    )
 
     started = time.monotonic()
     model, correct, total = train(args.epochs, args.seed, args.threads, args.batch_size, args.lr)

@@ -69,9 +69,14 @@ def train(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(
-        argv, prog="python -m plugins.imu_har.train", doc=__doc__, out=WEIGHTS,
-        epochs=30, batch_size=64, threads=1,
-    )  # fmt: skip
+        argv,
+        prog="python -m plugins.imu_har.train",
+        doc=__doc__,
+        out=WEIGHTS,
+        epochs=30,
+        batch_size=64,
+        threads=1,
+    )
 
     started = time.monotonic()
     model, correct, total = train(args.epochs, args.seed, args.threads, args.batch_size, args.lr)

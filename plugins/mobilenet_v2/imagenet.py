@@ -78,8 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--source", type=Path, required=True,
-                        help="folder with imagenet-samples/ and imagenet-classes.tsv")  # fmt: skip
+    parser.add_argument(
+        "--source",
+        type=Path,
+        required=True,
+        help="folder with imagenet-samples/ and imagenet-classes.tsv",
+    )
     parser.add_argument("--out", type=Path, default=OUT, help="default: %(default)s")
     args = parser.parse_args(argv)
     if not (args.source / "imagenet-classes.tsv").is_file():

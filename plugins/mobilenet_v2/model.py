@@ -32,8 +32,15 @@ NUM_CLASSES = 1000
 
 # Inverted-residual settings of the paper's Table 2: expansion t, channels c, repeats n,
 # stride s of the first repeat.
-BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-          (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))  # fmt: skip
+BLOCKS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
 # Which `features.{i}` each stage holds, in order. Stage 0 starts with Normalize (no
 # weights, position 0); stage 6 ends with pooling, flatten, dropout and the linear layer
@@ -41,8 +48,15 @@ BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
 STAGE_LAYOUT = ((0, 1), (2, 3), (4, 5, 6), (7, 8, 9, 10), (11, 12, 13), (14, 15, 16), (17, 18))
 CLASSIFIER_AT = (6, 5)
 
-STAGE_OUTPUT_SHAPES = ((16, 112, 112), (24, 56, 56), (32, 28, 28), (64, 14, 14),
-                       (96, 14, 14), (160, 7, 7), (NUM_CLASSES,))  # fmt: skip
+STAGE_OUTPUT_SHAPES = (
+    (16, 112, 112),
+    (24, 56, 56),
+    (32, 28, 28),
+    (64, 14, 14),
+    (96, 14, 14),
+    (160, 7, 7),
+    (NUM_CLASSES,),
+)
 
 
 class Normalize(nn.Module):

@@ -56,8 +56,13 @@ def load_reference():
     from plugins.mtcnn_faces.model import weights_dir
 
     root = weights_dir().parent
-    for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional",
-                 "torchvision.ops", "torchvision.ops.boxes"):  # fmt: skip
+    for name in (
+        "torchvision",
+        "torchvision.transforms",
+        "torchvision.transforms.functional",
+        "torchvision.ops",
+        "torchvision.ops.boxes",
+    ):
         if name in sys.modules and not getattr(sys.modules[name], "_stub", False):
             raise RuntimeError("the real torchvision is loaded; run this in its own process")
         sys.modules[name] = types.ModuleType(name)
@@ -66,8 +71,11 @@ def load_reference():
     sys.modules["torchvision.transforms"].functional = sys.modules[
         "torchvision.transforms.functional"
     ]
-    for name, path in ((PRIVATE, root), (f"{PRIVATE}.models", root / "models"),
-                       (f"{PRIVATE}.models.utils", root / "models" / "utils")):  # fmt: skip
+    for name, path in (
+        (PRIVATE, root),
+        (f"{PRIVATE}.models", root / "models"),
+        (f"{PRIVATE}.models.utils", root / "models" / "utils"),
+    ):
         package = types.ModuleType(name)
         package.__path__ = [str(path)]
         sys.modules[name] = package

@@ -63,32 +63,79 @@ MATE_ENV = "MATE_BACKGROUNDS_DIR"
 MATE_DEFAULT = Path("/usr/share/backgrounds/mate")
 MATE_HINT = f"install it with: apt-get install mate-backgrounds (or point {MATE_ENV} at a copy)"
 
-PORTRAITS = ("scikit-image:astronaut.png", "scikit-image:camera.png",
-             "matplotlib:grace_hopper.jpg")  # fmt: skip
+PORTRAITS = ("scikit-image:astronaut.png", "scikit-image:camera.png", "matplotlib:grace_hopper.jpg")
 NO_FACE_PHOTOS = tuple(
     f"scikit-image:{name}"
-    for name in ("chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-                 "hubble_deep_field.jpg")
-)  # fmt: skip
+    for name in (
+        "chelsea.png",
+        "coffee.png",
+        "rocket.jpg",
+        "motorcycle_left.png",
+        "hubble_deep_field.jpg",
+    )
+)
 MATE_PHOTOS = tuple(
     f"mate-backgrounds:nature/{name}.jpg"
-    for name in ("Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird",
-                 "RainDrops", "Storm", "TwoWings", "Wood", "YellowFlower")
-)  # fmt: skip
+    for name in (
+        "Aqua",
+        "Blinds",
+        "Dune",
+        "FreshFlower",
+        "Garden",
+        "GreenMeadow",
+        "LadyBird",
+        "RainDrops",
+        "Storm",
+        "TwoWings",
+        "Wood",
+        "YellowFlower",
+    )
+)
 # the train split's photos: none of them is in a test frame (motorcycle_right is left out:
 # it is the stereo twin of the test frames' motorcycle_left)
 TRAIN_PHOTOS = (
-    *(f"mate-backgrounds:abstract/{name}" for name in (
-        "Arc-Colors-Transparent-Wallpaper.png", "Elephants.jpg", "Flow.png", "Gulp.png",
-        "Silk.png", "Spring.png", "Waves.png")),
-    *(f"mate-backgrounds:desktop/{name}" for name in (
-        "Float-into-MATE.png", "GreenTraditional.jpg", "Ubuntu-Mate-Cold-no-logo.png",
-        "Ubuntu-Mate-Dark-no-logo.png", "Ubuntu-Mate-Radioactive-no-logo.png",
-        "Ubuntu-Mate-Warm-no-logo.png")),
-    *(f"scikit-image:{name}" for name in (
-        "brick.png", "cell.png", "clock_motion.png", "coins.png", "color.png", "grass.png",
-        "gravel.png", "horse.png", "ihc.png", "moon.png", "page.png", "retina.jpg", "text.png")),
-)  # fmt: skip
+    *(
+        f"mate-backgrounds:abstract/{name}"
+        for name in (
+            "Arc-Colors-Transparent-Wallpaper.png",
+            "Elephants.jpg",
+            "Flow.png",
+            "Gulp.png",
+            "Silk.png",
+            "Spring.png",
+            "Waves.png",
+        )
+    ),
+    *(
+        f"mate-backgrounds:desktop/{name}"
+        for name in (
+            "Float-into-MATE.png",
+            "GreenTraditional.jpg",
+            "Ubuntu-Mate-Cold-no-logo.png",
+            "Ubuntu-Mate-Dark-no-logo.png",
+            "Ubuntu-Mate-Radioactive-no-logo.png",
+            "Ubuntu-Mate-Warm-no-logo.png",
+        )
+    ),
+    *(
+        f"scikit-image:{name}"
+        for name in (
+            "brick.png",
+            "cell.png",
+            "clock_motion.png",
+            "coins.png",
+            "color.png",
+            "grass.png",
+            "gravel.png",
+            "horse.png",
+            "ihc.png",
+            "moon.png",
+            "page.png",
+            "retina.jpg",
+            "text.png",
+        )
+    ),
+)
 TRAIN_CROPS = 2  # seeded crops per train photo, besides the whole photo
 LFW = "scikit-image:lfw_subset.npy"
 LFW_FACES = 100  # the file holds 100 faces, then 100 non-face patches
@@ -198,15 +245,25 @@ def build() -> tuple[np.ndarray, list[dict]]:
     for k, (name, photo) in enumerate(zip(PORTRAITS, portraits, strict=True)):
         w, h = photo.size
         add(letterbox(photo), kind="portrait", view="whole", sources=[name], faces=1)
-        add(letterbox(photo, box=(0, 0, w, round(h * 0.6))), kind="portrait", view="top 60%",
-            sources=[name], faces=1)  # fmt: skip
+        add(
+            letterbox(photo, box=(0, 0, w, round(h * 0.6))),
+            kind="portrait",
+            view="top 60%",
+            sources=[name],
+            faces=1,
+        )
         base = background(k)
         small = photo.resize((round(w * PIP_HEIGHT / h), PIP_HEIGHT), Image.Resampling.BICUBIC)
         x = int(rng.integers(0, WIDTH - small.width + 1))
         y = int(rng.integers(0, HEIGHT - small.height + 1))
         base.paste(small, (x, y))
-        add(base, kind="portrait", view=f"{PIP_HEIGHT} px high on a background",
-            sources=[name, MATE_PHOTOS[k]], faces=1)  # fmt: skip
+        add(
+            base,
+            kind="portrait",
+            view=f"{PIP_HEIGHT} px high on a background",
+            sources=[name, MATE_PHOTOS[k]],
+            faces=1,
+        )
 
     group = Image.new("RGB", (WIDTH, HEIGHT))
     third = WIDTH // 3
@@ -220,9 +277,14 @@ def build() -> tuple[np.ndarray, list[dict]]:
     for k, chunk in enumerate(np.array_split(np.arange(LFW_FACES), CROWD_FRAMES)):
         bg = 3 + k  # backgrounds 0-2 carry the pasted portraits
         frame, boxes = _patch_frame(faces[chunk], background(bg), rng)
-        add(frame, kind="crowd", view=f"LFW faces {chunk[0]}-{chunk[-1]}",
-            sources=[LFW, MATE_PHOTOS[bg % len(MATE_PHOTOS)]], faces=len(chunk),
-            face_boxes=boxes)  # fmt: skip
+        add(
+            frame,
+            kind="crowd",
+            view=f"LFW faces {chunk[0]}-{chunk[-1]}",
+            sources=[LFW, MATE_PHOTOS[bg % len(MATE_PHOTOS)]],
+            faces=len(chunk),
+            face_boxes=boxes,
+        )
 
     for name in (*MATE_PHOTOS, *NO_FACE_PHOTOS):
         add(letterbox(_open_rgb(name)), kind="no face", view="whole", sources=[name], faces=0)
@@ -230,9 +292,13 @@ def build() -> tuple[np.ndarray, list[dict]]:
     for k in range(NON_FACE_FRAMES):
         bg = 3 + CROWD_FRAMES + k
         frame, _ = _patch_frame(non_faces[k * per_frame : (k + 1) * per_frame], background(bg), rng)
-        add(frame, kind="no face", view=f"LFW non-face patches {k * per_frame}-"
-            f"{(k + 1) * per_frame - 1}", sources=[LFW, MATE_PHOTOS[bg % len(MATE_PHOTOS)]],
-            faces=0)  # fmt: skip
+        add(
+            frame,
+            kind="no face",
+            view=f"LFW non-face patches {k * per_frame}-{(k + 1) * per_frame - 1}",
+            sources=[LFW, MATE_PHOTOS[bg % len(MATE_PHOTOS)]],
+            faces=0,
+        )
     return np.stack(frames), meta
 
 
@@ -252,13 +318,18 @@ def build_train() -> tuple[np.ndarray, list[dict]]:
             aspect = rng.uniform(0.75, 16 / 9)  # width / height
             cw, ch = min(w, round(side * np.sqrt(aspect))), min(h, round(side / np.sqrt(aspect)))
             x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-            crop = photo.resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC,
-                                box=(x, y, x + cw, y + ch))  # fmt: skip
+            crop = photo.resize(
+                (WIDTH, HEIGHT), Image.Resampling.BICUBIC, box=(x, y, x + cw, y + ch)
+            )
             if k % 2:
                 crop = ImageOps.mirror(crop)
             frames.append(crop)
-            meta.append({"sources": [name], "view": f"crop {x},{y} {cw}x{ch}"
-                         + (" mirrored" if k % 2 else "")})  # fmt: skip
+            meta.append(
+                {
+                    "sources": [name],
+                    "view": f"crop {x},{y} {cw}x{ch}" + (" mirrored" if k % 2 else ""),
+                }
+            )
     return np.stack([np.asarray(f, dtype=np.uint8).transpose(2, 0, 1) for f in frames]), meta
 
 

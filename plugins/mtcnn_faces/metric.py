@@ -93,10 +93,14 @@ class Agreement:
 
     def as_dict(self) -> dict:
         return {
-            "images": self.images, "tp": self.tp, "fp": self.fp, "fn": self.fn,
-            "precision": self.precision, "recall": self.recall,
+            "images": self.images,
+            "tp": self.tp,
+            "fp": self.fp,
+            "fn": self.fn,
+            "precision": self.precision,
+            "recall": self.recall,
             "image_agreement": self.image_agreement,
-        }  # fmt: skip
+        }
 
 
 def agreement(preds, refs, threshold: float = IOU_THRESHOLD) -> Agreement:

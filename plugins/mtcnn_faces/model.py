@@ -135,9 +135,12 @@ class ONet(nn.Module):
 
 
 def nms(
-    boxes: torch.Tensor, scores: torch.Tensor, threshold: float, mode: str = "union",
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    threshold: float,
+    mode: str = "union",
     pixel: float = 0.0,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Greedy non-maximum suppression; indices of the kept boxes, best score first.
 
     Repeatedly keep the best remaining box and drop every other whose overlap with it is

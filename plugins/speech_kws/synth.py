@@ -43,9 +43,27 @@ SILENCE = CLASSES.index("silence")
 # Words of the "unknown" class: commands, and words that the real recordings of
 # pocketsphinx-testdata say between their digits ("ten of clubs", "go forward ten meters").
 UNKNOWN_WORDS = (
-    "go", "stop", "yes", "no", "left", "right", "up", "down", "on", "off", "ten",
-    "hundred", "of", "clubs", "forward", "meters", "queen", "hearts", "spades", "dog",
-)  # fmt: skip
+    "go",
+    "stop",
+    "yes",
+    "no",
+    "left",
+    "right",
+    "up",
+    "down",
+    "on",
+    "off",
+    "ten",
+    "hundred",
+    "of",
+    "clubs",
+    "forward",
+    "meters",
+    "queen",
+    "hearts",
+    "spades",
+    "dog",
+)
 
 TOOLS = {"flite": "flite", "espeak-ng": "espeak-ng", "sox": "sox"}  # executable -> package
 INSTALL_HINT = "install them with: apt-get install flite espeak-ng sox"

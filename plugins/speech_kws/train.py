@@ -129,9 +129,14 @@ def real_speech_report(plugin: Plugin, model: nn.Module) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(
-        argv, prog="python -m plugins.speech_kws.train", doc=__doc__, out=WEIGHTS,
-        epochs=20, batch_size=64, threads=1,
-    )  # fmt: skip
+        argv,
+        prog="python -m plugins.speech_kws.train",
+        doc=__doc__,
+        out=WEIGHTS,
+        epochs=20,
+        batch_size=64,
+        threads=1,
+    )
 
     started = time.monotonic()
     model = train(args.epochs, args.seed, args.threads, args.batch_size, args.lr)

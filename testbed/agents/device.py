@@ -1,18 +1,20 @@
 """Device agent: runs the scenario's requests against the edge agent.
 
 Run inside the device host: `python -m testbed.agents.device JOB.json`. The job
-file (written by the runner) names the plugin, offloaders, sample indices, edge
-address, arrival process and output files. Each measured request becomes one JSON
-line in the records file, in request order, flushed at once so the runner can show
-progress and nothing is lost if the run is interrupted.
+file (a `contract.DeviceJob`, written by the runner) names the plugin, offloaders,
+sample indices, edge address, arrival process and output files. Each measured request
+becomes one `contract.RequestRecord`, a JSON line in the records file, in request order,
+flushed at once so the runner can show progress and nothing is lost if the run is
+interrupted.
 
 Arrivals. Closed loop (`{"process": "closed"}`): one request at a time, the next
 starts when the previous one has its reply. Open loop (`{"process": "poisson",
 "rate_hz": R}`): each offloader's requests have intended start times drawn as a
-Poisson process (seeded, so a run's schedule is reproducible; `intended_ms` records
-it). The device half still runs serially on this thread (the device has one CPU),
-but nobody waits for a reply before the next request: payloads are pipelined on the
-connection and a receiver thread completes them from the replies' request ids.
+Poisson process (`arrivals`: seeded, so a run's schedule is reproducible;
+`intended_ms` records it). The device half still runs serially on this thread (the
+device has one CPU), but nobody waits for a reply before the next request: payloads
+are pipelined on the connection and a receiver thread completes them from the
+replies' request ids.
 
 Latency is timed from the intended start, not from when the device got round to the
 request, so a device or edge that falls behind shows in `total_ms` (no coordinated
@@ -34,12 +36,15 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from testbed import offloaders
+from testbed.agents.arrivals import poisson_offsets_ms, wait_barrier
+from testbed.agents.contract import ContractError, DeviceJob, DeviceMeta, RequestRecord
 from testbed.agents.protocol import (
     HEADER,
     TIMING_STRUCT,
@@ -59,41 +64,9 @@ from testbed.offloaders.link_estimate import LinkEstimate
 
 log = logging.getLogger("device")
 POLL_S = 0.05  # how often the receiver looks for requests past their timeout
-BARRIER_POLL_S = 0.01
 # A reply's arrival is stamped by the receiver thread once it holds the GIL; Python's
 # default switch interval (5 ms) could hold it back that long behind the device half.
 SWITCH_INTERVAL_S = 0.0005
-
-
-def poisson_offsets_ms(
-    rate_hz: float, count: int, seed: int, offloader: int, device: int = 0
-) -> np.ndarray:
-    """Intended start times of one offloader's measured requests, in ms after the
-    first: exponential gaps of mean 1000/rate_hz. Seeded by the scenario's seed, the
-    offloader's index and the device's, so each device's arrivals are independent of
-    the others' (N devices together make a Poisson process of N * rate_hz)."""
-    rng = np.random.default_rng([seed, offloader, device])
-    gaps = rng.exponential(1000.0 / rate_hz, max(count - 1, 0))
-    return np.concatenate([[0.0], np.cumsum(gaps)])[:count]
-
-
-def wait_barrier(folder: str | Path, name: str, index: int, count: int, timeout_s: float) -> None:
-    """Start barrier of `count` devices: mark this device's arrival as `folder/name.index`,
-    then wait until every device's file exists."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.{index}").touch()
-    deadline = time.monotonic() + timeout_s
-    while True:
-        missing = [i for i in range(count) if not (folder / f"{name}.{i}").exists()]
-        if not missing:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"start barrier {folder}/{name}.*: device(s) {missing} of {count} did not "
-                f"arrive within {timeout_s:.0f} s"
-            )
-        time.sleep(BARRIER_POLL_S)
 
 
 class Connection:
@@ -158,14 +131,18 @@ class RecordWriter:
         self._lock = threading.Lock()
         self._order: deque[int] = deque()
         self._expected: set[int] = set()
-        self._done: dict[int, dict] = {}
+        self._done: dict[int, RequestRecord] = {}
 
     def expect(self, request: int) -> None:
         with self._lock:
             self._order.append(request)
             self._expected.add(request)
 
-    def complete(self, request: int, record: dict) -> None:
+    def expects(self, request: int) -> bool:
+        with self._lock:
+            return request in self._expected
+
+    def complete(self, request: int, record: RequestRecord) -> None:
         with self._lock:
             if request not in self._expected:
                 return
@@ -182,7 +159,7 @@ class RecordWriter:
 
     def _write(self, request: int) -> None:
         self._expected.discard(request)
-        self.out.write(json.dumps(self._done.pop(request)) + "\n")
+        self.out.write(self._done.pop(request).to_json() + "\n")
 
 
 @dataclass
@@ -190,7 +167,7 @@ class InFlight:
     """An offloaded request between its send and its reply (or timeout)."""
 
     request: int
-    record: dict
+    record: dict  # the RequestRecord's fields so far
     intended_ns: int
     conn: Connection
     nbytes: int
@@ -206,9 +183,15 @@ class Requests:
     timeout) handed to the writer."""
 
     def __init__(
-        self, host: str, port: int, hello: dict, timeout_s: float, writer: RecordWriter,
-        estimate: LinkEstimate, plugin=None,
-    ) -> None:  # fmt: skip
+        self,
+        host: str,
+        port: int,
+        hello: dict,
+        timeout_s: float,
+        writer: RecordWriter,
+        estimate: LinkEstimate,
+        plugin=None,
+    ) -> None:
         """`plugin` says how its predictions travel and are recorded (None: a classifier)."""
         self.address, self.hello, self.timeout_s = (host, port), hello, timeout_s
         self.writer, self.estimate, self.plugin = writer, estimate, plugin
@@ -235,9 +218,15 @@ class Requests:
             self.conn.close()
 
     def issue(
-        self, offloader, index: int, request: int, sample, tags: dict,
-        intended_ns: int | None = None, origin_ns: int | None = None,
-    ) -> int:  # fmt: skip
+        self,
+        offloader,
+        index: int,
+        request: int,
+        sample,
+        tags: dict,
+        intended_ns: int | None = None,
+        origin_ns: int | None = None,
+    ) -> int:
         """Run request `request` now, `queue_ms` after `intended_ns` (None: now, closed
         loop); `intended_ms` is counted from `origin_ns` (None: from this request).
         Returns the intended time used."""
@@ -245,10 +234,19 @@ class Requests:
         start = time.monotonic_ns()
         intended_ns = start if intended_ns is None else intended_ns
         origin_ns = intended_ns if origin_ns is None else origin_ns
-        record = dict(tags, intended_ms=(intended_ns - origin_ns) / 1e6,
-                      queue_ms=max(0, start - intended_ns) / 1e6, device_ms=0.0,
-                      encode_ms=0.0, uplink_ms=0.0, decode_ms=0.0, edge_ms=0.0,
-                      downlink_ms=0.0, bytes_up=0, bytes_down=0)  # fmt: skip
+        record = dict(
+            tags,
+            intended_ms=(intended_ns - origin_ns) / 1e6,
+            queue_ms=max(0, start - intended_ns) / 1e6,
+            device_ms=0.0,
+            encode_ms=0.0,
+            uplink_ms=0.0,
+            decode_ms=0.0,
+            edge_ms=0.0,
+            downlink_ms=0.0,
+            bytes_up=0,
+            bytes_down=0,
+        )
         record["est_uplink_mbps"] = self.estimate.uplink_mbps  # what the device believed
         timer = PhaseTimer()
         try:
@@ -296,6 +294,8 @@ class Requests:
                 self.conn.close()
             self.open()
         conn = self.conn
+        if conn is None:
+            raise RuntimeError("open() left no connection")
         if conn.receiver is None:
             conn.receiver = threading.Thread(
                 target=self._receive, args=(conn,), name="replies", daemon=True
@@ -390,10 +390,10 @@ class Requests:
     def _finish(self, request: int, record: dict, prediction, status: str, error: str) -> None:
         if self.closed:
             return
-        recorded = -1 if prediction is None else predictions.to_record(self.plugin, prediction)
-        record.update(prediction=recorded, status=status)
-        record["error"] = error
-        self.writer.complete(request, record)
+        if self.writer.expects(request):  # a warm-up's is never written, so never made
+            recorded = -1 if prediction is None else predictions.to_record(self.plugin, prediction)
+            final = dict(record, prediction=recorded, status=status, error=error)
+            self.writer.complete(request, RequestRecord.from_dict(final))
         with self.cond:
             self.cond.notify_all()
 
@@ -405,9 +405,16 @@ class Requests:
 
 
 def run_offloader(
-    requests: Requests, offloader, index: int, inputs, samples: list[int], labels,
-    first_request: int, offsets_ms: np.ndarray | None, tags: dict,
-) -> int:  # fmt: skip
+    requests: Requests,
+    offloader,
+    index: int,
+    inputs,
+    samples: Sequence[int],
+    labels,
+    first_request: int,
+    offsets_ms: np.ndarray | None,
+    tags: dict,
+) -> int:
     """One offloader's measured requests: closed loop when `offsets_ms` is None, else
     request k intended at offsets_ms[k] after now (started then, or as soon as the
     device is free). Returns the last request id used."""
@@ -444,79 +451,87 @@ def wait_for_limit(loaded: Path, cgroup: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.02)
 
 
-def read_arrival(job: dict) -> float | None:
-    """The open-loop rate in Hz, or None for closed loop."""
-    arrival = job.get("arrival") or {"process": "closed"}
-    if arrival.get("process") == "closed":
-        return None
-    if arrival.get("process") == "poisson" and float(arrival.get("rate_hz", 0)) > 0:
-        return float(arrival["rate_hz"])
-    raise RuntimeError(f"unknown arrival in the job file: {arrival!r}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("job", type=Path)
     args = parser.parse_args(argv)
     honour_sigint()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s device %(levelname)s %(message)s")
-    job = json.loads(args.job.read_text())
-    rate_hz = read_arrival(job)  # until the runner writes them: one closed-loop device
-    seed, device = int(job.get("seed", 1)), int(job.get("device_index", 0))
-    devices, barrier = int(job.get("devices", 1)), job.get("barrier")
+    try:
+        job = DeviceJob.read(args.job)
+    except ContractError as exc:
+        print(f"device agent: {exc}", file=sys.stderr)
+        return exc.exit_status
+    rate_hz, device = job.arrival.open_rate_hz, job.device_index
 
     import torch
 
-    torch.set_num_threads(job["threads"])
-    plugin = plugins.get(job["plugin"])
+    torch.set_num_threads(job.threads)
+    plugin = plugins.get(job.plugin)
     model = plugin.load_model()
-    data = plugins.test_data(plugin, job.get("test_data"))
-    built = [offloaders.get(o["name"])(plugin, model, **o["params"]) for o in job["offloaders"]]
+    data = plugins.test_data(plugin, None if job.test_data is None else Path(job.test_data))
+    built = [offloaders.get(o.name)(plugin, model, **o.params) for o in job.offloaders]
     kernels_s = warm_kernels(type(o) for o in built)
-    if job.get("cgroup"):
-        wait_for_limit(Path(job["loaded"]), job["cgroup"])
+    if job.cgroup is not None and job.loaded is not None:
+        wait_for_limit(Path(job.loaded), job.cgroup)
     started = time.monotonic()
     for offloader in built:  # profiling on this (CPU-limited) host; calibration is cached
         offloader.prepare("device")
     prepare_s = time.monotonic() - started
-    hello = {"plugin": job["plugin"], "offloaders": job["offloaders"]}
     estimate = LinkEstimate()
     switch_interval = sys.getswitchinterval()
-    with open(job["records"], "a", buffering=1) as out, sigterm_raises():
+    with open(job.records, "a", buffering=1) as out, sigterm_raises():
         requests = Requests(
-            job["edge_host"], job["edge_port"], hello, job["timeout_s"], RecordWriter(out),
-            estimate, plugin,
-        )  # fmt: skip
+            job.edge_host,
+            job.edge_port,
+            job.hello(),
+            job.timeout_s,
+            RecordWriter(out),
+            estimate,
+            plugin,
+        )
         try:
             conn = requests.open()
-            estimate.observe_rtt(conn.rtt_ms(job["pings"]))
+            estimate.observe_rtt(conn.rtt_ms(job.pings))
             for offloader, edge_half in zip(built, conn.described, strict=True):
                 offloader.connect(edge_half, estimate)
-            meta = {"rtt_ms": estimate.rtt_ms, "offloaders": conn.described,
-                    "device_offloaders": [o.describe() for o in built],
-                    "device_kernel_warmup_s": kernels_s, "device_prepare_s": prepare_s,
-                    "arrival": job.get("arrival") or {"process": "closed"},
-                    "device_index": device}  # fmt: skip
-            Path(job["meta"]).write_text(json.dumps(meta))
+            meta = DeviceMeta(
+                rtt_ms=estimate.rtt_ms,
+                offloaders=tuple(conn.described),
+                device_offloaders=tuple(o.describe() for o in built),
+                device_kernel_warmup_s=kernels_s,
+                device_prepare_s=prepare_s,
+                arrival=job.arrival,
+                device_index=device,
+            )
+            meta.write(job.meta)
             sys.setswitchinterval(SWITCH_INTERVAL_S)
             request = 0
-            for index, (spec, offloader) in enumerate(zip(job["offloaders"], built, strict=True)):
-                first = job["samples"][0]
-                for _ in range(job["warmup"]):  # first calls pay allocation and JIT costs
+            for index, (spec, offloader) in enumerate(zip(job.offloaders, built, strict=True)):
+                first = job.samples[0]
+                for _ in range(job.warmup):  # first calls pay allocation and JIT costs
                     request += 1
-                    tags = {"offloader": spec["label"], "request": request}
+                    tags = {"offloader": spec.label, "request": request}
                     requests.issue(offloader, index, request, data.inputs[first], tags)
                     requests.wait_idle()
-                if barrier:  # every device starts this offloader's requests together
-                    wait_barrier(barrier, str(index), device, devices, job["timeout_s"] * 4 + 60)
+                if job.barrier is not None:  # every device starts this offloader together
+                    timeout_s = job.timeout_s * 4 + 60
+                    wait_barrier(job.barrier, str(index), device, job.devices, timeout_s)
                 offsets = None
                 if rate_hz is not None:
-                    offsets = poisson_offsets_ms(rate_hz, len(job["samples"]), seed, index, device)
-                tags = {"offloader": spec["label"], "device": device}
+                    offsets = poisson_offsets_ms(rate_hz, len(job.samples), job.seed, index, device)
+                tags = {"offloader": spec.label, "device": device}
                 request = run_offloader(
-                    requests, offloader, index, data.inputs, job["samples"], data.labels,
-                    request + 1, offsets, tags,
-                )  # fmt: skip
+                    requests,
+                    offloader,
+                    index,
+                    data.inputs,
+                    job.samples,
+                    data.labels,
+                    request + 1,
+                    offsets,
+                    tags,
+                )
         except (KeyboardInterrupt, Terminated) as exc:
             log.warning("interrupted: %s", type(exc).__name__)
             return 130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM

@@ -149,6 +149,8 @@ class Server(socketserver.ThreadingTCPServer):
 
 
 class Handler(socketserver.BaseRequestHandler):
+    server: Server
+
     def handle(self) -> None:
         tune(self.request)
         self.request.settimeout(IDLE_TIMEOUT_S)
@@ -170,11 +172,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    seconds = warm_kernels(offloaders.get(name) for name in offloaders.names())
-    if seconds is not None:
-        log.info("kernels ready in %.2f s", seconds)
     models = ModelCache()
     try:
+        # a broken third-party offloader is named here, not met by a request later
+        seconds = warm_kernels(offloaders.get(name) for name in offloaders.names())
+        if seconds is not None:
+            log.info("kernels ready in %.2f s", seconds)
         for name in args.preload:
             models.get(name)
     except TestbedError as exc:

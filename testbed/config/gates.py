@@ -10,16 +10,57 @@ from __future__ import annotations
 import ast
 import operator
 
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-           ast.Div: operator.truediv}  # fmt: skip
-_COMPARE = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
-            ast.GtE: operator.ge, ast.Eq: operator.eq, ast.NotEq: operator.ne}  # fmt: skip
-_ALLOWED = (ast.Expression, ast.Compare, ast.BoolOp, ast.BinOp, ast.UnaryOp, ast.Constant,
-            ast.Name, ast.Load, ast.USub, ast.And, ast.Or, *_BINARY, *_COMPARE)  # fmt: skip
-METRICS = ("n", "p50_ms", "p95_ms", "p99_ms", "mean_bytes_up", "accuracy", "accuracy_drop_pp",
-           "speedup_vs_raw", "failed", "p50_device_ms", "p50_encode_ms",
-           "p50_uplink_ms", "p50_queue_ms", "precision", "recall", "mean_ms",
-           "agreement", "accuracy_lo", "accuracy_hi", "within_bound")  # fmt: skip
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+_COMPARE = {
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+}
+_ALLOWED = (
+    ast.Expression,
+    ast.Compare,
+    ast.BoolOp,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.Constant,
+    ast.Name,
+    ast.Load,
+    ast.USub,
+    ast.And,
+    ast.Or,
+    *_BINARY,
+    *_COMPARE,
+)
+METRICS = (
+    "n",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "mean_bytes_up",
+    "accuracy",
+    "accuracy_drop_pp",
+    "speedup_vs_raw",
+    "failed",
+    "p50_device_ms",
+    "p50_encode_ms",
+    "p50_uplink_ms",
+    "p50_queue_ms",
+    "precision",
+    "recall",
+    "mean_ms",
+    "agreement",
+    "accuracy_lo",
+    "accuracy_hi",
+    "within_bound",
+)
 
 
 class GateSyntaxError(ValueError):
@@ -53,7 +94,8 @@ def _is_attribute_base(tree, name) -> bool:
 
 
 def offloaders_named(text: str) -> set[str]:
-    return {n.value.id for n in ast.walk(parse(text)) if isinstance(n, ast.Attribute)}
+    bases = (n.value for n in ast.walk(parse(text)) if isinstance(n, ast.Attribute))
+    return {b.id for b in bases if isinstance(b, ast.Name)}  # parse allows only NAME.METRIC
 
 
 def evaluate(text: str, summary: dict[str, dict]) -> tuple[bool, str]:

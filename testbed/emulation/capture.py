@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     writer = PcapWriter(str(args.out), sync=False)
-    sniffer = AsyncSniffer(iface=args.iface, filter=f"tcp port {args.port}", store=False,
-                           prn=writer.write)  # fmt: skip
+    sniffer = AsyncSniffer(
+        iface=args.iface, filter=f"tcp port {args.port}", store=False, prn=writer.write
+    )
     sniffer.start()
     print("READY", flush=True)
     done.wait()

@@ -27,14 +27,18 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
-from testbed import programs
 from testbed.agents.protocol import CC_ENV
 from testbed.cleanup import Teardown
 from testbed.emulation import stale
-from testbed.emulation.link.backends import choose_backend, netem_available
-from testbed.emulation.link.htb import htb_rate_change
-from testbed.emulation.link.trace import TracePlayer, load_trace
+from testbed.emulation.link.backends import (
+    Backend,
+    Direction,
+    LinkTools,
+    choose_backend,
+    netem_available,
+)
 from testbed.emulation.stale import RUN_ENV
 from testbed.errors import EnvironmentMissing, TestbedError
 
@@ -42,15 +46,7 @@ log = logging.getLogger("testbed")
 CFS_PERIOD_US = 5000  # short, so a low CPU share throttles in slices of ~1 ms, not ~100 ms
 REQUIRED_TOOLS = ("mnexec", "tc", "ip", "iptables", "ethtool", "brctl", "ifconfig", "cgcreate")
 SETUP_HINT = "run `bash scripts/setup.sh` as root (installs Mininet and the tools it drives)"
-
-
 REALTIME_PRIORITY = 50
-TRACE_HTB_BIN_MS = 50
-TRACE_HTB_FLOOR_MBPS = 0.2
-
-
-def htb_trace_rate(rate_mbps: float) -> float:
-    return max(rate_mbps, TRACE_HTB_FLOOR_MBPS)
 
 
 def device_name(prefix: str, index: int) -> str:
@@ -93,10 +89,13 @@ def stop_process(proc: subprocess.Popen, grace_s: float = 3.0) -> None:
 def wait_ready(proc: subprocess.Popen, what: str, timeout_s: float) -> str:
     """Wait for a child's `READY ...` line on stdout; fail with its stderr if it dies."""
     deadline = time.monotonic() + timeout_s
+    stdout = proc.stdout
+    if stdout is None:
+        raise ValueError(f"{what}: started without stdout=PIPE, so READY cannot be read")
     while time.monotonic() < deadline:
-        readable, _, _ = select.select([proc.stdout], [], [], 0.2)
+        readable, _, _ = select.select([stdout], [], [], 0.2)
         if readable:
-            line = proc.stdout.readline().decode(errors="replace")
+            line = stdout.readline().decode(errors="replace")
             if line.startswith("READY"):
                 return line.strip()
             if line == "" and proc.poll() is not None:
@@ -113,11 +112,11 @@ class OffloadTopology:
         self.workdir = workdir
         self.prefix = prefix or new_prefix()
         self.teardown = Teardown()
-        self.net = None
+        self.net: Any = None  # the Mininet network once started (Mininet has no types)
         self.device = self.edge = None  # the first device host, the edge host
         self.devices: list = []  # every device host (`devices: N`), first one first
         self.traffic_a = self.traffic_b = None  # competing-traffic hosts, device / edge side
-        self.backend = None
+        self.backend: Backend | None = None
         self.bottleneck: dict[str, str] = {}  # direction -> the HTB's interface
         self.congestion_scope = "namespace"
         self.players: dict = {}  # direction -> TracePlayer, with a trace
@@ -147,34 +146,34 @@ class OffloadTopology:
         state = stale.register(self.prefix)
         self.teardown.add("run state file", lambda: stale.unregister(state))
         p, cores = self.prefix, os.cpu_count() or 1
-        self.net = Mininet(topo=None, controller=None, build=False, autoSetMacs=True)
+        net = self.net = Mininet(topo=None, controller=None, build=False, autoSetMacs=True)
         self.teardown.add("cgroups", self._remove_cgroups)  # after the hosts are gone
         self.teardown.add("Mininet network", self._stop_net)
         limited = {"cls": CPULimitedHost, "period_us": CFS_PERIOD_US, "sched": "cfs"}
         for i in range(self.scenario.devices):  # 10.0.0.1, then 10.0.0.21, .22, ...
             ip = "10.0.0.1/24" if i == 0 else f"10.0.0.{20 + i}/24"
             self.devices.append(
-                self.net.addHost(
+                net.addHost(
                     device_name(p, i), ip=ip, cpu=self.scenario.device.cpu / cores, **limited
                 )
             )
         self.device = self.devices[0]
-        self.edge = self.net.addHost(
+        self.edge = net.addHost(
             f"{p}e", ip="10.0.0.2/24", cpu=self.scenario.edge.cpu / cores, **limited
         )
-        switch_a = self.net.addSwitch(f"{p}sa", cls=LinuxBridge, dpid="1")
-        switch_b = self.net.addSwitch(f"{p}sb", cls=LinuxBridge, dpid="2")
+        switch_a = net.addSwitch(f"{p}sa", cls=LinuxBridge, dpid="1")
+        switch_b = net.addSwitch(f"{p}sb", cls=LinuxBridge, dpid="2")
         for device in self.devices:
-            self.net.addLink(device, switch_a)
-        self.net.addLink(self.edge, switch_b)
+            net.addLink(device, switch_a)
+        net.addLink(self.edge, switch_b)
         if self.scenario.traffic:
-            self.traffic_a = self.net.addHost(f"{p}ta", cls=Host, ip="10.0.0.11/24")
-            self.traffic_b = self.net.addHost(f"{p}tb", cls=Host, ip="10.0.0.12/24")
-            self.net.addLink(self.traffic_a, switch_a)
-            self.net.addLink(self.traffic_b, switch_b)
-        bottleneck = self.net.addLink(switch_a, switch_b)
-        self.net.build()
-        self.net.start()
+            self.traffic_a = net.addHost(f"{p}ta", cls=Host, ip="10.0.0.11/24")
+            self.traffic_b = net.addHost(f"{p}tb", cls=Host, ip="10.0.0.12/24")
+            net.addLink(self.traffic_a, switch_a)
+            net.addLink(self.traffic_b, switch_b)
+        bottleneck = net.addLink(switch_a, switch_b)
+        net.build()
+        net.start()
         stale.register(self.prefix, [h.pid for h in self.side_a + self.side_b])
         self.bottleneck = {"uplink": bottleneck.intf1.name, "downlink": bottleneck.intf2.name}
         self._configure(switch_a)
@@ -182,50 +181,33 @@ class OffloadTopology:
     def _configure(self, switch) -> None:
         net = self.scenario.network
         for host in self.side_a + self.side_b:
-            self._run(host, f"ethtool -K {host.defaultIntf()} tso off gso off gro off tx off")
+            self.run(host, f"ethtool -K {host.defaultIntf()} tso off gso off gro off tx off")
             self._set_congestion_control(host, net.congestion_control)
-            self._run(host, "sysctl -qw net.ipv4.tcp_no_metrics_save=1")
+            self.run(host, "sysctl -qw net.ipv4.tcp_no_metrics_save=1")
         for intf in self.net.switches[0].intfList() + self.net.switches[1].intfList():
             if intf.name != "lo":
-                self._run(switch, f"ethtool -K {intf.name} tso off gso off gro off")
-        self.backend = choose_backend(net.backend, netem_available(self.device))
+                self.run(switch, f"ethtool -K {intf.name} tso off gso off gro off")
+        backend = self.backend = choose_backend(net.backend, netem_available(self.device))
+        tools = LinkTools(
+            run=self.run, start=self.start_ready, teardown=self.teardown, prefix=self.prefix
+        )
         self.trace_start = time.monotonic()  # trace time 0, shared by HTB and the elements
         for direction, receivers in (("uplink", self.side_b), ("downlink", self.side_a)):
-            link = getattr(net, direction)
-            trace = self._trace(direction)
-            rate = (
-                link.bandwidth_mbps
-                if trace is None
-                else htb_trace_rate(trace.rate_at(0, TRACE_HTB_BIN_MS))
+            player = backend.configure(
+                Direction(
+                    name=direction,
+                    link=getattr(net, direction),
+                    switch=switch,
+                    port=self.bottleneck[direction],
+                    receivers=receivers,
+                    trace=net.trace[direction] if net.trace else None,
+                    trace_start=self.trace_start,
+                    seed=self.scenario.seed,
+                ),
+                tools,
             )
-            self.backend.configure(self, switch, direction, link, receivers, rate)
-            if trace is not None:
-                self._play(direction, trace)
-
-    def _trace(self, direction: str):
-        paths = self.scenario.network.trace
-        return load_trace(paths[direction]) if paths else None
-
-    def _play(self, direction: str, trace) -> None:
-        """Follow the trace's rate on the bottleneck's HTB, through one long-lived
-        `tc -batch` process (a `tc` per change would cost a core).
-
-        The element delivers packets exactly at the trace's opportunities (1 ms
-        resolution); HTB only keeps the queue at the bottleneck, so it follows a
-        smoothed rate (50 ms bins) with a floor: HTB charges a packet sent at a tiny
-        rate as a long debt that outlasts the rate change (0 in a 10 ms bin of a
-        1 Mbit/s trace would stall the link for a second and a half)."""
-        tc = subprocess.Popen(["tc", "-force", "-batch", "-"], stdin=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-        port = self.bottleneck[direction]
-
-        def set_rate(rate_mbps: float) -> None:
-            tc.stdin.write(" ".join(htb_rate_change(port, htb_trace_rate(rate_mbps))[1:]) + "\n")
-            tc.stdin.flush()
-
-        player = TracePlayer(trace, set_rate, self.trace_start, bin_ms=TRACE_HTB_BIN_MS).start()
-        self.players[direction] = player
-        self.teardown.add(f"{direction} trace player", lambda: (player.stop(), stop_process(tc)))
+            if player is not None:
+                self.players[direction] = player
 
     def _set_congestion_control(self, host, algorithm: str) -> None:
         """The namespace's default where the kernel allows it; otherwise (an algorithm
@@ -236,41 +218,13 @@ class OffloadTopology:
             self.congestion_scope = "socket"
         elif self.congestion_scope != "socket":
             self.congestion_scope = "namespace"
-        self.players: dict = {}  # direction -> TracePlayer, with a trace
-        self.trace_start = 0.0
 
     def process_env(self) -> dict[str, str]:
         """Environment for processes in the hosts: the socket-level congestion control."""
         return {**os.environ, CC_ENV: self.scenario.network.congestion_control}
 
-    def start_element(self, host, link, direction: str, queue: int, rate_mbps: float) -> None:
-        """The userspace link element for packets arriving at `host` (see element.py)."""
-        intf = host.defaultIntf()
-        rule = (
-            f"-i {intf} -m comment --comment {self.prefix}-{direction} "
-            f"-j NFQUEUE --queue-num {queue} --queue-bypass"
-        )
-        self._run(host, f"iptables -t mangle -A PREROUTING {rule}")
-        delete = f"iptables -t mangle -D PREROUTING {rule}"
-        self.teardown.add(f"{host.name} iptables rule", lambda: host.cmd(delete))
-        seed = self.scenario.seed * 1000 + queue + (0 if direction == "uplink" else 500)
-        command = [
-            *programs.command("link-element"),
-            "--queue", str(queue), "--rate-mbps", str(rate_mbps),
-            "--delay-ms", str(link.delay_ms), "--jitter-ms", str(link.jitter_ms),
-            "--jitter-distribution", link.jitter_distribution,
-            "--loss-pct", str(link.loss_pct), "--loss-model", link.loss_model,
-            "--loss-burst", str(link.loss_burst_packets), "--seed", str(seed),
-        ]  # fmt: skip
-        if self.scenario.network.trace:
-            command += ["--trace", str(self.scenario.network.trace[direction]),
-                        "--trace-start", repr(self.trace_start)]  # fmt: skip
-        proc = self.popen(
-            host, command, f"element-{direction}-{host.name}.log", limited=False, realtime=True
-        )
-        wait_ready(proc, f"{direction} link element in {host.name}", timeout_s=60)
-
-    def _run(self, node, command: str) -> str:
+    def run(self, node, command: str) -> str:
+        """Run a shell command on a host or switch; its output, or TestbedError."""
         out = node.cmd(f"{command}; echo __rc=$?")
         text, _, rc = out.rpartition("__rc=")
         if rc.strip() != "0":
@@ -293,15 +247,33 @@ class OffloadTopology:
         log_file = open(self.workdir / log_name, "wb")  # noqa: SIM115
         if limited:
             proc = host.popen(
-                args, stdout=subprocess.PIPE, stderr=log_file, cwd=_repo_root(),
+                args,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                cwd=_repo_root(),
                 env=self.process_env(),
-            )  # fmt: skip
+            )
         else:
             proc = subprocess.Popen(
-                ["mnexec", "-a", str(host.pid), *args], stdout=subprocess.PIPE,
-                stderr=log_file, cwd=_repo_root(), env=self.process_env(),
-            )  # fmt: skip
-        self.teardown.add(f"{log_name} process", lambda: (stop_process(proc), log_file.close()))
+                ["mnexec", "-a", str(host.pid), *args],
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                cwd=_repo_root(),
+                env=self.process_env(),
+            )
+
+        def stop() -> None:
+            stop_process(proc)
+            log_file.close()
+
+        self.teardown.add(f"{log_name} process", stop)
+        return proc
+
+    def start_ready(self, host, args: list[str], log_name: str, what: str) -> subprocess.Popen:
+        """Start a part of the link's machinery in `host` (not limited, realtime; see
+        `popen`) and wait for its READY line."""
+        proc = self.popen(host, args, log_name, limited=False, realtime=True)
+        wait_ready(proc, what, timeout_s=60)
         return proc
 
     def limit(self, host, pid: int) -> None:

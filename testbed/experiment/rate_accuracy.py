@@ -54,9 +54,16 @@ from testbed.offloaders.split import pack_coded, run_head
 from testbed.results.records import write_csv
 
 __all__ = [
-    "DEEPCOD_RATIOS", "FAMILIES", "QUALITIES", "Config", "configurations", "main", "run",
-    "summarize", "wilson",
-]  # fmt: skip
+    "DEEPCOD_RATIOS",
+    "FAMILIES",
+    "QUALITIES",
+    "Config",
+    "configurations",
+    "main",
+    "run",
+    "summarize",
+    "wilson",
+]
 
 FAMILIES = ("raw", "local", "jpeg", "webp", "jalad", "bottlenet", "deepcod")
 QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)
@@ -64,13 +71,27 @@ DEEPCOD_RATIOS = (0.05, 0.1, 0.25)  # the input-side ratios expected beside ever
 Z95 = 1.959964
 BATCH = 32  # samples per batch of the unmodified model's reference pass
 POINT_COLUMNS = [
-    "offloader", "config", "sample", "bytes", "payload_bytes", "prediction", "label",
-    "correct", "agrees",
-]  # fmt: skip
+    "offloader",
+    "config",
+    "sample",
+    "bytes",
+    "payload_bytes",
+    "prediction",
+    "label",
+    "correct",
+    "agrees",
+]
 CURVE_COLUMNS = [
-    "offloader", "config", "n", "mean_bytes", "accuracy", "ci_low", "ci_high", "agreement",
+    "offloader",
+    "config",
+    "n",
+    "mean_bytes",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "agreement",
     "drop_pp",
-]  # fmt: skip
+]
 _BOTTLENET = re.compile(r"bottlenet-s(\d+)-c(\d+)-b(\d+)(?:-x(\d+))?")
 _DEEPCOD = re.compile(r"deepcod-(?:s(\d+)-)?r(\d*\.?\d+)")
 
@@ -101,8 +122,11 @@ def configurations(plugin, families=FAMILIES) -> tuple[list[Config], list[str]]:
         elif family in ("jpeg", "webp"):
             configs += [Config(family, f"{family} q{q}", {"quality": q}) for q in QUALITIES]
         elif family == "jalad":
-            configs += [Config("jalad", f"jalad s{s} b{b}", pin=(s, b))
-                        for s in plugin.split_points for b in BITS]  # fmt: skip
+            configs += [
+                Config("jalad", f"jalad s{s} b{b}", pin=(s, b))
+                for s in plugin.split_points
+                for b in BITS
+            ]
         elif family == "bottlenet":
             found = _bottlenet_configs(plugin)
             configs += found
@@ -143,9 +167,10 @@ def _deepcod_configs(plugin) -> tuple[list[Config], list[float]]:
     for key in artefact_keys(plugin):
         if match := _DEEPCOD.fullmatch(key):
             found.append((int(match[1] or 0), float(match[2])))
-    configs = [Config("deepcod", f"deepcod{f' s{s}' if s else ''} r{r:g}",
-                      {"ratio": r, "split": s})
-               for s, r in sorted(found)]  # fmt: skip
+    configs = [
+        Config("deepcod", f"deepcod{f' s{s}' if s else ''} r{r:g}", {"ratio": r, "split": s})
+        for s, r in sorted(found)
+    ]
     missing = [r for r in DEEPCOD_RATIOS if (0, r) not in found]
     return configs, missing
 
@@ -197,9 +222,16 @@ def measure(config: Config, offloader, inputs: np.ndarray, heads: HeadCache) -> 
         else:
             prediction = offloader.edge(sent.payload, PhaseTimer())
             size = len(sent.payload)
-        points.append({"offloader": config.offloader, "config": config.label, "sample": index,
-                       "bytes": HEADER.size + size if size else 0, "payload_bytes": size,
-                       "prediction": prediction})  # fmt: skip
+        points.append(
+            {
+                "offloader": config.offloader,
+                "config": config.label,
+                "sample": index,
+                "bytes": HEADER.size + size if size else 0,
+                "payload_bytes": size,
+                "prediction": prediction,
+            }
+        )
     return points
 
 
@@ -259,11 +291,19 @@ def summarize(points: list[dict], configs: list[Config], key: str, ref: float) -
         hits = sum(int(p[key] or 0) for p in mine)
         low, high = wilson(hits, len(mine))
         accuracy = hits / len(mine)
-        rows.append({"offloader": config.offloader, "config": config.label, "n": len(mine),
-                     "mean_bytes": float(np.mean([p["bytes"] for p in mine])),
-                     "accuracy": accuracy, "ci_low": low, "ci_high": high,
-                     "agreement": float(np.mean([p["agrees"] for p in mine])),
-                     "drop_pp": (ref - accuracy) * 100})  # fmt: skip
+        rows.append(
+            {
+                "offloader": config.offloader,
+                "config": config.label,
+                "n": len(mine),
+                "mean_bytes": float(np.mean([p["bytes"] for p in mine])),
+                "accuracy": accuracy,
+                "ci_low": low,
+                "ci_high": high,
+                "agreement": float(np.mean([p["agrees"] for p in mine])),
+                "drop_pp": (ref - accuracy) * 100,
+            }
+        )
     return sorted(rows, key=lambda r: (FAMILIES.index(r["offloader"]), r["mean_bytes"]))
 
 
@@ -271,10 +311,16 @@ def markdown(rows: list[dict], header: list[str]) -> str:
     head = ["offloader", "config", "n", "mean bytes", "accuracy", "95 % CI", "agreement"]
     lines = [*header, "", "| " + " | ".join([*head, "drop pp"]) + " |", "|" + "---|" * 8]
     for r in rows:
-        cells = [r["offloader"], r["config"], str(r["n"]), f"{r['mean_bytes']:.0f}",
-                 f"{100 * r['accuracy']:.1f}%",
-                 f"{100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f}%",
-                 f"{100 * r['agreement']:.1f}%", f"{r['drop_pp']:+.2f}"]  # fmt: skip
+        cells = [
+            r["offloader"],
+            r["config"],
+            str(r["n"]),
+            f"{r['mean_bytes']:.0f}",
+            f"{100 * r['accuracy']:.1f}%",
+            f"{100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f}%",
+            f"{100 * r['agreement']:.1f}%",
+            f"{r['drop_pp']:+.2f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -314,17 +360,28 @@ def plot(rows: list[dict], path: Path, plugin, n: int, ref: float) -> None:
     sent = [r["mean_bytes"] for r in rows if r["mean_bytes"] > 0]
     left = min(sent, default=1.0) / 2  # where local's 0 bytes are drawn
     for index, family in enumerate(f for f in FAMILIES if any(r["offloader"] == f for r in rows)):
-        mine = [(r["mean_bytes"] or left, 100 * r["accuracy"]) for r in rows
-                if r["offloader"] == family]  # fmt: skip
+        mine = [
+            (r["mean_bytes"] or left, 100 * r["accuracy"]) for r in rows if r["offloader"] == family
+        ]
         colour = f"C{index}"
         if family in ("raw", "local"):
             label = "local (0 bytes, drawn at the left)" if family == "local" else family
-            ax.plot(*zip(*mine, strict=True), "s" if family == "raw" else "D", color=colour,
-                    markersize=8, label=label)  # fmt: skip
+            ax.plot(
+                *zip(*mine, strict=True),
+                "s" if family == "raw" else "D",
+                color=colour,
+                markersize=8,
+                label=label,
+            )
             continue
         ax.plot(*zip(*mine, strict=True), "o", color=colour, alpha=0.35, markersize=4)
-        ax.plot(*zip(*frontier(mine), strict=True), "o-", color=colour, markersize=5,
-                label=f"{family} ({len(mine)})")  # fmt: skip
+        ax.plot(
+            *zip(*frontier(mine), strict=True),
+            "o-",
+            color=colour,
+            markersize=5,
+            label=f"{family} ({len(mine)})",
+        )
     ax.axhline(100 * ref, color="black", linestyle="--", linewidth=1, label="unmodified model")
     ax.axhline(100 * ref - 1, color="black", linestyle=":", linewidth=1, label="1 point below")
     ax.set_xscale("log")
@@ -333,8 +390,13 @@ def plot(rows: list[dict], path: Path, plugin, n: int, ref: float) -> None:
     ax.set_ylabel(f"top-1 {metric} (%)")
     ax.set_title(f"{plugin.name}: rate-accuracy, n = {n}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), title_fontsize=8,
-              title="markers: every configuration\nlines: each family's Pareto front")  # fmt: skip
+    ax.legend(
+        fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1),
+        title_fontsize=8,
+        title="markers: every configuration\nlines: each family's Pareto front",
+    )
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
@@ -365,8 +427,10 @@ def run_configs(configs, plugin, model, inputs, notes: list[str], progress: bool
                 skipped[key] = skipped.get(key, 0) + 1
                 continue
             points += measure(config, offloader, inputs, heads)
-    notes += [f"{name}: {count} configuration(s) skipped: {reason}"
-              for (name, reason), count in skipped.items()]  # fmt: skip
+    notes += [
+        f"{name}: {count} configuration(s) skipped: {reason}"
+        for (name, reason), count in skipped.items()
+    ]
     return points
 
 
@@ -419,11 +483,20 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--plugin", required=True)
-    p.add_argument("--test-data", type=Path, metavar="DIR",
-                   help="a folder of images instead of the plugin's test set")  # fmt: skip
+    p.add_argument(
+        "--test-data",
+        type=Path,
+        metavar="DIR",
+        help="a folder of images instead of the plugin's test set",
+    )
     p.add_argument("--count", type=int, help="the first N samples only (default: all)")
-    p.add_argument("--offloaders", type=families, default=FAMILIES, metavar="A,B",
-                   help=f"families to measure (default: all of {','.join(FAMILIES)})")  # fmt: skip
+    p.add_argument(
+        "--offloaders",
+        type=families,
+        default=FAMILIES,
+        metavar="A,B",
+        help=f"families to measure (default: all of {','.join(FAMILIES)})",
+    )
     p.add_argument("--out", type=Path, default=Path("docs/results/rate_accuracy"))
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     return p

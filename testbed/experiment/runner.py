@@ -19,9 +19,9 @@ import numpy as np
 import yaml
 
 from testbed import offloaders, programs
+from testbed.agents.contract import Arrival, DeviceJob, DeviceMeta, OffloaderJob
 from testbed.cleanup import Terminated, sigterm_raises
 from testbed.config import gates
-from testbed.config.scenario import unsupported
 from testbed.emulation import capture, stale
 from testbed.emulation.link.trace import load_trace
 from testbed.emulation.topology import OffloadTopology, check_environment, stop_process, wait_ready
@@ -33,6 +33,7 @@ from testbed.models import plugins, predictions
 from testbed.models.plugin_api import check_plugin
 from testbed.offloaders.base import warm_kernels
 from testbed.results import records as results
+from testbed.results import summary_md
 
 log = logging.getLogger("testbed")
 EDGE_PORT = 5000
@@ -110,9 +111,6 @@ def run(
     bar=None,
 ) -> RunResult:
     """`bar`: a tqdm bar to advance (a sweep's, shared by its cells) instead of a new one."""
-    bad = unsupported(scenario)
-    if bad:
-        raise ScenarioError(f"{scenario.source}: " + "; ".join(bad) + " (refused, not ignored)")
     labels = offloader_labels(scenario.offloaders)
     check_gates(scenario, labels)
     for path in (scenario.network.trace or {}).values():
@@ -151,13 +149,16 @@ def run(
     topo = OffloadTopology(scenario, workdir=logs)
     extra: dict = {"run_prefix": topo.prefix, "seed": scenario.seed, "samples": indices.tolist()}
     extra["metric"] = plugin.metric  # the report reads it rather than guessing it back
+    # who is compared with whom (testbed.results.roles): each class declares its role
+    roles = [offloaders.get(spec.name).role for spec in scenario.offloaders]
+    extra["roles"] = dict(zip(labels, roles, strict=True))
     extra["kernel_warmup_s"] = kernels_s
     extra["cleanup_failures"] = ["teardown did not run"]
     interrupted = False
     with sigterm_raises():
         try:
             topo.start()
-            extra["link_backend"] = topo.backend.label
+            extra["link_backend"] = topo.backend.label if topo.backend else None
             if fidelity:
                 extra["fidelity"] = _fidelity(topo, out_dir, strict)
             if capture:
@@ -180,11 +181,16 @@ def run(
             finally:
                 extra["interrupted"] = interrupted
                 summary = _write_results(
-                    out_dir, [r for p in records_paths for r in results.read_records(p)],
-                    labels, reference_by_sample,
-                    reference_score, plugin.metric, extra, predictions.comparer(plugin),
+                    out_dir,
+                    [r for p in records_paths for r in results.read_records(p)],
+                    labels,
+                    reference_by_sample,
+                    reference_score,
+                    plugin.metric,
+                    extra,
+                    predictions.comparer(plugin),
                     bounds=_bounds(scenario, labels),
-                )  # fmt: skip
+                )
     by_name = {row["offloader"]: row for row in summary}
     failed = []
     for text in scenario.expect:
@@ -221,7 +227,12 @@ def _start_capture(topo, pcap: Path, logs: Path) -> None:
     )
     log_file = open(logs / "capture.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file)
-    topo.teardown.add("capture", lambda: (stop_process(proc, 10), log_file.close()))
+
+    def stop() -> None:
+        stop_process(proc, 10)
+        log_file.close()
+
+    topo.teardown.add("capture", stop)
     wait_ready(proc, "packet capture", 60)
 
 
@@ -232,13 +243,17 @@ def _capture_report(out_dir: Path, records: list[dict], labels: list[str]) -> li
     for record in records:
         if "stream" in record and record.get("bytes_up"):
             found = wire.get(tuple(record["stream"][:2]), {})
-            rows.append({
-                "offloader": record["offloader"], "request": record["request"],
-                "bytes_up": record["bytes_up"], "wire_bytes_up": found.get("wire_bytes_up", 0),
-                "bytes_down": record["bytes_down"],
-                "wire_bytes_down": found.get("wire_bytes_down", 0),
-                "retransmissions": found.get("retransmissions", 0),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "offloader": record["offloader"],
+                    "request": record["request"],
+                    "bytes_up": record["bytes_up"],
+                    "wire_bytes_up": found.get("wire_bytes_up", 0),
+                    "bytes_down": record["bytes_down"],
+                    "wire_bytes_down": found.get("wire_bytes_down", 0),
+                    "retransmissions": found.get("retransmissions", 0),
+                }
+            )
     results.write_csv(out_dir / "capture.csv", rows, results.CAPTURE_COLUMNS)
     lines = []
     for label in labels:
@@ -247,8 +262,10 @@ def _capture_report(out_dir: Path, records: list[dict], labels: list[str]) -> li
             payload = sum(r["bytes_up"] for r in mine) / len(mine)
             on_wire = sum(r["wire_bytes_up"] for r in mine) / len(mine)
             retrans = sum(r["retransmissions"] for r in mine)
-            lines.append(f"{label}: {payload:.0f} payload bytes up per request, {on_wire:.0f} "
-                         f"on the wire; {retrans} retransmitted segments")  # fmt: skip
+            lines.append(
+                f"{label}: {payload:.0f} payload bytes up per request, {on_wire:.0f} "
+                f"on the wire; {retrans} retransmitted segments"
+            )
     return lines
 
 
@@ -262,10 +279,17 @@ def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool,
     edge_threads = max(1, min(cores, round(scenario.edge.cpu)))
     edge = topo.popen(
         topo.edge,
-        programs.command("edge-agent", "--port", str(EDGE_PORT), "--preload", plugin.name,
-                         "--threads", str(edge_threads)),
+        programs.command(
+            "edge-agent",
+            "--port",
+            str(EDGE_PORT),
+            "--preload",
+            plugin.name,
+            "--threads",
+            str(edge_threads),
+        ),
         "edge.log",
-    )  # fmt: skip
+    )
     wait_ready(edge, "edge agent", timeout_s=STARTUP_S)
     barrier = logs / "barrier"  # several devices start each offloader together
     if scenario.devices > 1:
@@ -273,60 +297,69 @@ def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool,
     jobs = []
     for i, host in enumerate(topo.devices):
         suffix = "" if i == 0 else f"-d{i}"
-        job = {
-            "plugin": plugin.name,
-            "test_data": None if scenario.test_data is None else str(scenario.test_data),
-            "offloaders": [
-                {"name": s.name, "params": s.params, "label": label}
+        loaded = logs / f"device_loaded{suffix}"  # written once loaded; it waits for its limit
+        job = DeviceJob(
+            plugin=plugin.name,
+            test_data=None if scenario.test_data is None else str(scenario.test_data),
+            offloaders=tuple(
+                OffloaderJob(name=s.name, params=s.params, label=label)
                 for s, label in zip(scenario.offloaders, labels, strict=True)
-            ],
-            "samples": indices.tolist(),
-            "edge_host": topo.edge.IP(),
-            "edge_port": EDGE_PORT,
-            "timeout_s": scenario.request_timeout_s,
-            "threads": max(1, min(cores, round(scenario.device.cpu))),
-            "warmup": WARMUP_REQUESTS,
-            "pings": PINGS,
-            "arrival": dict(scenario.arrival),
-            "seed": scenario.seed,
-            "device_index": i,
-            "devices": scenario.devices,
-            "barrier": str(barrier) if scenario.devices > 1 else None,
-            "records": str(logs.parent / records_name(i)),
-            "meta": str(logs / f"device_meta{suffix}.json"),
-            "loaded": str(logs / f"device_loaded{suffix}"),  # loaded; waits for its limit
-            "cgroup": host.name,
-        }
-        (logs / f"device_job{suffix}.json").write_text(json.dumps(job, indent=1))
-        jobs.append(job)
+            ),
+            samples=tuple(indices.tolist()),
+            edge_host=topo.edge.IP(),
+            edge_port=EDGE_PORT,
+            timeout_s=scenario.request_timeout_s,
+            threads=max(1, min(cores, round(scenario.device.cpu))),
+            warmup=WARMUP_REQUESTS,
+            pings=PINGS,
+            arrival=Arrival.from_dict(scenario.arrival, f"{scenario.source}: arrival"),
+            seed=scenario.seed,
+            device_index=i,
+            devices=scenario.devices,
+            barrier=str(barrier) if scenario.devices > 1 else None,
+            records=str(logs.parent / records_name(i)),
+            meta=str(logs / f"device_meta{suffix}.json"),
+            loaded=str(loaded),
+            cgroup=host.name,
+        )
+        job.write(logs / f"device_job{suffix}.json", indent=1)
+        jobs.append((job, loaded))
     traffic = TrafficRun(topo) if scenario.traffic else None
     if traffic is not None:
         traffic.start()
     # loaded outside the CPU limit, then moved in before it profiles or sends anything
     devices = []
-    for i, (host, job) in enumerate(zip(topo.devices, jobs, strict=True)):
+    for i, (host, (_, loaded)) in enumerate(zip(topo.devices, jobs, strict=True)):
         suffix = "" if i == 0 else f"-d{i}"
         device = topo.popen(
-            host, programs.command("device-agent", str(logs / f"device_job{suffix}.json")),
-            f"device{suffix}.log", limited=False,
-        )  # fmt: skip
-        devices.append((device, host, Path(job["loaded"]), f"device{suffix}.log"))
+            host,
+            programs.command("device-agent", str(logs / f"device_job{suffix}.json")),
+            f"device{suffix}.log",
+            limited=False,
+        )
+        devices.append((device, host, loaded, f"device{suffix}.log"))
     for device, host, loaded, log_name in devices:
         _enter_limit(topo, host, device, loaded, logs / log_name)
     _follow(
-        devices, edge, [Path(j["records"]) for j in jobs], len(indices) * len(labels) * len(jobs),
-        scenario, logs, progress, bar,
-    )  # fmt: skip
+        devices,
+        edge,
+        [Path(j.records) for j, _ in jobs],
+        len(indices) * len(labels) * len(jobs),
+        scenario,
+        logs,
+        progress,
+        bar,
+    )
     flows = traffic.stop() if traffic is not None else []
-    metas = [json.loads(Path(j["meta"]).read_text()) for j in jobs]
+    metas = [DeviceMeta.read(j.meta) for j, _ in jobs]
     meta = metas[0]
     return {
-        "rtt_ms": meta["rtt_ms"],
-        "device_rtt_ms": [m["rtt_ms"] for m in metas],
-        "offloaders": meta["offloaders"],  # the edge halves' descriptions (edge profiles)
-        "device_offloaders": meta.get("device_offloaders"),  # device profiles, calibration
-        "device_kernel_warmup_s": meta.get("device_kernel_warmup_s"),
-        "device_prepare_s": meta.get("device_prepare_s"),
+        "rtt_ms": meta.rtt_ms,
+        "device_rtt_ms": [m.rtt_ms for m in metas],
+        "offloaders": list(meta.offloaders),  # the edge halves' descriptions (edge profiles)
+        "device_offloaders": list(meta.device_offloaders),  # device profiles, calibration
+        "device_kernel_warmup_s": meta.device_kernel_warmup_s,
+        "device_prepare_s": meta.device_prepare_s,
         "traffic": flows,
         "congestion_control": scenario.network.congestion_control,
         "congestion_control_scope": topo.congestion_scope,
@@ -336,8 +369,9 @@ def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool,
     }
 
 
-def _follow(devices, edge, records: list[Path], total: int, scenario, logs: Path,
-            progress: bool, bar=None) -> None:  # fmt: skip
+def _follow(
+    devices, edge, records: list[Path], total: int, scenario, logs: Path, progress: bool, bar=None
+) -> None:
     """Show progress until every device agent ends; fail fast if an agent dies or stalls."""
     from tqdm import tqdm
 
@@ -417,9 +451,16 @@ def _bounds(scenario, labels: list[str]) -> tuple[float, dict[str, float]]:
 
 
 def _write_results(
-    out_dir, records, labels, reference, reference_score, metric, extra, compare=None,
+    out_dir,
+    records,
+    labels,
+    reference,
+    reference_score,
+    metric,
+    extra,
+    compare=None,
     bounds=(results.DEFAULT_MAX_DROP_PP, {}),
-):  # fmt: skip
+):
     """`bounds`: the scenario's max_drop_pp and each label's configured one."""
     if (out_dir / "capture.pcap").exists():
         extra["capture"] = _capture_report(out_dir, records, labels)
@@ -431,33 +472,7 @@ def _write_results(
     results.write_csv(out_dir / "summary.csv", summary, results.SUMMARY_COLUMNS)
     env = environment.collect(extra)
     (out_dir / "environment.json").write_text(json.dumps(env, indent=2, default=str))
-    lines = [f"# {out_dir.name}", "", f"Score: {metric}.", "", results.table(summary), ""]
-    lines += [*results.matched_lines(rows, summary, bound, configured), ""]
-    if metric == "detection_agreement":
-        lines.append(
-            "`accuracy` is detection agreement: the share of images whose boxes all match "
-            "the unmodified detector's (IoU >= 0.5, one to one); precision and recall pool "
-            "the boxes (summary.csv)."
-        )
-    elif metric != "accuracy":
-        lines.append("`accuracy` is top-1 agreement with the unsplit model (no labels).")
-    lines.append(
-        f"Link backend: {env['link_backend']}; round trip {extra.get('rtt_ms', 0):.2f} ms."
-    )
     if extra.get("traffic"):
         results.write_csv(out_dir / "traffic.csv", extra["traffic"], results.TRAFFIC_COLUMNS)
-        lines += ["", "Competing traffic (achieved):", ""]
-        for flow in extra["traffic"]:
-            achieved = flow.get("throughput_mbps")
-            text = f"{achieved:.3f} Mbit/s" if achieved is not None else flow.get("error", "?")
-            lines.append(f"- {flow['flow']}: {text}")
-    if extra.get("capture"):
-        lines += ["", "On the wire (capture.pcap):", ""]
-        lines += [f"- {line}" for line in extra["capture"]]
-    if extra.get("fidelity"):
-        lines += ["", "Link fidelity (measured/expected):", ""]
-        lines += [f"- {line}" for line in extra["fidelity"]]
-    if extra.get("interrupted"):
-        lines.append("**The run was interrupted: these results are partial.**")
-    (out_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    summary_md.write(out_dir, rows, summary, env, metric)
     return summary

@@ -51,17 +51,37 @@ def udp_trains(
     """One UDP probe train per direction, both at once; the sinks' reports."""
     sinks, sources = {}, {}
     for i, (direction, (_, receiver)) in enumerate(DIRECTIONS.items()):
-        sink = _probe(topo, getattr(topo, receiver), "udp-sink", "--port", str(7100 + i),
-                      "--timeout", "20", log=f"probe-udp-sink-{direction}.log")  # fmt: skip
+        sink = _probe(
+            topo,
+            getattr(topo, receiver),
+            "udp-sink",
+            "--port",
+            str(7100 + i),
+            "--timeout",
+            "20",
+            log=f"probe-udp-sink-{direction}.log",
+        )
         wait_ready(sink, f"udp sink ({direction})", 60)
         sinks[direction] = sink
     for i, (direction, (sender, receiver)) in enumerate(DIRECTIONS.items()):
         sources[direction] = _probe(
-            topo, getattr(topo, sender), "udp-source", "--host", getattr(topo, receiver).IP(),
-            "--port", str(7100 + i), "--count", str(count), "--interval-ms",
-            str(interval_ms), "--size", str(size), "--train", str(i + 1),
+            topo,
+            getattr(topo, sender),
+            "udp-source",
+            "--host",
+            getattr(topo, receiver).IP(),
+            "--port",
+            str(7100 + i),
+            "--count",
+            str(count),
+            "--interval-ms",
+            str(interval_ms),
+            "--size",
+            str(size),
+            "--train",
+            str(i + 1),
             log=f"probe-udp-source-{direction}.log",
-        )  # fmt: skip
+        )
     results = {}
     for direction in DIRECTIONS:
         _result(sources[direction], f"udp source ({direction})", 60)
@@ -72,12 +92,29 @@ def udp_trains(
 def tcp_goodput(topo, direction: str, seconds: float = TCP_SECONDS) -> dict:
     """A bulk TCP transfer in one direction; the sink's report (goodput_mbps)."""
     sender, receiver = DIRECTIONS[direction]
-    sink = _probe(topo, getattr(topo, receiver), "tcp-sink", "--port", "7200", "--timeout", "30",
-                  log=f"probe-tcp-sink-{direction}.log")  # fmt: skip
+    sink = _probe(
+        topo,
+        getattr(topo, receiver),
+        "tcp-sink",
+        "--port",
+        "7200",
+        "--timeout",
+        "30",
+        log=f"probe-tcp-sink-{direction}.log",
+    )
     wait_ready(sink, f"tcp sink ({direction})", 60)
-    source = _probe(topo, getattr(topo, sender), "tcp-source", "--host",
-                    getattr(topo, receiver).IP(), "--port", "7200", "--seconds", str(seconds),
-                    log=f"probe-tcp-source-{direction}.log")  # fmt: skip
+    source = _probe(
+        topo,
+        getattr(topo, sender),
+        "tcp-source",
+        "--host",
+        getattr(topo, receiver).IP(),
+        "--port",
+        "7200",
+        "--seconds",
+        str(seconds),
+        log=f"probe-tcp-source-{direction}.log",
+    )
     _result(source, f"tcp source ({direction})", 120)
     return _result(sink, f"tcp sink ({direction})", 120)
 

@@ -8,9 +8,19 @@ import struct
 from collections.abc import Sequence
 
 __all__ = [
-    "HEADER", "KIND_END", "KIND_PROBE", "MAGIC", "MAX_COUNT", "MAX_DATAGRAM", "VERSION",
-    "decode_probe", "delay_stats", "encode_probe", "percentile", "rounded",
-]  # fmt: skip
+    "HEADER",
+    "KIND_END",
+    "KIND_PROBE",
+    "MAGIC",
+    "MAX_COUNT",
+    "MAX_DATAGRAM",
+    "VERSION",
+    "decode_probe",
+    "delay_stats",
+    "encode_probe",
+    "percentile",
+    "rounded",
+]
 
 MAGIC = b"DCPB"
 VERSION = 1

@@ -152,8 +152,12 @@ class Classification(Task):
         """KL divergence of the softmaxes (batch mean), teacher's distribution as target."""
         from torch.nn.functional import kl_div, log_softmax
 
-        return kl_div(log_softmax(student, dim=1), log_softmax(teacher, dim=1),
-                      log_target=True, reduction="batchmean")  # fmt: skip
+        return kl_div(
+            log_softmax(student, dim=1),
+            log_softmax(teacher, dim=1),
+            log_target=True,
+            reduction="batchmean",
+        )
 
     def predict(self, plugin, output) -> list[int]:
         return [int(k) for k in output.argmax(dim=1)]
@@ -233,8 +237,10 @@ class Detection(Task):
         return rows.astype(np.float64).reshape(count, BOX_FIELDS).tolist()
 
     def to_record(self, prediction) -> list[list[float]]:
-        return [[*(round(float(v), 2) for v in row[:4]), round(float(row[4]), 4)]
-                for row in _boxes(prediction)]  # fmt: skip
+        return [
+            [*(round(float(v), 2) for v in row[:4]), round(float(row[4]), 4)]
+            for row in _boxes(prediction)
+        ]
 
     def compare(self, plugin, prediction, reference) -> Comparison:
         """None (a failed request) found nothing: every reference box is missed."""

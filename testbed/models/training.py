@@ -46,8 +46,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-def random_resized_crops(images, size: tuple[int, int], generator: torch.Generator,
-                         scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:  # fmt: skip
+def random_resized_crops(
+    images,
+    size: tuple[int, int],
+    generator: torch.Generator,
+    scale=(0.25, 1.0),
+    ratio=(3 / 4, 4 / 3),
+) -> np.ndarray:
     """Inception-style augmentation of (C, H, W) uint8 images of any size: per image a
     seeded box of `scale` of its area and aspect in `ratio`, resized to `size` (bilinear,
     antialiased), flipped left-right half the time; uint8 (N, C, *size) again, because
@@ -64,16 +69,23 @@ def random_resized_crops(images, size: tuple[int, int], generator: torch.Generat
         bh = round(min(h, max(1.0, np.sqrt(area / aspect))))
         top, left = int(draws[2] * (h - bh + 1)), int(draws[3] * (w - bw + 1))
         box = torch.from_numpy(np.ascontiguousarray(image[:, top : top + bh, left : left + bw]))
-        resized = nn.functional.interpolate(box[None].float(), size=size, mode="bilinear",
-                                            antialias=True, align_corners=False)[0]  # fmt: skip
+        resized = nn.functional.interpolate(
+            box[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False
+        )[0]
         if torch.rand(1, generator=generator).item() < 0.5:
             resized = resized.flip(-1)
         out.append(resized.round().clamp(0, 255).to(torch.uint8).numpy())
     return np.stack(out)
 
 
-def training_batches(plugin, data, batch_size: int, generator: torch.Generator,
-                     augment: bool, limit: int | None = None):  # fmt: skip
+def training_batches(
+    plugin,
+    data,
+    batch_size: int,
+    generator: torch.Generator,
+    augment: bool,
+    limit: int | None = None,
+):
     """One epoch's batches of raw inputs in a seeded order: the train set as it is, or
     (`augment`) random resized crops and flips of the plugin's whole train images
     (`Plugin.train_images`, else of the train inputs themselves)."""
@@ -148,9 +160,16 @@ def count_correct(plugin, model: nn.Module, data, batch_size: int = 1000) -> int
 
 
 @torch.inference_mode()
-def score_through(plugin, codec: nn.Module, split: int, count: int | None = None,
-                  batch_size: int = 64, data=None, model=None,
-                  device: torch.device | None = None) -> tuple[float, float, int, float]:  # fmt: skip
+def score_through(
+    plugin,
+    codec: nn.Module,
+    split: int,
+    count: int | None = None,
+    batch_size: int = 64,
+    data=None,
+    model=None,
+    device: torch.device | None = None,
+) -> tuple[float, float, int, float]:
     """(accuracy, or agreement for plugins without labels, with `codec` between
     stages[:split] and stages[split:]; the same for the unsplit model; samples; agreement
     of the two) on the first `count` samples of `data` (the test set by default), in
@@ -200,9 +219,11 @@ def parse_arguments(
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=out, help="default: %(default)s")
     parser.add_argument(
-        "--threads", type=int, default=threads,
+        "--threads",
+        type=int,
+        default=threads,
         help="fixed for reproducibility (default: %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument("--batch-size", type=int, default=batch_size)
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     args = parser.parse_args(argv)
@@ -211,10 +232,23 @@ def parse_arguments(
     return args
 
 
-def fit(plugin, data, step, *, epochs: int, batch_size: int, generator: torch.Generator,
-        modules: dict, augment: bool = False, limit: int | None = None,
-        steps: int | None = None, resume_from: Path | None = None, resume: bool = False,
-        after_epoch=None, test_figures=None) -> None:  # fmt: skip
+def fit(
+    plugin,
+    data,
+    step,
+    *,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    modules: dict,
+    augment: bool = False,
+    limit: int | None = None,
+    steps: int | None = None,
+    resume_from: Path | None = None,
+    resume: bool = False,
+    after_epoch=None,
+    test_figures=None,
+) -> None:
     """The epoch loop every learned codec's training shares. `step(raw_batch)` trains on
     one batch and returns the figures to show; `modules` (networks and optimisers) are
     what a checkpoint holds. Per epoch: a progress bar, then `after_epoch(epochs_done)`
@@ -233,8 +267,11 @@ def fit(plugin, data, step, *, epochs: int, batch_size: int, generator: torch.Ge
         for m in modules.values():
             if isinstance(m, nn.Module):
                 m.train()
-        bar = tqdm(training_batches(plugin, data, batch_size, generator, augment, limit),
-                   total=total, desc=f"epoch {epoch + 1}/{epochs}")  # fmt: skip
+        bar = tqdm(
+            training_batches(plugin, data, batch_size, generator, augment, limit),
+            total=total,
+            desc=f"epoch {epoch + 1}/{epochs}",
+        )
         for batch in bar:
             if steps is not None and done >= steps:
                 break
@@ -256,16 +293,33 @@ def fit(plugin, data, step, *, epochs: int, batch_size: int, generator: torch.Ge
 
 def add_codec_options(parser) -> None:
     """The options both learned codecs' training commands take (DeepCOD, BottleNet)."""
-    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"),
-                        help="where to train, the teacher's logits too (default cpu)")  # fmt: skip
-    parser.add_argument("--augment", action="store_true",
-                        help="random resized crops and flips of the whole train images")  # fmt: skip
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the last epoch's <artefact>.resume.pt")  # fmt: skip
-    parser.add_argument("--progress-eval", type=int, default=0, metavar="N",
-                        help="after each epoch, show the score on N test samples")  # fmt: skip
-    parser.add_argument("--test-data", type=Path, metavar="DIR",
-                        help="score on this folder of images instead of the test set")  # fmt: skip
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=("auto", "cpu", "cuda"),
+        help="where to train, the teacher's logits too (default cpu)",
+    )
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="random resized crops and flips of the whole train images",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the last epoch's <artefact>.resume.pt"
+    )
+    parser.add_argument(
+        "--progress-eval",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after each epoch, show the score on N test samples",
+    )
+    parser.add_argument(
+        "--test-data",
+        type=Path,
+        metavar="DIR",
+        help="score on this folder of images instead of the test set",
+    )
 
 
 def scorer(plugin, codec, split: int, count: int, batch_size: int, model, device):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from testbed.offloaders.base import Offloader, Param
+from testbed.offloaders.base import Offloader
 from testbed.offloaders.link_estimate import LinkEstimate
+from testbed.offloaders.params import Param
 from testbed.offloaders.split import Candidate, profile_stages
 
 PRIOR = Param(float, 1.0, "a bandwidth in Mbit/s > 0", lambda v: v > 0)
@@ -49,12 +50,16 @@ class AdaptiveSplit(Offloader):
             self.device_ms = profile_stages(self.plugin, self.model)
         edge_ms = self.edge_ms or [0.0] * len(self.device_ms)
         prior = self.config["prior_mbps"]
-        scored = [(c.predict_ms(self.device_ms, edge_ms, self.link, prior), c)
-                  for c in self.candidates()]  # fmt: skip
+        scored = [
+            (c.predict_ms(self.device_ms, edge_ms, self.link, prior), c) for c in self.candidates()
+        ]
         predicted, best = min(scored, key=lambda pair: (pair[0], -pair[1].split))
         estimate = self.link.uplink_mbps
-        choice = {"split": best.split, "predicted_ms": round(predicted, 2),
-                  "est_mbps": None if estimate is None else round(estimate, 4)}  # fmt: skip
+        choice = {
+            "split": best.split,
+            "predicted_ms": round(predicted, 2),
+            "est_mbps": None if estimate is None else round(estimate, 4),
+        }
         if best.bits != 32:
             choice["bits"] = best.bits
         return best, choice

@@ -10,23 +10,13 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
 from testbed.models import predictions
-
-
-@dataclass(frozen=True)
-class Param:
-    """A parameter an offloader accepts in a scenario (`{name: jpeg, quality: 75}`)."""
-
-    type: type
-    default: Any
-    allowed: str  # human words for the valid values, used in error messages
-    check: Callable[[Any], bool] = lambda value: True
+from testbed.offloaders.params import Param, check_params
 
 
 class PhaseTimer:
@@ -72,8 +62,18 @@ class Offloader(ABC):
     # the plugin tasks (testbed.models.predictions) it works with: those that split the model,
     # code its features or are trained per plugin assume a classifier's logits
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    # place in listings (`offloaders.names()`, --list-offloaders) among the shipped ones;
+    # third-party offloaders follow them, by name
+    order: ClassVar[int] = 1000
+    # "proposed" (the offloader under study: DeepCOD) or "baseline": the runner records it
+    # per label (environment.json `roles`), and the report and summary.md compare each
+    # proposed offloader with every baseline at matched accuracy (testbed.results.roles)
+    role: ClassVar[str] = "baseline"
 
     def __init__(self, plugin, model, **params) -> None:
+        # the one parameter check (testbed.offloaders.params): the scenario schema and the
+        # edge agent's HELLO call it too, and checking its own output again changes nothing
+        self.config = check_params(self.name, self.params, params)
         task = predictions.task_name(plugin)
         if task not in self.tasks:
             from testbed import offloaders
@@ -87,8 +87,6 @@ class Offloader(ABC):
             )
         self.plugin = plugin
         self.model = model  # torch Sequential of the plugin's stages, eval mode
-        # defaults filled here too, for callers that skip validate_params (tests, scripts)
-        self.config = {key: spec.default for key, spec in self.params.items()} | params
 
     @abstractmethod
     def device(self, sample: np.ndarray, timer: PhaseTimer) -> DeviceResult:
@@ -98,10 +96,11 @@ class Offloader(ABC):
         """Edge half: phases `decode` and `edge`. Raise ValueError on a malformed payload."""
         raise NotImplementedError(f"{self.name} sends nothing to the edge")
 
-    def calibrate(self) -> None:
+    def calibrate(self) -> list[dict[str, Any]] | None:
         """Measure what the device half's choices cost in accuracy and bytes
-        (`testbed.offloaders.calibration`, cached on disk). The runner calls it at full speed
-        before the hosts start, so that the device's own call only reads the cache."""
+        (`testbed.offloaders.calibration`, cached on disk), and return those options. The
+        runner calls it at full speed before the hosts start, so that the device's own call
+        only reads the cache."""
         return None  # most offloaders have nothing to calibrate
 
     def prepare(self, side: str) -> None:

@@ -55,12 +55,22 @@ class Calibrator:
     sizes); `identity` names whatever else the scores depend on (an artefact's digest).
     """
 
-    def __init__(self, plugin, model, family: str, run: Callable, count: int = 200,
-                 identity: str = "") -> None:  # fmt: skip
+    def __init__(
+        self, plugin, model, family: str, run: Callable, count: int = 200, identity: str = ""
+    ) -> None:
         self.plugin, self.model, self.run = plugin, model, run
         weights = plugin.artefacts.get("weights")
-        key = json.dumps([VERSION, plugin.name, plugin.metric, family, count, identity,
-                          file_digest(weights) if weights else ""])  # fmt: skip
+        key = json.dumps(
+            [
+                VERSION,
+                plugin.name,
+                plugin.metric,
+                family,
+                count,
+                identity,
+                file_digest(weights) if weights else "",
+            ]
+        )
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         self.path = cache_dir("calibration") / f"{plugin.name}-{family}-{digest}.json"
         self.count = count
@@ -98,8 +108,10 @@ class Calibrator:
         found, sizes = [], []
         for start in range(0, len(inputs), BATCH):
             output, batch_sizes = run(inputs[start : start + BATCH])
-            found += [predictions.to_record(self.plugin, p)
-                      for p in predictions.predict(self.plugin, output)]  # fmt: skip
+            found += [
+                predictions.to_record(self.plugin, p)
+                for p in predictions.predict(self.plugin, output)
+            ]
             sizes += list(batch_sizes)
         return found, sizes
 

@@ -42,12 +42,13 @@ from PIL import Image, features
 from testbed.agents.protocol import HEADER
 from testbed.errors import EnvironmentMissing, PluginError
 from testbed.models import predictions
-from testbed.offloaders import register, validate_params
+from testbed.offloaders import register
 from testbed.offloaders.adaptive import PRIOR
-from testbed.offloaders.base import DeviceResult, Offloader, Param
+from testbed.offloaders.base import DeviceResult, Offloader
 from testbed.offloaders.calibration import Calibrator
 from testbed.offloaders.image_codec import Jpeg
 from testbed.offloaders.link_estimate import LinkEstimate
+from testbed.offloaders.params import Param
 
 SCALES = (1.0, 0.75, 0.5, 0.35)  # of the model's input width and height, largest first
 QUALITIES = (50, 75, 90, 100)  # JPEG qualities, cheapest first (Calibrator.lowest's order)
@@ -64,6 +65,7 @@ def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
 @register
 class DeepDecision(Offloader):
     name = "deepdecision"
+    order = 90
     description = (
         "per request: local, or the image downscaled + JPEG, by predicted latency within "
         "an accuracy bound"
@@ -84,7 +86,7 @@ class DeepDecision(Offloader):
     }
 
     def __init__(self, plugin, model, **params) -> None:
-        super().__init__(plugin, model, **validate_params(self.name, params))
+        super().__init__(plugin, model, **params)
         spec = plugin.input_spec
         if spec.dtype != "uint8" or len(spec.shape) != 3 or spec.shape[0] not in (1, 3):
             raise PluginError(
@@ -140,7 +142,7 @@ class DeepDecision(Offloader):
             raise ValueError(f"{what} is empty")
         channels, height, width = self.shape
         try:
-            image = Image.open(io.BytesIO(payload), formats=["JPEG"])
+            image: Image.Image = Image.open(io.BytesIO(payload), formats=["JPEG"])
         except Exception as exc:  # Pillow raises many kinds for foreign or damaged data
             raise ValueError(
                 f"{what} of {len(payload)} bytes is not a JPEG image ({type(exc).__name__}: {exc})"
@@ -191,19 +193,26 @@ class DeepDecision(Offloader):
             f"{sorted(SAVE_OPTIONS.items())} bilinear",
         )
 
-    def calibrate(self) -> None:
+    def calibrate(self) -> list[dict[str, Any]]:
         """Per scale, the lowest quality within `max_drop_pp`; a scale none of whose
         qualities is within it is kept, marked, and never chosen."""
         if self.options is not None:
-            return
+            return self.options
         calibrator, bound = self.calibrator(), self.config["max_drop_pp"]
         options = []
         for scale in self.sizes:
             (_, quality), score = calibrator.lowest([[scale, q] for q in QUALITIES], bound)
-            options.append({"scale": scale, "quality": quality, "drop_pp": score.drop_pp,
-                            "mean_bytes": round(score.mean_bytes, 1),
-                            "within_bound": score.drop_pp <= bound})  # fmt: skip
+            options.append(
+                {
+                    "scale": scale,
+                    "quality": quality,
+                    "drop_pp": score.drop_pp,
+                    "mean_bytes": round(score.mean_bytes, 1),
+                    "within_bound": score.drop_pp <= bound,
+                }
+            )
         self.options = options
+        return options
 
     # ------------------------------------------------------------------------ profiles
 
@@ -244,10 +253,14 @@ class DeepDecision(Offloader):
         image = self._typical_image()
         model_ms = self._model_ms(image)
         if side == "device":
-            self.calibrate()
+            options = self.calibrate()
             self.device_model_ms = model_ms
-            self.encode_ms = {o["scale"]: self._median_ms(lambda o=o: self.encode(
-                image, o["scale"], o["quality"])) for o in self.options}  # fmt: skip
+            self.encode_ms = {
+                o["scale"]: self._median_ms(
+                    lambda o=o: self.encode(image, o["scale"], o["quality"])
+                )
+                for o in options
+            }
         else:
             self.edge_model_ms = model_ms
             self.edge_decode_ms = {}
@@ -264,8 +277,8 @@ class DeepDecision(Offloader):
 
     def candidates(self) -> list[dict[str, Any]]:
         """Local first, then every scale's option within the accuracy bound."""
-        self.calibrate()
-        return [{"mode": LOCAL, "drop_pp": 0.0}] + [o for o in self.options if o["within_bound"]]
+        options = self.calibrate()
+        return [{"mode": LOCAL, "drop_pp": 0.0}] + [o for o in options if o["within_bound"]]
 
     def predict_ms(self, option: dict[str, Any]) -> float:
         """The latency model of the module docstring. Missing profiles count as free,
@@ -286,8 +299,10 @@ class DeepDecision(Offloader):
     def choose(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """The fastest candidate within the bound (ties: the smaller drop), or a probe;
         returns it and what to record."""
-        scored = sorted(((self.predict_ms(o), o["drop_pp"], i, o)
-                         for i, o in enumerate(self.candidates())), key=lambda t: t[:3])  # fmt: skip
+        scored = sorted(
+            ((self.predict_ms(o), o["drop_pp"], i, o) for i, o in enumerate(self.candidates())),
+            key=lambda t: t[:3],
+        )
         predicted, _, _, best = scored[0]
         estimate = self.link.uplink_mbps
         probe = False
@@ -305,8 +320,10 @@ class DeepDecision(Offloader):
             choice: dict[str, Any] = {"mode": LOCAL}
         else:
             choice = {"scale": best["scale"], "quality": best["quality"]}
-        choice.update(predicted_ms=round(predicted, 2),
-                      est_mbps=None if estimate is None else round(estimate, 4))  # fmt: skip
+        choice.update(
+            predicted_ms=round(predicted, 2),
+            est_mbps=None if estimate is None else round(estimate, 4),
+        )
         if probe:
             choice["probe"] = True
         return best, choice

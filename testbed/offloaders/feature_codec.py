@@ -51,10 +51,11 @@ from PIL import Image, features
 from testbed.agents.protocol import HEADER
 from testbed.errors import EnvironmentMissing, PluginError
 from testbed.models import predictions
-from testbed.offloaders import register, validate_params
+from testbed.offloaders import register
 from testbed.offloaders.adaptive import PRIOR, AdaptiveSplit
-from testbed.offloaders.base import DeviceResult, Param
+from testbed.offloaders.base import DeviceResult
 from testbed.offloaders.calibration import Calibrator
+from testbed.offloaders.params import Param
 from testbed.offloaders.split import Candidate, feature_shape, run_tail
 
 # the qualities `quality: auto` tries, cheapest first (image_codec's ladder)
@@ -70,7 +71,8 @@ _FORMAT_IDS = {"PNG": 1, "JPEG": 2}
 def planes_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
     """A feature shape as (channels, tile height, tile width)."""
     if len(shape) == 3:
-        return tuple(shape)
+        channels, height, width = shape
+        return channels, height, width
     if len(shape) == 2:
         return shape[0], 1, shape[1]
     return 1, 1, math.prod(shape)
@@ -171,7 +173,7 @@ class FeatureCodec(AdaptiveSplit):
     save_options: ClassVar[dict[str, Any]]
 
     def __init__(self, plugin, model, **params) -> None:
-        super().__init__(plugin, model, **validate_params(self.name, params))
+        super().__init__(plugin, model, **params)
         if not features.check(self.feature):
             raise EnvironmentMissing(
                 f"{self.name}: this Pillow ({PIL.__version__}) was built without "
@@ -218,8 +220,9 @@ class FeatureCodec(AdaptiveSplit):
     def encode(self, split: int, values: np.ndarray, quality: int | None) -> bytes:
         """Features at `split` (or the input tensor at 0) -> payload."""
         channels, height, width = self.planes[split]
-        return self._compress(split, *quantize(values.reshape(channels, height, width), self.bits),
-                              quality)  # fmt: skip
+        return self._compress(
+            split, *quantize(values.reshape(channels, height, width), self.bits), quality
+        )
 
     def _compress(self, split, codes, lo, hi, quality: int | None) -> bytes:
         channels, height, width = codes.shape
@@ -276,8 +279,9 @@ class FeatureCodec(AdaptiveSplit):
         with image:
             if image.format != self.format:
                 raise ValueError(f"{what} holds {image.format}, expected {self.format}")
-            if getattr(image, "n_frames", 1) != 1:
-                raise ValueError(f"{what} has {image.n_frames} frames, expected 1")
+            frames = getattr(image, "n_frames", 1)
+            if frames != 1:
+                raise ValueError(f"{what} has {frames} frames, expected 1")
             if image.size != (cols * width, rows * height):
                 raise ValueError(
                     f"{what} image is {image.size[0]}x{image.size[1]}, expected "
@@ -297,8 +301,9 @@ class FeatureCodec(AdaptiveSplit):
         codes = untile(gray, channels, height, width)
         shift = 8 - self.bits
         if shift:  # the nearest code to each pixel (exact for PNG)
-            codes = np.minimum((codes.astype(np.uint16) + (1 << (shift - 1))) >> shift,
-                               (1 << self.bits) - 1).astype(np.uint8)  # fmt: skip
+            codes = np.minimum(
+                (codes.astype(np.uint16) + (1 << (shift - 1))) >> shift, (1 << self.bits) - 1
+            ).astype(np.uint8)
         values = dequantize(codes, lo, hi, self.bits)
         return split, values.reshape(feature_shape(self.plugin, split))
 
@@ -332,27 +337,36 @@ class FeatureCodec(AdaptiveSplit):
             if next(iter(self._codes), (split,))[0] != split:
                 self._codes.clear()
             shape = self.planes[split]
-            self._codes[key] = [quantize(one.reshape(shape), self.bits)
-                                for one in self._head(split, inputs)]  # fmt: skip
+            self._codes[key] = [
+                quantize(one.reshape(shape), self.bits) for one in self._head(split, inputs)
+            ]
         payloads = [self._compress(split, *coded, quality) for coded in self._codes[key]]
         restored = np.stack([self.decode(payload)[1] for payload in payloads])
         logits = self.model[split:](torch.from_numpy(restored))
         return logits, [HEADER.size + len(payload) for payload in payloads]
 
-    def calibrate(self) -> None:
+    def calibrate(self) -> list[dict[str, Any]]:
         """Per split: bytes and accuracy drop of its (cheapest within the bound) setting."""
         if self.options is not None:
-            return
+            return self.options
         calibrator, bound = self.calibrator(), self.config["max_drop_pp"]
         options = []
         for split in self.planes:
             (_, _, quality), score = calibrator.lowest(
                 [[split, self.bits, q] for q in self.qualities()], bound
             )
-            options.append({"split": split, "bits": self.bits, "quality": quality,
-                            "drop_pp": score.drop_pp, "mean_bytes": round(score.mean_bytes, 1),
-                            "within_bound": score.drop_pp <= bound})  # fmt: skip
+            options.append(
+                {
+                    "split": split,
+                    "bits": self.bits,
+                    "quality": quality,
+                    "drop_pp": score.drop_pp,
+                    "mean_bytes": round(score.mean_bytes, 1),
+                    "within_bound": score.drop_pp <= bound,
+                }
+            )
         self.options = options
+        return options
         self._codes.clear()
 
     def prepare(self, side: str) -> None:
@@ -372,7 +386,7 @@ class FeatureCodec(AdaptiveSplit):
         for index, stage in enumerate(self.model, start=1):
             h = stage(h)
             values[index] = h[0].numpy()
-        for option in self.options:
+        for option in self.calibrate():
             split, quality = option["split"], option["quality"]
             times = []
             for _ in range(repeats + 1):
@@ -384,10 +398,10 @@ class FeatureCodec(AdaptiveSplit):
     # ------------------------------------------------------------------------ halves
 
     def candidates(self) -> list[Candidate]:
-        self.calibrate()
-        within = [o for o in self.options if o["within_bound"]]
+        options = self.calibrate()
+        within = [o for o in options if o["within_bound"]]
         out: list[Candidate] = []
-        for o in within or self.options:  # none within the bound: every split, recorded
+        for o in within or options:  # none within the bound: every split, recorded
             encode_ms = self.encode_ms.get(o["split"], 0.0)
             out.append(
                 CodecCandidate(o["split"], o["mean_bytes"], o["bits"], o["quality"], encode_ms)
@@ -434,6 +448,7 @@ class FeatureCodec(AdaptiveSplit):
 @register
 class FeaturePNG(FeatureCodec):
     name = "feature_png"
+    order = 80
     description = (
         "split + per-channel k-bit features tiled into one PNG (Ko et al. 2018), lossless "
         "after quantization"
@@ -446,6 +461,7 @@ class FeaturePNG(FeatureCodec):
 @register
 class FeatureJPEG(FeatureCodec):
     name = "feature_jpeg"
+    order = 81
     description = "split + per-channel k-bit features tiled into one JPEG (Ko et al. 2018)"
     params: ClassVar[dict[str, Param]] = {
         **_COMMON,

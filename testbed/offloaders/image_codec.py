@@ -25,9 +25,10 @@ from PIL import Image, features
 
 from testbed.errors import EnvironmentMissing, PluginError
 from testbed.models import predictions
-from testbed.offloaders import register, validate_params
-from testbed.offloaders.base import DeviceResult, Offloader, Param
+from testbed.offloaders import register
+from testbed.offloaders.base import DeviceResult, Offloader
 from testbed.offloaders.calibration import Calibrator, Score
+from testbed.offloaders.params import Param
 
 # the qualities "auto" tries, cheapest first
 LADDER = tuple(range(5, 101, 5))
@@ -61,7 +62,7 @@ class ImageCodec(Offloader):
     }
 
     def __init__(self, plugin, model, **params) -> None:
-        super().__init__(plugin, model, **validate_params(self.name, params))
+        super().__init__(plugin, model, **params)
         spec = plugin.input_spec
         if spec.dtype != "uint8" or len(spec.shape) != 3 or spec.shape[0] not in (1, 3):
             raise PluginError(
@@ -112,8 +113,9 @@ class ImageCodec(Offloader):
         with image:
             if image.format != self.format:
                 raise ValueError(f"{what} is {image.format}, expected {self.format}")
-            if getattr(image, "n_frames", 1) != 1:
-                raise ValueError(f"{what} has {image.n_frames} frames, expected 1")
+            frames = getattr(image, "n_frames", 1)
+            if frames != 1:
+                raise ValueError(f"{what} has {frames} frames, expected 1")
             if image.size != (width, height):
                 raise ValueError(
                     f"{what} is {image.size[0]}x{image.size[1]}, expected {width}x{height}"
@@ -191,6 +193,7 @@ class ImageCodec(Offloader):
 @register
 class Jpeg(ImageCodec):
     name = "jpeg"
+    order = 40
     description = "input image as JPEG (Pillow), whole model on the edge"
     format, feature, max_side, gray_mode = "JPEG", "jpg", 65_500, "L"
     # optimized Huffman tables: still deterministic, and a third fewer bytes on small
@@ -201,6 +204,7 @@ class Jpeg(ImageCodec):
 @register
 class WebP(ImageCodec):
     name = "webp"
+    order = 41
     description = "input image as lossy WebP (Pillow, libwebp), whole model on the edge"
     # lossy WebP has no grayscale: a gray image travels as RGB and is converted back
     format, feature, max_side, gray_mode = "WEBP", "webp", 16_383, "RGB"

@@ -15,8 +15,9 @@ import torch
 from testbed.agents.protocol import HEADER
 from testbed.offloaders import register
 from testbed.offloaders.adaptive import PRIOR, AdaptiveSplit
-from testbed.offloaders.base import DeviceResult, Param
+from testbed.offloaders.base import DeviceResult
 from testbed.offloaders.calibration import Calibrator
+from testbed.offloaders.params import Param
 from testbed.offloaders.split import Candidate, pack_coded, run_head, run_tail, unpack_coded
 
 BITS = tuple(range(1, 9))
@@ -25,6 +26,7 @@ BITS = tuple(range(1, 9))
 @register
 class JALAD(AdaptiveSplit):
     name = "jalad"
+    order = 60
     description = "split + k-bit feature quantization + entropy coding, within an accuracy bound"
     params = {  # noqa: RUF012
         "prior_mbps": PRIOR,
@@ -48,25 +50,34 @@ class JALAD(AdaptiveSplit):
             restored.append(unpack_coded(self.plugin, payload, {split})[2])
         return self.model[split:](torch.from_numpy(np.stack(restored))), sizes
 
-    def calibrate(self) -> None:
+    def calibrate(self) -> list[dict[str, Any]]:
         if self.options is not None:
-            return
-        calibrator = Calibrator(self.plugin, self.model, "jalad", self._run,
-                                self.config["calibration_samples"])  # fmt: skip
+            return self.options
+        calibrator = Calibrator(
+            self.plugin, self.model, "jalad", self._run, self.config["calibration_samples"]
+        )
         options = []
         for split in self.plugin.split_points:
-            (_, bits), score = calibrator.lowest([[split, b] for b in BITS],
-                                                 self.config["max_drop_pp"])  # fmt: skip
-            options.append({"split": split, "bits": bits, "drop_pp": score.drop_pp,
-                            "mean_bytes": round(score.mean_bytes, 1),
-                            "within_bound": score.drop_pp <= self.config["max_drop_pp"]})  # fmt: skip
+            (_, bits), score = calibrator.lowest(
+                [[split, b] for b in BITS], self.config["max_drop_pp"]
+            )
+            options.append(
+                {
+                    "split": split,
+                    "bits": bits,
+                    "drop_pp": score.drop_pp,
+                    "mean_bytes": round(score.mean_bytes, 1),
+                    "within_bound": score.drop_pp <= self.config["max_drop_pp"],
+                }
+            )
         self.options = options
+        return options
 
     def candidates(self) -> list[Candidate]:
-        self.calibrate()
-        within = [o for o in self.options if o["within_bound"]]
+        options = self.calibrate()
+        within = [o for o in options if o["within_bound"]]
         # no split meets the bound: fall back to 8 bits everywhere (recorded in describe)
-        chosen = within or [{**o, "bits": 8} for o in self.options]
+        chosen = within or [{**o, "bits": 8} for o in options]
         return [Candidate(o["split"], o["mean_bytes"], o["bits"]) for o in chosen]
 
     def device(self, sample, timer):

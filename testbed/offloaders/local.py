@@ -10,6 +10,7 @@ from testbed.offloaders.base import DeviceResult, Offloader
 @register
 class Local(Offloader):
     name = "local"
+    order = 10
     description = "whole model on the device, nothing offloaded"
     tasks = ("classification", "detection")
 

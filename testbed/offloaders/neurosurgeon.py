@@ -30,6 +30,7 @@ _SPLIT_HEADER = 1  # the split byte in front of the features
 @register
 class Neurosurgeon(AdaptiveSplit):
     name = "neurosurgeon"
+    order = 50
     description = "split chosen per request by profiled, predicted latency; float32 features"
 
     def candidates(self) -> list[Candidate]:

@@ -11,6 +11,7 @@ from testbed.offloaders.base import DeviceResult, Offloader
 @register
 class Raw(Offloader):
     name = "raw"
+    order = 20
     description = "raw input sent as is, whole model on the edge"
     tasks = ("classification", "detection")
 

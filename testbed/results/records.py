@@ -28,21 +28,17 @@ from typing import Any
 
 import numpy as np
 
-from testbed.results import stats
+from testbed.agents import contract
 from testbed.models.predictions import Comparison
+from testbed.results import roles, stats
 
-REQUEST_COLUMNS = [
-    "offloader", "request", "sample", "device_ms", "encode_ms", "uplink_ms", "decode_ms",
-    "edge_ms", "downlink_ms", "total_ms", "bytes_up", "bytes_down", "prediction", "label",
-    "correct", "agrees", "status", "error", "choice", "est_uplink_mbps", "queue_ms",
-    "intended_ms", "device", "tp", "fp", "fn",
-]  # fmt: skip
+REQUEST_COLUMNS = list(contract.REQUEST_COLUMNS)  # a record's, with its comparison
 SUMMARY_COLUMNS = [
     "offloader", "n", "p50_ms", "mean_ms", "p95_ms", "p99_ms", "mean_bytes_up", "accuracy",
     "accuracy_lo", "accuracy_hi", "agreement", "accuracy_drop_pp", "within_bound",
     "speedup_vs_raw", "failed", "p50_device_ms", "p50_encode_ms", "p50_uplink_ms", "choice",
     "p50_queue_ms", "precision", "recall",
-]  # fmt: skip
+]
 DEFAULT_MAX_DROP_PP = 1.0  # the scenario's default bound (Scenario.max_drop_pp)
 # what a choice says about the request's configuration (the rest is prediction)
 CHOICE_KEYS = ("split", "bits", "scale", "quality", "mode")
@@ -51,13 +47,13 @@ CHOICE_KEYS = ("split", "bits", "scale", "quality", "mode")
 TRAFFIC_COLUMNS = [
     "flow", "kind", "direction", "throughput_mbps", "bytes", "retransmits", "lost_packets",
     "error",
-]  # fmt: skip
+]
 
 
 CAPTURE_COLUMNS = [
     "offloader", "request", "bytes_up", "wire_bytes_up", "bytes_down", "wire_bytes_down",
     "retransmissions",
-]  # fmt: skip
+]
 
 
 def read_records(path: Path) -> list[dict]:
@@ -195,7 +191,8 @@ def paired_totals(cells: list[list[dict]], name: str, other: str) -> tuple[np.nd
 
 
 def _by_sample(rows: list[dict], name: str) -> dict[tuple, float]:
-    out, seen = {}, {}
+    out: dict[tuple, float] = {}
+    seen: dict[object, int] = {}
     for r in rows:
         sample = r.get("sample", "")
         if r["offloader"] != name or r["status"] != "ok" or not _is_finite(sample):
@@ -324,18 +321,25 @@ def bound_warnings(
 
 
 def matched_lines(
-    rows: list[dict], summary: list[dict], bound_pp: float, configured: dict[str, float]
+    rows: list[dict],
+    summary: list[dict],
+    bound_pp: float,
+    configured: dict[str, float],
+    proposed: list[str] | None = None,
 ) -> list[str]:
-    """summary.md's matched-accuracy part: the bound, each DeepCOD's comparisons (claimed
-    only against offloaders that lose at least as much accuracy), and the warnings."""
+    """summary.md's matched-accuracy part: the bound, each proposed offloader's (DeepCOD's)
+    comparisons (claimed only against offloaders that lose at least as much accuracy), and
+    the warnings. `proposed`: their labels (`testbed.results.roles`); None: by label."""
     drops = {s["offloader"]: s["accuracy_drop_pp"] for s in summary}
     lines = [
         f"Accuracy bound: {bound_pp:g} points of drop (`max_drop_pp`); within it: "
         + (", ".join(n for n, d in drops.items() if within(d, bound_pp)) or "none")
         + "."
     ]
-    for name in (n for n in drops if n.startswith("deepcod")):
-        others = [n for n in drops if not n.startswith("deepcod")]
+    if proposed is None:
+        proposed = roles.proposed(list(drops), None)
+    for name in (n for n in drops if n in proposed):
+        others = [n for n in drops if n not in proposed]
         found = [versus([rows], name, o, drops[name], drops[o]) for o in others]
         lines += ["", f"{name} (drop {drops[name]:.2f} points) at matched accuracy:", ""]
         lines += [f"- {v.other}: {v.ratio_text()}, {v.verdict()}" for v in found if v.claimed]
@@ -402,7 +406,7 @@ def table(summary: list[dict]) -> str:
             _score(s), _share(s.get("agreement", "")), f"{s['accuracy_drop_pp']:+.2f}",
             _bound(s.get("within_bound", "")), _vs_raw(s, raw), f"{s['p50_encode_ms']:.2f}",
             s["choice"] or "-",
-        ]  # fmt: skip
+        ]
         if boxes:
             cells += [_share(s.get("precision", "")), _share(s.get("recall", ""))]
         lines.append("| " + " | ".join(cells) + " |")

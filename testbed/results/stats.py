@@ -47,7 +47,9 @@ def percentile(values, q: float) -> float:
     return float(np.percentile(array, q)) if array.size else float("nan")
 
 
-def resampled_medians(values, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
+def resampled_medians(
+    values, resamples: int = RESAMPLES, seed: int | np.random.SeedSequence = SEED
+) -> np.ndarray:
     """Medians of `resamples` resamples (with replacement) of `values`, vectorized."""
     array = finite(values)
     if array.size == 0:

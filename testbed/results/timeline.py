@@ -87,7 +87,7 @@ def timeline_figure(rows: list[dict], offloaders: list[str]) -> Figure:
     fig, grid = plt.subplots(
         2, len(shown), figsize=(6.4 * len(shown), 6.4), squeeze=False, sharex="col",
         gridspec_kw={"height_ratios": [3, 2]},
-    )  # fmt: skip
+    )
     fig.subplots_adjust(left=0.08, right=0.97, hspace=0.12, wspace=0.25, bottom=0.1, top=0.88)
     palette = plt.get_cmap("tab10")
     for column, name in enumerate(shown):
@@ -106,7 +106,7 @@ def timeline_figure(rows: list[dict], offloaders: list[str]) -> Figure:
                     data["t_s"][pick], data["total_ms"][pick], s=16,
                     facecolors="none" if probe else colour, edgecolors=colour,
                     label=f"{label} (probe)" if probe else label,
-                )  # fmt: skip
+                )
         top.set_ylim(bottom=0)
         top.set_ylabel("end-to-end latency (ms)")
         top.set_title(name, fontsize=10)

@@ -20,6 +20,8 @@ once), so a 800-byte message at 1 Mbit/s takes 6.9 ms as on a real link.
 
 Run inside a host's network namespace, outside its CPU cgroup:
 `python -m testbed.emulation.link.element --queue N --rate-mbps R --delay-ms D`; prints READY.
+Its options are the link's settings (settings.py) and its own (`ElementConfig`); the
+backend builds them with `arguments(config)`.
 """
 
 from __future__ import annotations
@@ -31,8 +33,16 @@ import select
 import signal
 import sys
 import time
+from dataclasses import dataclass
 
 from testbed.emulation.link.impairments import Jitter, Loss, clamp_delay
+from testbed.emulation.link.settings import (
+    LinkSpec,
+    add_arguments,
+    argv_of,
+    from_arguments,
+    setting,
+)
 
 ETHERNET_HEADER = 14  # HTB counts it; the IP total length does not include it
 COPY_BYTES = 64  # only the IP header is needed
@@ -54,7 +64,7 @@ class TraceOpportunities:
         return self.start + ms / 1e3
 
     def deliver(self, now: float, size: int) -> float:
-        first_free = self.trace._count_before(max(0.0, (now - self.start) * 1e3))
+        first_free = self.trace.count_before(max(0.0, (now - self.start) * 1e3))
         if first_free > self.index:  # the opportunity in use has passed: a fresh one
             self.index, self.left = first_free, self.capacity
         need = size
@@ -65,31 +75,70 @@ class TraceOpportunities:
         return self.time_of(self.index)
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True, kw_only=True)
+class ElementConfig:
+    """What one element is started with: its place (the NFQUEUE of its iptables rule,
+    its seed, the trace it follows) and the settings of the link direction it emulates.
+    Its argv and its parser are both derived from these declarations (settings.py)."""
+
+    queue: int = setting(kind=int, flag="--queue", help="NFQUEUE number of its iptables rule")
+    seed: int = setting(1, kind=int, flag="--seed", help="jitter's seed; loss takes seed + 1")
+    trace: str | None = setting(
+        None,
+        kind=str,
+        flag="--trace",
+        optional=True,
+        help="Mahimahi trace: its opportunities replace the rate",
+    )
+    trace_start: float | None = setting(
+        None,
+        kind=float,
+        flag="--trace-start",
+        optional=True,
+        help="CLOCK_MONOTONIC s of trace time 0",
+    )
+    link: LinkSpec
+
+
+def arguments(config: ElementConfig) -> list[str]:
+    """The element's command-line arguments for `config` (`parse_args` reads them back)."""
+    return [*argv_of(config), *argv_of(config.link)]
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--queue", type=int, required=True)
-    parser.add_argument("--rate-mbps", type=float, default=0.0, help="0: no serialization")
-    parser.add_argument("--delay-ms", type=float, default=0.0)
-    parser.add_argument("--jitter-ms", type=float, default=0.0)
-    parser.add_argument("--jitter-distribution", default="normal")
-    parser.add_argument("--loss-pct", type=float, default=0.0)
-    parser.add_argument("--loss-model", default="random")
-    parser.add_argument("--loss-burst", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--trace", help="Mahimahi trace: its opportunities replace the rate")
-    parser.add_argument("--trace-start", type=float, help="CLOCK_MONOTONIC s of trace time 0")
-    args = parser.parse_args(argv)
+    add_arguments(parser, ElementConfig)
+    add_arguments(parser, LinkSpec)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> ElementConfig:
+    options = parser()
+    namespace = options.parse_args(argv)
+    if namespace.trace is not None and namespace.trace_start is None:
+        options.error("--trace needs --trace-start")
+    return from_arguments(ElementConfig, namespace, link=from_arguments(LinkSpec, namespace))
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    link = config.link
 
     from netfilterqueue import COPY_PACKET, NetfilterQueue
 
-    seconds_per_byte = 8 / (args.rate_mbps * 1e6) if args.rate_mbps > 0 else 0.0
-    delay = args.delay_ms / 1e3
-    jitter = Jitter(args.jitter_ms / 1e3, args.jitter_distribution, random.Random(args.seed))
-    loss = Loss(args.loss_pct, args.loss_model, args.loss_burst, random.Random(args.seed + 1))
+    rate = link.bandwidth_mbps or 0.0  # None: a trace's opportunities pace the packets
+    seconds_per_byte = 8 / (rate * 1e6) if rate > 0 else 0.0
+    delay = link.delay_ms / 1e3
+    jitter = Jitter(link.jitter_ms / 1e3, link.jitter_distribution, random.Random(config.seed))
+    loss = Loss(
+        link.loss_pct, link.loss_model, link.loss_burst_packets, random.Random(config.seed + 1)
+    )
     held: collections.deque = collections.deque()
     state = {"busy_until": 0.0, "released": 0.0, "running": True, "dropped": 0, "passed": 0}
 
-    opportunities = TraceOpportunities(args.trace, args.trace_start) if args.trace else None
+    opportunities = None
+    if config.trace is not None and config.trace_start is not None:  # parse_args: both or none
+        opportunities = TraceOpportunities(config.trace, config.trace_start)
 
     def on_packet(packet) -> None:
         now = time.monotonic()
@@ -115,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     queue = NetfilterQueue()
-    queue.bind(args.queue, on_packet, max_len=10000, mode=COPY_PACKET, range=COPY_BYTES)
+    queue.bind(config.queue, on_packet, max_len=10000, mode=COPY_PACKET, range=COPY_BYTES)
     fd = queue.get_fd()
     print("READY", flush=True)
     try:

@@ -30,10 +30,27 @@ def htb_root(dev: str, rate_mbps: float) -> list[str]:
 def htb_rate_change(dev: str, rate_mbps: float) -> list[str]:
     rate, burst = rate_bits(rate_mbps), 2 * FRAME_BYTES
     return [
-        "tc", "class", "change", "dev", dev, "parent", "1:", "classid", "1:1", "htb",
-        "rate", f"{rate}bit", "ceil", f"{rate}bit", "burst", str(burst), "cburst", str(burst),
-        "quantum", str(FRAME_BYTES),
-    ]  # fmt: skip
+        "tc",
+        "class",
+        "change",
+        "dev",
+        dev,
+        "parent",
+        "1:",
+        "classid",
+        "1:1",
+        "htb",
+        "rate",
+        f"{rate}bit",
+        "ceil",
+        f"{rate}bit",
+        "burst",
+        str(burst),
+        "cburst",
+        str(burst),
+        "quantum",
+        str(FRAME_BYTES),
+    ]
 
 
 def queue_qdisc(link) -> str:
@@ -59,8 +76,11 @@ def netem_commands(
     limit = link.queue_packets or math.ceil(link.queue_bytes / FRAME_BYTES)
     netem = f"netem limit {limit} delay {link.delay_ms:g}ms"
     if link.jitter_ms > 0:
-        distribution = {"normal": " distribution normal", "pareto": " distribution pareto",
-                        "uniform": ""}[link.jitter_distribution]  # fmt: skip
+        distribution = {
+            "normal": " distribution normal",
+            "pareto": " distribution pareto",
+            "uniform": "",
+        }[link.jitter_distribution]
         netem += f" {link.jitter_ms:g}ms{distribution}"
     if link.loss_pct > 0:
         if gemodel is None:

@@ -7,6 +7,8 @@ import math
 import random
 
 PARETO_SHAPE = 3.0  # finite variance, heavy enough tail to model bufferbloat spikes
+JITTER_DISTRIBUTIONS = ("normal", "uniform", "pareto")
+LOSS_MODELS = ("random", "gilbert_elliott")
 
 
 class Jitter:
@@ -15,7 +17,7 @@ class Jitter:
 
     def __init__(self, jitter_s: float, distribution: str, rng: random.Random) -> None:
         self.jitter_s, self.distribution, self.rng = jitter_s, distribution, rng
-        if distribution not in ("normal", "uniform", "pareto"):
+        if distribution not in JITTER_DISTRIBUTIONS:
             raise ValueError(f"unknown jitter distribution {distribution!r}")
 
     def sample(self) -> float:
@@ -40,7 +42,7 @@ class Loss:
 
     def __init__(self, loss_pct: float, model: str, burst: float, rng: random.Random) -> None:
         self.rate, self.model, self.rng = loss_pct / 100.0, model, rng
-        if model not in ("random", "gilbert_elliott"):
+        if model not in LOSS_MODELS:
             raise ValueError(f"unknown loss model {model!r}")
         self.r = 1.0 / max(burst, 1.0)
         self.p = self.r * self.rate / (1.0 - self.rate) if self.rate < 1 else 1.0

@@ -114,9 +114,9 @@ class Trace:
         file from t = 0; for fidelity checks of an emulated link against the trace."""
         if not (0 <= t0_ms <= t1_ms) or not math.isfinite(t1_ms):
             raise ValueError(f"need 0 <= t0_ms <= t1_ms < inf, got {t0_ms}, {t1_ms}")
-        return (self._count_before(t1_ms) - self._count_before(t0_ms)) * PACKET_BYTES
+        return (self.count_before(t1_ms) - self.count_before(t0_ms)) * PACKET_BYTES
 
-    def _count_before(self, t_ms: float) -> int:
+    def count_before(self, t_ms: float) -> int:
         """Opportunities at absolute times o + k*T (k >= 0) strictly before t."""
         if t_ms <= 0:
             return 0
@@ -158,10 +158,10 @@ def parse_trace(text: str, source: str = "<trace>") -> Trace:
     if not text.strip():
         raise ScenarioError(f"{source}: empty trace (no timestamps)")
     if _ONLY_INTEGERS.fullmatch(text) and not _TOO_LONG.search(text):
-        values = np.fromstring(text, dtype=np.int64, sep=" ")
-        problem = _first_problem(values)
+        parsed = np.fromstring(text, dtype=np.int64, sep=" ")
+        problem = _first_problem(parsed)
         if problem is None:
-            return Trace(values, source)
+            return Trace(parsed, source)
         index, message = problem
         raise ScenarioError(f"{source}: line {_line_of_token(text, index)}: {message}")
     values: list[int] = []

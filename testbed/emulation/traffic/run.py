@@ -41,8 +41,9 @@ class TrafficRun:
             if not plan.runs:
                 continue
             host = self._host(plan.receiver_side)
-            proc = self.topo.popen(host, plan.server_argv, f"traffic-{plan.label}-server.log",
-                                   limited=False)  # fmt: skip
+            proc = self.topo.popen(
+                host, plan.server_argv, f"traffic-{plan.label}-server.log", limited=False
+            )
             self.servers[plan.label] = proc
             if plan.ready_line:
                 wait_ready(proc, f"traffic sink {plan.label}", 60)
@@ -54,8 +55,11 @@ class TrafficRun:
     def _wait_listening(self, host, plan: FlowPlan) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            out = subprocess.run(["mnexec", "-a", str(host.pid), *plan.ready_check_argv],
-                                 capture_output=True, text=True).stdout  # fmt: skip
+            out = subprocess.run(
+                ["mnexec", "-a", str(host.pid), *plan.ready_check_argv],
+                capture_output=True,
+                text=True,
+            ).stdout
             if out.strip():
                 return
             time.sleep(0.05)
@@ -72,9 +76,11 @@ class TrafficRun:
             if plan.kind == "tcp_bulk" and self.topo.congestion_scope == "socket":
                 argv += ["-C", self.topo.scenario.network.congestion_control]
             self.clients[plan.label] = self.topo.popen(
-                self._host(plan.sender_side), argv, f"traffic-{plan.label}-client.log",
+                self._host(plan.sender_side),
+                argv,
+                f"traffic-{plan.label}-client.log",
                 limited=False,
-            )  # fmt: skip
+            )
 
     def stop(self) -> list[dict]:
         """Stop clients, then servers; each flow's achieved throughput."""

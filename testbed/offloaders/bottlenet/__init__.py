@@ -25,9 +25,10 @@ import torch
 from testbed.errors import PluginError
 from testbed.models import predictions
 from testbed.offloaders import register
-from testbed.offloaders.base import DeviceResult, Offloader, Param
+from testbed.offloaders.base import DeviceResult, Offloader
 from testbed.offloaders.bottlenet.artefacts import artefact_path, command
 from testbed.offloaders.bottlenet.model import BottleNet, resolve_split, step
+from testbed.offloaders.params import Param
 from testbed.offloaders.split import feature_shape, run_head
 
 HEADER = struct.Struct("<BB")  # split, bits
@@ -43,6 +44,7 @@ def _settings(key: tuple) -> str:
 @register
 class BottleNetOffloader(Offloader):
     name = "bottlenet"
+    order = 70
     description = "stages up to a split, learned bottleneck + k-bit codes + entropy coding"
     params = {  # noqa: RUF012
         "split": Param(
@@ -61,7 +63,7 @@ class BottleNetOffloader(Offloader):
 
     def __init__(self, plugin, model, **params) -> None:
         super().__init__(plugin, model, **params)
-        given = {key: params.get(key, spec.default) for key, spec in self.params.items()}
+        given = self.config
         split = resolve_split(plugin, given["split"])
         asked = (plugin.name, split, given["channels"], given["bits"], given["stride"])
         path = artefact_path(plugin, *asked[1:])
@@ -74,10 +76,20 @@ class BottleNetOffloader(Offloader):
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)
             config = saved["config"]
-            found = (config["plugin"], config["split"], config["channels"], config["bits"],
-                     config["stride"])  # fmt: skip
-            self.net = BottleNet(config["feature_shape"], config["channels"], config["bits"],
-                                 config["width"], config["stride"])  # fmt: skip
+            found = (
+                config["plugin"],
+                config["split"],
+                config["channels"],
+                config["bits"],
+                config["stride"],
+            )
+            self.net = BottleNet(
+                config["feature_shape"],
+                config["channels"],
+                config["bits"],
+                config["width"],
+                config["stride"],
+            )
             self.net.load_state_dict(saved["state_dict"])
         except Exception as exc:
             raise PluginError(

@@ -53,9 +53,27 @@ def split_model(plugin, model, split: int):
     return head, tail, shape
 
 
-def train(plugin, split, channels, bits, epochs, seed, lr, batch_size, threads, limit=None,
-          width=0, stride=2, checkpoint=None, *, device="cpu", augment=False,
-          resume_from=None, resume=False, progress_eval=0):  # fmt: skip
+def train(
+    plugin,
+    split,
+    channels,
+    bits,
+    epochs,
+    seed,
+    lr,
+    batch_size,
+    threads,
+    limit=None,
+    width=0,
+    stride=2,
+    checkpoint=None,
+    *,
+    device="cpu",
+    augment=False,
+    resume_from=None,
+    resume=False,
+    progress_eval=0,
+):
     """Train on the plugin's train set; `checkpoint(net, epochs_done)` after each epoch;
     `augment`, `resume_from`/`resume`, `progress_eval` as DeepCOD's training."""
     seed_everything(seed, threads)
@@ -84,11 +102,21 @@ def train(plugin, split, channels, bits, epochs, seed, lr, batch_size, threads, 
         optimiser.step()
         return {"rel_mse": f"{mse.item():.4f}", "kl": f"{kl.item():.3f}"}
 
-    fit(plugin, data, step, epochs=epochs, batch_size=batch_size, generator=generator,
-        modules={"bottlenet": net, "optimiser": optimiser}, augment=augment, limit=limit,
-        resume_from=resume_from, resume=resume,
+    fit(
+        plugin,
+        data,
+        step,
+        epochs=epochs,
+        batch_size=batch_size,
+        generator=generator,
+        modules={"bottlenet": net, "optimiser": optimiser},
+        augment=augment,
+        limit=limit,
+        resume_from=resume_from,
+        resume=resume,
         after_epoch=(lambda e: checkpoint(net, e)) if checkpoint is not None else None,
-        test_figures=scorer(plugin, net, split, progress_eval, 64, model, device))  # fmt: skip
+        test_figures=scorer(plugin, net, split, progress_eval, 64, model, device),
+    )
     net.eval()
     return net.cpu()
 
@@ -104,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--plugin", required=True)
-    parser.add_argument("--split", type=int, default=-1,
-                        help="split point (default -1: the plugin's last)")  # fmt: skip
+    parser.add_argument(
+        "--split", type=int, default=-1, help="split point (default -1: the plugin's last)"
+    )
     parser.add_argument("--channels", type=int, default=4, help="code channels")
     parser.add_argument("--bits", type=int, default=4, help="bits per code, 1..8")
     parser.add_argument("--epochs", type=int, default=3)
@@ -114,13 +143,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="fixed for reproducibility")
     parser.add_argument("--limit", type=int, help="train on the first N samples only")
-    parser.add_argument("--width", type=int, default=0,
-                        help="decoder channels (default 0: the features' channels)")  # fmt: skip
-    parser.add_argument("--stride", type=int, default=2,
-                        help="the encoder's stride: 2 (default) halves the codes' height "
-                             "and width, 1 keeps them")  # fmt: skip
-    parser.add_argument("--eval", type=int, default=0, metavar="N",
-                        help="evaluate on the first N test samples (default 0: all)")  # fmt: skip
+    parser.add_argument(
+        "--width", type=int, default=0, help="decoder channels (default 0: the features' channels)"
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        default=2,
+        help="the encoder's stride: 2 (default) halves the codes' height and width, 1 keeps them",
+    )
+    parser.add_argument(
+        "--eval",
+        type=int,
+        default=0,
+        metavar="N",
+        help="evaluate on the first N test samples (default 0: all)",
+    )
     parser.add_argument("--out", type=Path, help="default: beside the plugin's code")
     add_codec_options(parser)
     args = parser.parse_args(argv)
@@ -130,36 +168,67 @@ def main(argv: list[str] | None = None) -> int:
         plugin = plugins.get(args.plugin)
         split = resolve_split(plugin, args.split)
         out = args.out or artefact_path(plugin, split, args.channels, args.bits, args.stride)
-        config = {"plugin": plugin.name, "split": split, "channels": args.channels,
-                  "bits": args.bits, "epochs": args.epochs, "seed": args.seed, "lr": args.lr,
-                  "batch_size": args.batch_size, "threads": args.threads,
-                  "limit": args.limit or 0}  # fmt: skip
+        config = {
+            "plugin": plugin.name,
+            "split": split,
+            "channels": args.channels,
+            "bits": args.bits,
+            "epochs": args.epochs,
+            "seed": args.seed,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "limit": args.limit or 0,
+        }
         if args.augment:  # only where used: older artefacts stay byte-identical
             config["augment"] = True
         test_data = plugins.test_data(plugin, args.test_data) if args.test_data else None
 
         def checkpoint(net, epochs_done):
-            full = {**config, "epochs": epochs_done,
-                    "feature_shape": list(net.feature_shape),
-                    "width": net.decoder[0].out_channels, "stride": net.stride}  # fmt: skip
+            full = {
+                **config,
+                "epochs": epochs_done,
+                "feature_shape": list(net.feature_shape),
+                "width": net.decoder[0].out_channels,
+                "stride": net.stride,
+            }
             save_reproducibly({"config": full, "state_dict": net.state_dict()}, out)
 
         started = time.monotonic()
-        net = train(plugin, split, args.channels, args.bits, args.epochs, args.seed, args.lr,
-                    args.batch_size, args.threads, args.limit, args.width, args.stride, checkpoint,
-                    device=args.device, augment=args.augment, resume_from=out,
-                    resume=args.resume, progress_eval=args.progress_eval)  # fmt: skip
+        net = train(
+            plugin,
+            split,
+            args.channels,
+            args.bits,
+            args.epochs,
+            args.seed,
+            args.lr,
+            args.batch_size,
+            args.threads,
+            args.limit,
+            args.width,
+            args.stride,
+            checkpoint,
+            device=args.device,
+            augment=args.augment,
+            resume_from=out,
+            resume=args.resume,
+            progress_eval=args.progress_eval,
+        )
         trained = time.monotonic() - started
-        score, unsplit, count, agrees = evaluate(plugin, net, split, args.eval or None,
-                                                 data=test_data)  # fmt: skip
+        score, unsplit, count, agrees = evaluate(
+            plugin, net, split, args.eval or None, data=test_data
+        )
     except TestbedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_status
     codes = "x".join(map(str, net.code_shape))
-    print(f"{plugin.metric} through BottleNet {100 * score:.2f}% (unsplit model "
-          f"{100 * unsplit:.2f}%), agreement {100 * agrees:.2f}%, on {count} test samples; codes {codes} at {args.bits} bits "
-          f"({int(np.prod(net.code_shape)) * args.bits / 8:g} bytes before entropy coding); "
-          f"trained in {trained:.0f} s; wrote {out}")  # fmt: skip
+    print(
+        f"{plugin.metric} through BottleNet {100 * score:.2f}% (unsplit model "
+        f"{100 * unsplit:.2f}%), agreement {100 * agrees:.2f}%, on {count} test samples; codes {codes} at {args.bits} bits "
+        f"({int(np.prod(net.code_shape)) * args.bits / 8:g} bytes before entropy coding); "
+        f"trained in {trained:.0f} s; wrote {out}"
+    )
     return 0
 
 

@@ -17,15 +17,18 @@ import torch
 from testbed.errors import PluginError
 from testbed.models import predictions
 from testbed.offloaders import register
-from testbed.offloaders.base import DeviceResult, Offloader, Param
+from testbed.offloaders.base import DeviceResult, Offloader
 from testbed.offloaders.deepcod.artefacts import artefact_path, command
 from testbed.offloaders.deepcod.model import PADDING, PATCH, DeepCOD, padded
+from testbed.offloaders.params import Param
 from testbed.offloaders.split import feature_shape
 
 
 @register
 class DeepCODOffloader(Offloader):
     name = "deepcod"
+    order = 30
+    role = "proposed"  # the offloader this testbed evaluates: compared with every other
     description = "learned sampling encoder + quantizer + entropy coding, decoder on the edge"
     params = {  # noqa: RUF012
         "ratio": Param(float, 0.1, "a number > 0 and <= 1", lambda r: 0 < r <= 1),
@@ -57,11 +60,16 @@ class DeepCODOffloader(Offloader):
             )
         saved = torch.load(path, map_location="cpu", weights_only=True)
         config = saved["config"]
-        self.networks = DeepCOD(config["in_channels"], config["ratio"], config["centres"],
-                                config.get("width", 64), bounded=split == 0,
-                                padding=config.get("padding", PADDING),
-                                scale=config.get("scale", 1.0),
-                                attention_pool=config.get("attention_pool", 1))  # fmt: skip
+        self.networks = DeepCOD(
+            config["in_channels"],
+            config["ratio"],
+            config["centres"],
+            config.get("width", 64),
+            bounded=split == 0,
+            padding=config.get("padding", PADDING),
+            scale=config.get("scale", 1.0),
+            attention_pool=config.get("attention_pool", 1),
+        )
         self.networks.load_state_dict(saved["state_dict"])
         self.networks.eval()
         self.codebook = quantize.Codebook(self.networks.quantizer.centres.detach().numpy())

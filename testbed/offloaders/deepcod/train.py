@@ -89,10 +89,30 @@ def random_crop(x: torch.Tensor, crop, generator: torch.Generator) -> torch.Tens
     return torch.stack([s[..., t : t + h, c : c + w] for s, t, c in zip(x, top, left, strict=True)])
 
 
-def train(plugin, ratio, centres, epochs, seed, lr, batch_size, threads, limit=None, width=64,
-          split=0, adversarial=0.0, checkpoint=None, crop=None, attention_pool=1,
-          steps=None, *, device="cpu", augment=False, resume_from=None, resume=False,
-          progress_eval=0):  # fmt: skip
+def train(
+    plugin,
+    ratio,
+    centres,
+    epochs,
+    seed,
+    lr,
+    batch_size,
+    threads,
+    limit=None,
+    width=64,
+    split=0,
+    adversarial=0.0,
+    checkpoint=None,
+    crop=None,
+    attention_pool=1,
+    steps=None,
+    *,
+    device="cpu",
+    augment=False,
+    resume_from=None,
+    resume=False,
+    progress_eval=0,
+):
     """Train on the plugin's train set; `checkpoint(deepcod, epochs_done)` after each
     epoch (the state after e epochs is what `--epochs e` gives: no schedule). `crop`
     (h, w): train on random crops; `steps`: stop after that many optimiser steps;
@@ -111,8 +131,15 @@ def train(plugin, ratio, centres, epochs, seed, lr, batch_size, threads, limit=N
         raise TestbedError(f"--crop {crop[0]}x{crop[1]} is larger than {shape[1]}x{shape[2]}")
     data = plugin.train_data()
     scale = input_scale(plugin, split)
-    deepcod = DeepCOD(shape[0], ratio, centres, width, bounded=split == 0, scale=scale,
-                      attention_pool=attention_pool).to(device)  # fmt: skip
+    deepcod = DeepCOD(
+        shape[0],
+        ratio,
+        centres,
+        width,
+        bounded=split == 0,
+        scale=scale,
+        attention_pool=attention_pool,
+    ).to(device)
     optimiser = torch.optim.Adam(deepcod.parameters(), lr=lr, betas=(0.0, 0.9))
     modules = {"deepcod": deepcod, "optimiser": optimiser}
     critic = Critic(shape[0]).to(device) if adversarial > 0 else None
@@ -150,12 +177,24 @@ def train(plugin, ratio, centres, epochs, seed, lr, batch_size, threads, limit=N
         optimiser.step()
         return {"mse": f"{mse.item():.4f}", "kl": f"{kl.item():.3f}"}
 
-    fit(plugin, data, step, epochs=epochs, batch_size=batch_size, generator=generator,
-        modules=modules, augment=augment, limit=limit, steps=steps,
-        resume_from=resume_from, resume=resume,
+    fit(
+        plugin,
+        data,
+        step,
+        epochs=epochs,
+        batch_size=batch_size,
+        generator=generator,
+        modules=modules,
+        augment=augment,
+        limit=limit,
+        steps=steps,
+        resume_from=resume_from,
+        resume=resume,
         after_epoch=(lambda e: checkpoint(deepcod, e)) if checkpoint is not None else None,
-        test_figures=scorer(plugin, deepcod, split, progress_eval * task.matches_outputs, 16,
-                            model, device))  # fmt: skip
+        test_figures=scorer(
+            plugin, deepcod, split, progress_eval * task.matches_outputs, 16, model, device
+        ),
+    )
     deepcod.eval()
     return deepcod.cpu()
 
@@ -197,8 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--plugin", required=True)
     parser.add_argument("--ratio", type=float, default=0.1)
-    parser.add_argument("--split", type=int, default=0,
-                        help="encode the features after this split point (0: the input)")  # fmt: skip
+    parser.add_argument(
+        "--split",
+        type=int,
+        default=0,
+        help="encode the features after this split point (0: the input)",
+    )
     parser.add_argument("--centres", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
@@ -207,15 +250,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, help="train on the first N samples only")
     parser.add_argument("--width", type=int, default=64, help="decoder channels")
-    parser.add_argument("--adversarial", type=float, default=0.0, metavar="WEIGHT",
-                        help="weight of the WGAN-GP generator loss (default 0: off)")  # fmt: skip
-    parser.add_argument("--crop", metavar="HxW",
-                        help="train on seeded random crops of this size (large inputs)")  # fmt: skip
-    parser.add_argument("--attention-pool", type=int, default=1, metavar="N",
-                        help="the decoder's attention on a grid pooled by N (default 1: off)")  # fmt: skip
+    parser.add_argument(
+        "--adversarial",
+        type=float,
+        default=0.0,
+        metavar="WEIGHT",
+        help="weight of the WGAN-GP generator loss (default 0: off)",
+    )
+    parser.add_argument(
+        "--crop", metavar="HxW", help="train on seeded random crops of this size (large inputs)"
+    )
+    parser.add_argument(
+        "--attention-pool",
+        type=int,
+        default=1,
+        metavar="N",
+        help="the decoder's attention on a grid pooled by N (default 1: off)",
+    )
     parser.add_argument("--steps", type=int, help="stop after N optimiser steps (smoke tests)")
-    parser.add_argument("--eval-count", type=int, default=2000,
-                        help="test samples in the final score (default %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--eval-count",
+        type=int,
+        default=2000,
+        help="test samples in the final score (default %(default)s)",
+    )
     parser.add_argument("--out", type=Path, help="default: beside the plugin's code")
     add_codec_options(parser)
     args = parser.parse_args(argv)
@@ -234,10 +292,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plugin = plugins.get(args.plugin)
         out = args.out or artefact_path(plugin, args.ratio, args.split)
-        config = {"plugin": plugin.name, "ratio": args.ratio, "centres": args.centres,
-                  "epochs": args.epochs, "seed": args.seed, "lr": args.lr,
-                  "batch_size": args.batch_size, "threads": args.threads,
-                  "limit": args.limit or 0}  # fmt: skip
+        config = {
+            "plugin": plugin.name,
+            "ratio": args.ratio,
+            "centres": args.centres,
+            "epochs": args.epochs,
+            "seed": args.seed,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "limit": args.limit or 0,
+        }
         # split, adversarial, padding only where used: older artefacts stay byte-identical
         extra = {"split": args.split, "adversarial": args.adversarial}
         extra = extra if args.split or args.adversarial else {}
@@ -262,18 +327,39 @@ def main(argv: list[str] | None = None) -> int:
         test_data = plugins.test_data(plugin, args.test_data) if args.test_data else None
 
         def checkpoint(deepcod, epochs_done):
-            full = {**config, "epochs": epochs_done,
-                    "in_channels": deepcod.encoder.conv.in_channels, "width": args.width,
-                    **extra}  # fmt: skip
+            full = {
+                **config,
+                "epochs": epochs_done,
+                "in_channels": deepcod.encoder.conv.in_channels,
+                "width": args.width,
+                **extra,
+            }
             save_reproducibly({"config": full, "state_dict": deepcod.state_dict()}, out)
 
         started = time.monotonic()
-        deepcod = train(plugin, args.ratio, args.centres, args.epochs, args.seed, args.lr,
-                        args.batch_size, args.threads, args.limit, args.width, args.split,
-                        args.adversarial, checkpoint, crop, args.attention_pool,
-                        args.steps, device=args.device, augment=args.augment,
-                        resume_from=out, resume=args.resume,
-                        progress_eval=args.progress_eval)  # fmt: skip
+        deepcod = train(
+            plugin,
+            args.ratio,
+            args.centres,
+            args.epochs,
+            args.seed,
+            args.lr,
+            args.batch_size,
+            args.threads,
+            args.limit,
+            args.width,
+            args.split,
+            args.adversarial,
+            checkpoint,
+            crop,
+            args.attention_pool,
+            args.steps,
+            device=args.device,
+            augment=args.augment,
+            resume_from=out,
+            resume=args.resume,
+            progress_eval=args.progress_eval,
+        )
         trained = time.monotonic() - started
         if predictions.task_name(plugin) != "classification":
             found = compare_through(plugin, deepcod, args.eval_count)
@@ -283,16 +369,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_status
     if predictions.task_name(plugin) != "classification":
-        print(f"{plugin.metric} through DeepCOD: {found['agreeing']}/{found['samples']} test "
-              f"samples agree with the unmodified model on the originals; TP {found['tp']} "
-              f"FP {found['fp']} FN {found['fn']}, precision {found['precision']:.3f}, recall "
-              f"{found['recall']:.3f}; differ: {found['differ']}; trained in {trained:.0f} s, "
-              f"{time.monotonic() - started:.0f} s in all; wrote {out}")  # fmt: skip
+        print(
+            f"{plugin.metric} through DeepCOD: {found['agreeing']}/{found['samples']} test "
+            f"samples agree with the unmodified model on the originals; TP {found['tp']} "
+            f"FP {found['fp']} FN {found['fn']}, precision {found['precision']:.3f}, recall "
+            f"{found['recall']:.3f}; differ: {found['differ']}; trained in {trained:.0f} s, "
+            f"{time.monotonic() - started:.0f} s in all; wrote {out}"
+        )
         return 0
     score, unsplit, count, agrees = scored
-    print(f"{plugin.metric} through DeepCOD {100 * score:.2f}% (unsplit model {100 * unsplit:.2f}%), "
-          f"agreement {100 * agrees:.2f}%, on {count} test samples; trained in {trained:.0f} s, "
-          f"{time.monotonic() - started:.0f} s in all; wrote {out}")  # fmt: skip
+    print(
+        f"{plugin.metric} through DeepCOD {100 * score:.2f}% (unsplit model {100 * unsplit:.2f}%), "
+        f"agreement {100 * agrees:.2f}%, on {count} test samples; trained in {trained:.0f} s, "
+        f"{time.monotonic() - started:.0f} s in all; wrote {out}"
+    )
     return 0
 
 

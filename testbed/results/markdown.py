@@ -1,0 +1,271 @@
+"""The report's text: its header, warnings and tables, as lists of Markdown lines.
+
+Each section is a function of the `Study` alone, so a section can be checked without
+rendering the rest; `report` puts them in order and adds the plots.
+"""
+
+from __future__ import annotations
+
+import math
+
+from testbed.results import records, stats
+from testbed.results.compare import comparisons, fastest_within
+from testbed.results.formatting import (
+    count,
+    device_order,
+    estimate_text,
+    fixed,
+    ms,
+    score_name,
+    score_text,
+    short_names,
+    signed,
+    value_text,
+)
+from testbed.results.load import Group, Study
+
+
+def header(study: Study, title: str | None) -> list[str]:
+    """The title, what was run (scenario, axes, cells, model, score, bound, environment)
+    and any missing cells."""
+    first = study.groups[0].cells[0] if study.groups else None
+    scenario = first.scenario if first else {}
+    env = first.environment if first else {}
+    lines = [f"# {title or 'Results: ' + study.name}", ""]
+    lines.append(f"- Scenario: `{study.name}`, from `{study.source or '?'}`")
+    if study.kind == "sweep":
+        if study.axes:
+            axes = "; ".join(
+                f"`{a}` = {', '.join(value_text(v, True) for v in vs)}"
+                for a, vs in study.axes.items()
+            )
+        else:
+            axes = "none"
+        lines.append(f"- Axes: {axes}")
+        lines.append(f"- Repeats: {study.repeats} per cell-group (requests pooled)")
+        lines.append(f"- Cells: {study.done} done, {len(study.missing)} missing")
+    else:
+        lines.append("- A single run (no sweep axes)")
+    model = scenario.get("model", "?")
+    lines.append(f"- Model: `{model}`; score: {score_text(study.metric)}")
+    lines.append(f"- Accuracy bound: {_bounds_text(study)}")
+    if scenario:
+        arrival = scenario.get("arrival", {}).get("process", "closed")
+        lines.append(
+            f"- Samples per offloader per cell: {scenario.get('samples', '?')}; arrivals: {arrival}"
+        )
+    if env:
+        lines.append(f"- Environment (first cell): {_environment_text(env)}")
+    cells = study.cells
+    commits = {c.environment.get("commit") for c in cells if c.environment}
+    if len(commits) > 1:
+        lines.append(f"- **The cells ran from {len(commits)} different commits.**")
+    interrupted = [c.folder.name for c in cells if c.environment.get("interrupted")]
+    if interrupted:
+        lines.append(f"- **Interrupted (partial) runs:** {', '.join(interrupted)}")
+    lines += [
+        "",
+        f"Latency statistics use completed requests (status ok); failed requests count in "
+        f"`failed` and as wrong in the score. Intervals: percentile bootstrap, "
+        f"{int(stats.CONFIDENCE * 100)}%, {stats.RESAMPLES} resamples, seed {stats.SEED}. "
+        "How to read this report: docs/results.md.",
+        "",
+    ]
+    if study.missing:
+        lines += [
+            "## Missing cells",
+            "",
+            "| cell | values | repeat | status |",
+            "|---|---|---|---|",
+        ]
+        names = short_names(list(study.axes))
+        for m in study.missing:
+            values = ", ".join(f"{names[a]}={value_text(v, True)}" for a, v in m["values"].items())
+            lines.append(f"| {m['id']} | {values or '-'} | {m['repeat']} | {m['status']} |")
+        lines.append("")
+    return lines
+
+
+def _bounds_text(study: Study) -> str:
+    """The scenario's max_drop_pp (all cells'), saying where it is the default."""
+    cells = study.cells
+    bounds = sorted({c.bound for c in cells})
+    text = " / ".join(f"{b:g}" for b in bounds) or f"{records.DEFAULT_MAX_DROP_PP:g}"
+    recorded = any("max_drop_pp" in c.scenario for c in cells)
+    note = "" if recorded else "; the default: the run recorded none"
+    return f"`max_drop_pp` = {text} (points of drop{note})"
+
+
+def warnings_section(study: Study) -> list[str]:
+    """A line per offloader whose drop broke the scenario's or its own configured bound,
+    naming its worst cell-group."""
+    lines = []
+    for name in study.offloaders:
+        broken = [g for g in study.groups if name in g.offloaders and _broken(g, name)]
+        if not broken:
+            continue
+        worst = max(broken, key=lambda g: g.offloaders[name].drop_pp)
+        where = ""
+        if study.axes:
+            over = f"over in {len(broken)} of {len(study.groups)} cell-groups"
+            where = f" in {study.label(worst)} ({over})"
+        drops = {name: worst.offloaders[name].drop_pp}
+        lines += records.bound_warnings(drops, worst.bound, worst.cells[0].configured, where)
+    return ["## Warnings", "", *(f"- {line}" for line in lines), ""] if lines else []
+
+
+def _broken(group: Group, name: str) -> bool:
+    drops = {name: group.offloaders[name].drop_pp}
+    return bool(records.bound_warnings(drops, group.bound, group.cells[0].configured))
+
+
+def _environment_text(env: dict) -> str:
+    parts = []
+    if "kernel" in env:
+        parts.append(f"kernel {env['kernel']}")
+    if "link_backend" in env:
+        parts.append(f"link backend {env['link_backend']}")
+    if "commit" in env:
+        parts.append(f"commit {str(env['commit'])[:12]}" + (" (dirty)" if env.get("dirty") else ""))
+    if "cpu_count" in env:
+        parts.append(f"{env['cpu_count']} x {env.get('cpu_model', 'CPU')}")
+    if "python" in env:
+        parts.append(f"Python {env['python']}")
+    if (env.get("packages") or {}).get("torch"):
+        parts.append(f"torch {env['packages']['torch']}")
+    return ", ".join(parts) or "not recorded"
+
+
+def latency_tables(study: Study) -> list[str]:
+    """A table per cell-group: each offloader's latency, bytes, score, drop and failures."""
+    if not study.groups:
+        return ["No cell finished: nothing to report.", ""]
+    score = score_name(study.metric)
+    both = study.metric == "accuracy"  # otherwise the score is the agreement
+    lines = ["## Latency per cell-group" if study.axes else "## Latency", ""]
+    head = ["offloader", "n", "median ms [95% CI]", "mean ms", "p95 ms", "mean bytes up"]
+    head += [f"{score} % [95% CI]", *(["agreement %"] * both), "drop pp", "within bound"]
+    head += ["failed"]
+    for group in study.groups:
+        if study.axes:
+            size = len(group.cells)
+            lines += [f"### {study.label(group, full=True)} ({size} cell{'s' * (size > 1)})", ""]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, s in group.offloaders.items():
+            cells = [
+                name, str(s.n), estimate_text(s.median), ms(s.mean), ms(s.p95),
+                count(s.mean_bytes_up), _share_text(s.score, s.score_ci),
+                *([fixed(100 * s.agreement, 1)] * both), signed(s.drop_pp),
+                _yes(s.drop_pp, group.within(name)), str(s.failed),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        lines += _device_table(group)
+    return lines
+
+
+def _share_text(value: float, ci: stats.Estimate) -> str:
+    """`95.0 [76.4, 99.1]` (percent); the bare value where no interval was possible."""
+    if not math.isfinite(ci.low):
+        return fixed(100 * value, 1)
+    return f"{fixed(100 * value, 1)} [{100 * ci.low:.1f}, {100 * ci.high:.1f}]"
+
+
+def _yes(drop: float, within: bool) -> str:
+    return "-" if not math.isfinite(drop) else ("yes" if within else "no")
+
+
+def _device_table(group: Group) -> list[str]:
+    devices = sorted({d for s in group.offloaders.values() for d in s.per_device}, key=device_order)
+    if len(devices) < 2:
+        return []
+    head = ["offloader", *(f"device {d}" for d in devices)]
+    lines = ["Median end-to-end ms per device host:", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, s in group.offloaders.items():
+        cells = [ms(stats.percentile(s.per_device.get(d, []), 50)) for d in devices]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
+    return [*lines, ""]
+
+
+def matched_section(study: Study) -> list[str]:
+    """Which offloaders stay within the bound, and (sweeps) each one's fastest
+    configuration that does."""
+    if not study.groups or not any(g.offloaders for g in study.groups):
+        return []
+    lines = ["## Matched accuracy", ""]
+    lines.append(
+        "An offloader is *within the bound* where its drop is at most the scenario's "
+        "`max_drop_pp`. Speedups are claimed only over offloaders that lose at least as "
+        "much accuracy: none is called faster or better than one with a smaller drop."
+    )
+    lines.append("")
+    if not study.axes:
+        group = study.groups[0]
+        inside = [n for n in group.offloaders if group.within(n)]
+        outside = [
+            f"{n} ({group.offloaders[n].drop_pp:.2f})"
+            for n in group.offloaders
+            if n not in inside and math.isfinite(group.offloaders[n].drop_pp)
+        ]
+        lines.append(f"- Within the bound ({group.bound:g} points): {', '.join(inside) or 'none'}")
+        lines.append(f"- Over it (drop in points): {', '.join(outside) or 'none'}")
+        return [*lines, ""]
+    lines += ["Each offloader's fastest cell-group (configuration) within the bound:", ""]
+    head = ["offloader", "fastest within the bound", "median ms [95% CI]", "drop pp",
+            "within the bound in"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in study.offloaders:
+        ran = [g for g in study.groups if name in g.offloaders]
+        within_in = f"{sum(g.within(name) for g in ran)} of {len(ran)} cell-groups"
+        best = fastest_within(study, name)
+        if best is None:
+            lines.append(f"| {name} | none within the bound | - | - | {within_in} |")
+            continue
+        s = best.offloaders[name]
+        cells = [name, study.label(best, full=True), estimate_text(s.median), signed(s.drop_pp)]
+        lines.append("| " + " | ".join([*cells, within_in]) + " |")
+    return [*lines, ""]
+
+
+def speedup_section(study: Study) -> list[str]:
+    """Each proposed offloader (DeepCOD) against every baseline at matched accuracy."""
+    labels = study.proposed
+    if not labels or not study.groups:
+        return []
+    lines = ["## DeepCOD at matched accuracy", ""]
+    lines.append(
+        "median(baseline) / median(DeepCOD) end-to-end latency, with its bootstrap 95% "
+        "interval (paired: the same samples, resampled together), stated only against "
+        "baselines that lose at least as much accuracy as DeepCOD; above 1 means DeepCOD "
+        "is faster. A baseline that loses less accuracy gets no speedup figure."
+    )
+    lines.append("")
+    for label in labels:
+        if len(labels) > 1:
+            lines += [f"### {label}", ""]
+        lines += _versus_table(study, label)
+    return lines
+
+
+def _versus_table(study: Study, label: str) -> list[str]:
+    rows = comparisons(study, label)
+    if not any(rows):
+        return ["No baseline ran beside it.", ""]
+    head = ["cell-group" if study.axes else "run", "baseline", "drop pp (baseline vs DeepCOD)"]
+    head += ["speedup [95% CI]", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for group, row in zip(study.groups, rows, strict=True):
+        for name, v in row.items():
+            drops = f"{fixed(v.other_drop_pp, 2)} vs {fixed(v.drop_pp, 2)}"
+            cells = [study.label(group, full=True), name, drops, v.ratio_text(), v.verdict()]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if not any(v.claimed for row in rows for v in row.values()):
+        lines += [
+            f"No baseline loses at least as much accuracy as {label}"
+            + (" in any cell-group" if study.axes else "")
+            + ": no speedup is claimed.",
+            "",
+        ]
+    return lines

@@ -1,0 +1,58 @@
+"""summary.md: the short human-readable account of one run, written as the run ends.
+
+It holds the summary table, the comparisons at matched accuracy and what the run
+recorded about its link, competing traffic, capture and fidelity. report.md (`report`)
+is the long account, with intervals and plots, and can be re-rendered at any time; this
+one is written once, from what the runner has in hand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from testbed.results import records, roles
+
+SCORE_NOTES = {
+    "detection_agreement": "`accuracy` is detection agreement: the share of images whose "
+    "boxes all match the unmodified detector's (IoU >= 0.5, one to one); precision and "
+    "recall pool the boxes (summary.csv).",
+    "agreement": "`accuracy` is top-1 agreement with the unsplit model (no labels).",
+}
+
+
+def write(
+    out_dir: Path, rows: list[dict], summary: list[dict], environment: dict, metric: str
+) -> Path:
+    """Write `out_dir/summary.md` from the run's requests (`rows`, as in requests.csv), its
+    summary (summary.csv's rows) and its environment.json (bounds, roles, link, traffic,
+    capture, fidelity, interrupted); returns its path."""
+    bounds = environment.get("bounds") or {}
+    bound = bounds.get("max_drop_pp", records.DEFAULT_MAX_DROP_PP)
+    configured = bounds.get("offloaders") or {}
+    labels = [s["offloader"] for s in summary]
+    proposed = roles.proposed(labels, environment.get("roles"))
+    lines = [f"# {out_dir.name}", "", f"Score: {metric}.", "", records.table(summary), ""]
+    lines += [*records.matched_lines(rows, summary, bound, configured, proposed), ""]
+    if metric != "accuracy":
+        lines.append(SCORE_NOTES.get(metric, SCORE_NOTES["agreement"]))
+    lines.append(
+        f"Link backend: {environment['link_backend']}; "
+        f"round trip {environment.get('rtt_ms', 0):.2f} ms."
+    )
+    if environment.get("traffic"):
+        lines += ["", "Competing traffic (achieved):", ""]
+        for flow in environment["traffic"]:
+            achieved = flow.get("throughput_mbps")
+            text = f"{achieved:.3f} Mbit/s" if achieved is not None else flow.get("error", "?")
+            lines.append(f"- {flow['flow']}: {text}")
+    if environment.get("capture"):
+        lines += ["", "On the wire (capture.pcap):", ""]
+        lines += [f"- {line}" for line in environment["capture"]]
+    if environment.get("fidelity"):
+        lines += ["", "Link fidelity (measured/expected):", ""]
+        lines += [f"- {line}" for line in environment["fidelity"]]
+    if environment.get("interrupted"):
+        lines.append("**The run was interrupted: these results are partial.**")
+    path = out_dir / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
