@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 
@@ -18,6 +19,17 @@ log = logging.getLogger("testbed")
 
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 3.0) -> None:
+    """A child we started, ended: SIGTERM, then SIGKILL after `grace_s`."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(grace_s)
 
 
 class Terminated(BaseException):

@@ -3,6 +3,11 @@
 The command line prints their message (no traceback) and exits with `exit_status`.
 """
 
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
 
 class TestbedError(Exception):
     exit_status = 1
@@ -28,3 +33,17 @@ class GateFailed(TestbedError):
 
 class PluginError(ScenarioError):
     """A plugin failed to import, declares inconsistent stages, or lacks its artefacts."""
+
+
+@contextlib.contextmanager
+def reading(source: object, what: str) -> Iterator[None]:
+    """Reading the input file `source` (a scenario file, a trace): the operating system's
+    errors as the ScenarioError that names the file and says what it should be."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise ScenarioError(f"{source}: no such {what}") from None
+    except IsADirectoryError:
+        raise ScenarioError(f"{source}: is a directory, not a {what}") from None
+    except OSError as exc:
+        raise ScenarioError(f"{source}: cannot read: {exc.strerror or exc}") from None

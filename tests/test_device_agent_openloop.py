@@ -21,8 +21,9 @@ import pytest
 
 from testbed.agents import device as device_agent
 from testbed.agents.arrivals import poisson_offsets_ms, wait_barrier
-from testbed.agents.contract import RequestRecord
-from testbed.agents.device import RecordWriter, Requests, run_offloader
+from testbed.agents.contract import PHASES, RequestRecord
+from testbed.agents.device import Requests, run_offloader
+from testbed.agents.device_io import RecordWriter
 from testbed.agents.protocol import (
     RESULT_STRUCT,
     ConnectionClosed,
@@ -34,6 +35,7 @@ from testbed.agents.protocol import (
 )
 from testbed.offloaders.base import DeviceResult
 from testbed.offloaders.link_estimate import LinkEstimate
+from tests.helpers import start_edge
 from tests.mininet_utils import ROOT, leftovers, needs_mininet
 
 # ------------------------------------------------------------------------ the schedule
@@ -179,20 +181,7 @@ def identity(request: int) -> dict:
 
 
 def record(request: int) -> RequestRecord:
-    phases = dict.fromkeys(
-        [
-            "intended_ms",
-            "queue_ms",
-            "device_ms",
-            "encode_ms",
-            "uplink_ms",
-            "decode_ms",
-            "edge_ms",
-            "downlink_ms",
-            "total_ms",
-        ],
-        0.0,
-    )
+    phases = dict.fromkeys(["intended_ms", *PHASES, "total_ms"], 0.0)
     return RequestRecord(
         **identity(request),
         **phases,
@@ -371,30 +360,6 @@ def test_a_lost_connection_fails_what_is_in_flight_and_the_next_request_reconnec
 
 
 # ----------------------------------------------------------------- the real agents
-
-
-def start_edge():
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "testbed.agents.edge",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--preload",
-            "fashion_cnn",
-            "--threads",
-            "1",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    line = proc.stdout.readline().decode()
-    assert line.startswith("READY"), line
-    return proc, int(line.split()[1])
 
 
 @pytest.fixture(scope="module")

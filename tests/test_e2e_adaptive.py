@@ -8,6 +8,7 @@ import statistics
 
 import pytest
 
+from tests.helpers import MAIN_JOB_OFFLOADERS
 from tests.mininet_utils import ROOT, needs_mininet, write_scenario
 from tests.test_e2e_mininet import read_csv, run_cli
 
@@ -66,14 +67,5 @@ def test_fashion_lowbw_holds_its_gates(tmp_path):
     proc = run_cli(ROOT / "scenarios" / "fashion_lowbw.yaml", "--out", out, "--samples", "40")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["offloader"]: r for r in read_csv(out / "summary.csv")}
-    assert list(rows) == [
-        "raw",
-        "local",
-        "jpeg",
-        "webp",
-        "neurosurgeon",
-        "jalad",
-        "bottlenet",
-        "deepcod",
-    ]
+    assert list(rows) == list(MAIN_JOB_OFFLOADERS)
     assert all(r["n"] == "40" for r in rows.values())

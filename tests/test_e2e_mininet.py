@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from testbed.agents.contract import REQUEST_COLUMNS
 from tests.mininet_utils import ROOT, leftovers, needs_mininet, write_scenario
 
 pytestmark = [needs_mininet, pytest.mark.mininet]
@@ -57,34 +58,7 @@ def test_prints_table_and_writes_result_files(small_run):
     ):
         assert (out / name).stat().st_size > 0, name
     requests = read_csv(out / "requests.csv")
-    assert list(requests[0]) == [
-        "offloader",
-        "request",
-        "sample",
-        "device_ms",
-        "encode_ms",
-        "uplink_ms",
-        "decode_ms",
-        "edge_ms",
-        "downlink_ms",
-        "total_ms",
-        "bytes_up",
-        "bytes_down",
-        "prediction",
-        "label",
-        "correct",
-        "agrees",
-        "status",
-        "error",
-        "choice",
-        "est_uplink_mbps",
-        "queue_ms",
-        "intended_ms",
-        "device",
-        "tp",
-        "fp",
-        "fn",
-    ]
+    assert list(requests[0]) == list(REQUEST_COLUMNS)  # the contract's, pinned in test_contract
     assert len(requests) == 40 and {r["status"] for r in requests} == {"ok"}
     summary = {row["offloader"]: row for row in read_csv(out / "summary.csv")}
     assert list(next(iter(summary.values())))[:14] == [

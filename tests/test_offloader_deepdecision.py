@@ -67,19 +67,6 @@ def colour_plugin(shape=(3, 32, 40), dtype="uint8") -> ColourPlugin:
     )
 
 
-@pytest.fixture(scope="module")
-def fashion():
-    plugin = plugins.get("fashion_cnn")
-    return plugin, plugin.load_model(), plugin.test_data()
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """A calibration cache outside the user's."""
-    monkeypatch.setenv("DEEPCOD_TESTBED_CACHE", str(tmp_path))
-    return tmp_path
-
-
 def link_at(mbps: float) -> LinkEstimate:
     """An estimate that has seen RTT_MS and one 100 KB upload at `mbps`."""
     link = LinkEstimate()

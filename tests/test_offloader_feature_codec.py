@@ -16,31 +16,22 @@ from PIL import Image
 
 from testbed import offloaders
 from testbed.errors import PluginError
-from testbed.models import plugins
 from testbed.offloaders import feature_codec
 from testbed.offloaders.base import PhaseTimer
 from testbed.offloaders.feature_codec import dequantize, grid, planes_shape, quantize, tile, untile
 from testbed.offloaders.link_estimate import LinkEstimate
+from tests.helpers import loaded
 
 CODECS = ["feature_png", "feature_jpeg"]
 HEADER = struct.Struct("<BBBHHH")  # the documented layout: split, bits, format, C, H, W
 
 
 @pytest.fixture(scope="module")
-def fashion():
-    plugin = plugins.get("fashion_cnn")
-    return plugin, plugin.load_model(), plugin.test_data()
-
-
-@pytest.fixture(scope="module")
 def mobilenet():
-    plugin = plugins.get("mobilenet_v2")
-    return plugin, plugin.load_model(), plugin.test_data()
+    return loaded("mobilenet_v2")
 
 
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DEEPCOD_TESTBED_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("cache")  # conftest.py: a cache of its own
 
 
 def make(name, plugin, model, **params):

@@ -21,19 +21,6 @@ SIGNATURES = {"jpeg": lambda p: p[:2] == b"\xff\xd8", "webp": lambda p: p[8:12] 
 SAMPLES = 64  # calibration samples: enough to tell qualities apart, cheap on fashion_cnn
 
 
-@pytest.fixture(scope="module")
-def fashion():
-    plugin = plugins.get("fashion_cnn")
-    return plugin, plugin.load_model(), plugin.test_data()
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """A calibration cache outside the user's (and the plugins' prepared data in it)."""
-    monkeypatch.setenv("DEEPCOD_TESTBED_CACHE", str(tmp_path))
-    return tmp_path
-
-
 def predict(plugin, model, pixels):
     with torch.inference_mode():
         return int(model(plugin.to_tensor(pixels[None])).argmax(dim=1)[0])

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from testbed import offloaders
-from testbed.models import plugins
 from testbed.offloaders.base import PhaseTimer
 from testbed.offloaders.calibration import Calibrator, Score
 from testbed.offloaders.link_estimate import LinkEstimate
@@ -20,16 +19,7 @@ from testbed.offloaders.split import (
     unpack_features,
 )
 
-
-@pytest.fixture(scope="module")
-def fashion():
-    plugin = plugins.get("fashion_cnn")
-    return plugin, plugin.load_model(), plugin.test_data()
-
-
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DEEPCOD_TESTBED_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("cache")  # conftest.py: a cache of its own
 
 
 def link_at(mbps, rtt_ms=40.0):

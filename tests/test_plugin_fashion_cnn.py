@@ -15,29 +15,21 @@ import torch
 from plugins.fashion_cnn.data import ENV_VAR, load_split, read_idx
 from testbed.errors import PluginError
 from testbed.models import plugins
+from testbed.models.plugin_api import InputSpec
 from testbed.models.training import count_correct
+from tests.helpers import check_trained_weights, plugin_fixtures, stage_outputs
 
 INSTALL = "apt-get install dataset-fashion-mnist"
 
 
-@pytest.fixture(scope="module")
-def plugin():
-    return plugins.get("fashion_cnn")
-
-
-@pytest.fixture(scope="module")
-def test_data(plugin):
-    return plugin.test_data()
+plugin, test_data = plugin_fixtures("fashion_cnn")
 
 
 def test_registered(plugin):
     assert "fashion_cnn" in plugins.available()
     assert plugin.name == "fashion_cnn"
-    assert plugin.num_classes == 10
-    assert plugin.metric == "accuracy"
-    assert plugin.input_spec.shape == (1, 28, 28)
-    assert plugin.input_spec.dtype == "uint8"
-    assert (plugin.input_spec.low, plugin.input_spec.high) == (0, 255)
+    assert (plugin.num_classes, plugin.metric) == (10, "accuracy")
+    assert plugin.input_spec == InputSpec(shape=(1, 28, 28), dtype="uint8", low=0, high=255)
 
 
 @pytest.mark.parametrize(("split", "count"), [("test", 10_000), ("train", 60_000)])
@@ -62,28 +54,14 @@ def test_stages_chain(plugin):
     raw = np.random.default_rng(0).integers(spec.low, spec.high + 1, (3, *spec.shape))
     x = plugin.to_tensor(raw.astype(spec.dtype))
     assert x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
-    outputs = []
-    with torch.inference_mode():
-        for stage in stages:
-            stage.eval()
-            x = stage(x)
-            assert x.shape[0] == 3
-            outputs.append(x)
-        assert outputs[-1].shape == (3, plugin.num_classes)
-        assert [tuple(o.shape[1:]) for o in outputs] == [(32, 14, 14), (64, 7, 7), (10,)]
-        # What offloaders rely on: device part then edge part equals the whole model.
-        whole = torch.nn.Sequential(*stages)(plugin.to_tensor(raw.astype(spec.dtype)))
-        assert torch.equal(whole, outputs[-1])
+    outputs = stage_outputs(plugin, stages, raw.astype(spec.dtype))
+    assert all(o.shape[0] == 3 for o in outputs)
+    assert outputs[-1].shape == (3, plugin.num_classes)
+    assert [tuple(o.shape[1:]) for o in outputs] == [(32, 14, 14), (64, 7, 7), (10,)]
 
 
 def test_load_model(plugin):
-    path = plugin.artefacts["weights"]
-    assert path.is_file() and path.stat().st_size < 2_000_000
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    assert all(isinstance(t, torch.Tensor) for t in state.values())
-    model = plugin.load_model()
-    assert isinstance(model, torch.nn.Sequential) and not model.training
-    assert len(model) == len(plugin.build_stages())
+    check_trained_weights(plugin, max_bytes=2_000_000)
 
 
 def test_weights_accuracy(plugin, test_data):

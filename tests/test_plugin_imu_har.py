@@ -20,6 +20,7 @@ from testbed.errors import PluginError
 from testbed.models import plugins
 from testbed.models.cache import ENV as CACHE_ENV
 from testbed.models.training import count_correct
+from tests.helpers import check_trained_weights, plugin_fixtures, stage_outputs
 
 # plugins/imu_har/README.md: the committed weights' accuracy on the held-out subjects.
 DOCUMENTED_ACCURACY = 0.9090  # 1,199 / 1,319 windows
@@ -27,14 +28,7 @@ INSTALL = "pip install --no-deps seglearn==1.2.5"
 WINDOWS = {"train": 3358, "test": 1319}
 
 
-@pytest.fixture(scope="module")
-def plugin():
-    return plugins.get("imu_har")
-
-
-@pytest.fixture(scope="module")
-def test_data(plugin):
-    return plugin.test_data()
+plugin, test_data = plugin_fixtures("imu_har")
 
 
 def test_registered(plugin):
@@ -85,29 +79,14 @@ def test_stages_chain(plugin):
     assert k and list(k) == sorted(set(k)) and all(1 <= p < len(stages) for p in k)
 
     raw = np.random.default_rng(0).integers(-3000, 3000, (3, 6, 100)).astype(np.int16)
-    x = plugin.to_tensor(raw)
-    outputs = []
-    with torch.inference_mode():
-        for stage in stages:
-            stage.eval()
-            x = stage(x)
-            assert x.shape[0] == 3
-            outputs.append(x)
-        assert [tuple(o.shape[1:]) for o in outputs] == list(STAGE_OUTPUT_SHAPES)
-        assert outputs[-1].shape == (3, plugin.num_classes)
-        # What offloaders rely on: device part then edge part equals the whole model.
-        whole = torch.nn.Sequential(*stages)(plugin.to_tensor(raw))
-        assert torch.equal(whole, outputs[-1])
+    outputs = stage_outputs(plugin, stages, raw)
+    assert all(o.shape[0] == 3 for o in outputs)
+    assert [tuple(o.shape[1:]) for o in outputs] == list(STAGE_OUTPUT_SHAPES)
+    assert outputs[-1].shape == (3, plugin.num_classes)
 
 
 def test_load_model(plugin):
-    path = plugin.artefacts["weights"]
-    assert path.is_file() and path.stat().st_size < 1_000_000
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    assert all(isinstance(t, torch.Tensor) for t in state.values())
-    model = plugin.load_model()
-    assert isinstance(model, torch.nn.Sequential) and not model.training
-    assert len(model) == len(plugin.build_stages())
+    check_trained_weights(plugin, max_bytes=1_000_000)
 
 
 def test_weights_accuracy(plugin, test_data):

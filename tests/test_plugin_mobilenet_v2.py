@@ -20,21 +20,15 @@ from plugins.mobilenet_v2 import model as mnv2_model
 from testbed.errors import PluginError
 from testbed.models import plugins
 from testbed.models.image_folder import eval_view
+from testbed.models.plugin_api import InputSpec
+from tests.helpers import plugin_fixtures, stage_outputs
 
-
-@pytest.fixture(scope="module")
-def plugin():
-    return plugins.get("mobilenet_v2")
+plugin, test_data = plugin_fixtures("mobilenet_v2")
 
 
 @pytest.fixture(scope="module")
 def model(plugin):
     return plugin.load_model()
-
-
-@pytest.fixture(scope="module")
-def test_data(plugin):
-    return plugin.test_data()
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +53,8 @@ def reference(plugin, model, test_data, picked):
 def test_registered(plugin):
     assert "mobilenet_v2" in plugins.available()
     assert plugin.name == "mobilenet_v2"
-    assert plugin.num_classes == 1000
-    assert plugin.metric == "accuracy"
-    assert plugin.input_spec.shape == (3, 224, 224)
-    assert plugin.input_spec.dtype == "uint8"
-    assert (plugin.input_spec.low, plugin.input_spec.high) == (0, 255)
+    assert (plugin.num_classes, plugin.metric) == (1000, "accuracy")
+    assert plugin.input_spec == InputSpec(shape=(3, 224, 224), dtype="uint8", low=0, high=255)
 
 
 def test_stages_chain(plugin):
@@ -76,17 +67,10 @@ def test_stages_chain(plugin):
     raw = np.random.default_rng(0).integers(0, 256, (2, 3, 224, 224)).astype(np.uint8)
     x = plugin.to_tensor(raw)
     assert x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
-    outputs = []
-    with torch.inference_mode():
-        for stage in stages:
-            stage.eval()
-            x = stage(x)
-            assert x.shape[0] == 2
-            outputs.append(x)
-        assert [tuple(o.shape[1:]) for o in outputs] == list(mnv2_model.STAGE_OUTPUT_SHAPES)
-        assert outputs[-1].shape == (2, plugin.num_classes)
-        whole = torch.nn.Sequential(*stages)(plugin.to_tensor(raw))
-        assert torch.equal(whole, outputs[-1])
+    outputs = stage_outputs(plugin, stages, raw)
+    assert all(o.shape[0] == 2 for o in outputs)
+    assert [tuple(o.shape[1:]) for o in outputs] == list(mnv2_model.STAGE_OUTPUT_SHAPES)
+    assert outputs[-1].shape == (2, plugin.num_classes)
 
 
 def test_weights_load_key_for_key(plugin, model):

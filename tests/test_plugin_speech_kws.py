@@ -18,19 +18,13 @@ from plugins.speech_kws.model import STAGE_OUTPUT_SHAPES
 from testbed.errors import PluginError
 from testbed.models import plugins
 from testbed.models.training import count_correct
+from tests.helpers import check_trained_weights, plugin_fixtures, stage_outputs
 
 # plugins/speech_kws/README.md: accuracy of the committed weights on the held-out voices
 DOCUMENTED_TEST_ACCURACY = 0.7583
 
 
-@pytest.fixture(scope="module")
-def plugin():
-    return plugins.get("speech_kws")
-
-
-@pytest.fixture(scope="module")
-def test_data(plugin):
-    return plugin.test_data()
+plugin, test_data = plugin_fixtures("speech_kws")
 
 
 def test_registered(plugin):
@@ -102,28 +96,15 @@ def test_stages_chain(plugin):
     raw = np.random.default_rng(0).integers(-3000, 3000, (3, *spec.shape)).astype(np.int16)
     x = plugin.to_tensor(raw)
     assert x.dtype == torch.float32 and x.abs().max() <= 1
-    outputs = []
-    with torch.inference_mode():
-        for stage in stages:
-            stage.eval()
-            x = stage(x)
-            outputs.append(x)
-        assert [tuple(o.shape[1:]) for o in outputs] == list(STAGE_OUTPUT_SHAPES)
-        assert outputs[-1].shape == (3, plugin.num_classes)
-        whole = torch.nn.Sequential(*stages)(plugin.to_tensor(raw))
-        assert torch.equal(whole, outputs[-1])
+    outputs = stage_outputs(plugin, stages, raw)
+    assert [tuple(o.shape[1:]) for o in outputs] == list(STAGE_OUTPUT_SHAPES)
+    assert outputs[-1].shape == (3, plugin.num_classes)
     # a split after stage 0 sends features, which are smaller than the waveform
     assert np.prod(FEATURE_SHAPE) * 4 < raw[0].nbytes
 
 
 def test_load_model(plugin):
-    path = plugin.artefacts["weights"]
-    assert path.is_file() and path.stat().st_size < 1_000_000
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    assert all(isinstance(t, torch.Tensor) for t in state.values())
-    model = plugin.load_model()
-    assert isinstance(model, torch.nn.Sequential) and not model.training
-    assert len(model) == len(plugin.build_stages())
+    check_trained_weights(plugin, max_bytes=1_000_000)
 
 
 def test_weights_accuracy(plugin, test_data):

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -29,10 +28,7 @@ from testbed.fidelity.judge import (
     measured_from_probes,
     summary_line,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-LOCAL = "127.0.0.1"
-
+from tests.helpers import LOCAL, ROOT
 
 # ---------------------------------------------------------------- helpers
 
@@ -75,6 +71,11 @@ def finish(proc: subprocess.Popen, timeout: float = 15) -> tuple[int, dict]:
 
 def run(*args: str, timeout: float = 15) -> tuple[int, dict]:
     return finish(start(*args), timeout)
+
+
+def to_sink(mode: str, port: int, *args: str) -> list[str]:
+    """The arguments of source `mode` sending to a sink on loopback port `port`."""
+    return [mode, "--host", LOCAL, "--port", str(port), *args]
 
 
 def send_garbage(port: int) -> int:
@@ -121,17 +122,7 @@ def send_garbage(port: int) -> int:
 def test_udp_train_on_loopback():
     sink, port = start_sink("udp-sink", "--timeout", "5", "--duration", "20", "--grace", "0.3")
     rc, sent = run(
-        "udp-source",
-        "--host",
-        LOCAL,
-        "--port",
-        str(port),
-        "--count",
-        "200",
-        "--interval-ms",
-        "2",
-        "--size",
-        "100",
+        *to_sink("udp-source", port, "--count", "200", "--interval-ms", "2", "--size", "100")
     )
     assert rc == 0 and sent["sent"] == 200 and sent["send_errors"] == 0
     rc, got = finish(sink)
@@ -151,17 +142,7 @@ def test_udp_sink_ignores_foreign_datagrams():
     sink, port = start_sink("udp-sink", "--timeout", "5", "--grace", "0.2")
     garbage = send_garbage(port)
     rc, _ = run(
-        "udp-source",
-        "--host",
-        LOCAL,
-        "--port",
-        str(port),
-        "--count",
-        "20",
-        "--interval-ms",
-        "1",
-        "--train",
-        "42",
+        *to_sink("udp-source", port, "--count", "20", "--interval-ms", "1", "--train", "42")
     )
     assert rc == 0
     rc, got = finish(sink)
@@ -199,17 +180,7 @@ def test_udp_sink_without_probes_exits_with_error(garbage):
 def test_udp_sink_stops_at_duration():
     """A source that would run for 10 s is cut off by the sink's --duration."""
     sink, port = start_sink("udp-sink", "--duration", "0.5", "--timeout", "5")
-    source = start(
-        "udp-source",
-        "--host",
-        LOCAL,
-        "--port",
-        str(port),
-        "--count",
-        "1000",
-        "--interval-ms",
-        "10",
-    )
+    source = start(*to_sink("udp-source", port, "--count", "1000", "--interval-ms", "10"))
     try:
         rc, got = finish(sink, timeout=10)
         assert rc == 0, got
@@ -224,7 +195,7 @@ def test_udp_sink_stops_at_duration():
 
 def test_tcp_goodput_on_loopback():
     sink, port = start_sink("tcp-sink", "--timeout", "5")
-    rc, sent = run("tcp-source", "--host", LOCAL, "--port", str(port), "--seconds", "1")
+    rc, sent = run(*to_sink("tcp-source", port, "--seconds", "1"))
     assert rc == 0, sent
     rc, got = finish(sink)
     assert rc == 0, got
@@ -255,17 +226,7 @@ def test_tcp_source_without_sink_fails_fast():
         s.bind((LOCAL, 0))
         port = s.getsockname()[1]  # bound, not listening: refused
     t0 = time.monotonic()
-    rc, got = run(
-        "tcp-source",
-        "--host",
-        LOCAL,
-        "--port",
-        str(port),
-        "--seconds",
-        "1",
-        "--connect-timeout",
-        "0.5",
-    )
+    rc, got = run(*to_sink("tcp-source", port, "--seconds", "1", "--connect-timeout", "0.5"))
     assert rc == 1 and "Refused" in got["error"]
     assert time.monotonic() - t0 < 5
 
@@ -285,22 +246,10 @@ def test_sigterm_ends_a_sink_promptly(mode):
 @pytest.mark.parametrize(
     "args",
     [
-        [
-            "udp-source",
-            "--host",
-            LOCAL,
-            "--port",
-            "9",
-            "--count",
-            "5",
-            "--interval-ms",
-            "1",
-            "--size",
-            "31",
-        ],
-        ["udp-source", "--host", LOCAL, "--port", "9", "--count", "0", "--interval-ms", "1"],
+        to_sink("udp-source", 9, "--count", "5", "--interval-ms", "1", "--size", "31"),
+        to_sink("udp-source", 9, "--count", "0", "--interval-ms", "1"),
         ["udp-sink", "--port", "70000"],
-        ["tcp-source", "--host", LOCAL, "--port", "9", "--seconds", "-1"],
+        to_sink("tcp-source", 9, "--seconds", "-1"),
         ["nonsense"],
     ],
 )

@@ -9,8 +9,6 @@ import json
 import socket
 import struct
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,8 +26,7 @@ from testbed.agents.protocol import (
     encode_json,
     read_frame,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import start_edge
 
 
 def pair():
@@ -110,27 +107,8 @@ def test_json_payload_must_be_an_object():
 
 @pytest.fixture(scope="module")
 def edge():
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "testbed.agents.edge",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--preload",
-            "fashion_cnn",
-            "--threads",
-            "1",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    line = proc.stdout.readline().decode()
-    assert line.startswith("READY"), proc.stderr.read().decode()
-    yield int(line.split()[1])
+    proc, port = start_edge(stderr=subprocess.PIPE)
+    yield port
     proc.terminate()
     proc.wait(10)
     assert proc.returncode == 0, "the edge agent must stop cleanly on SIGTERM"

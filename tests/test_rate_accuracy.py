@@ -169,9 +169,3 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, words):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], err
     assert not (tmp_path / "curve.csv").exists()
-
-
-def test_wilson_interval():
-    low, high = rate_accuracy.wilson(90, 100)
-    assert (round(low, 4), round(high, 4)) == (0.8256, 0.9448)  # the textbook values
-    assert rate_accuracy.wilson(0, 10)[0] == 0 and rate_accuracy.wilson(10, 10)[1] == 1

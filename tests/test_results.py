@@ -105,6 +105,8 @@ def test_agreement_beside_accuracy_with_wilson_interval_and_bound():
 
 
 def test_wilson_interval():
+    textbook = stats.wilson(90, 100)  # the rate-accuracy curves' intervals too
+    assert (round(textbook.low, 4), round(textbook.high, 4)) == (0.8256, 0.9448)
     assert stats.wilson(0, 10).low == 0.0 and stats.wilson(10, 10).high == 1.0
     e = stats.wilson(7, 10)
     assert e.value == 0.7 and e.low == pytest.approx(0.3968, abs=1e-4)

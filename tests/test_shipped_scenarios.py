@@ -3,8 +3,6 @@ offloaders it runs, and every offloader it names can be built (its artefacts exi
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from testbed import offloaders
@@ -12,19 +10,10 @@ from testbed.config.scenario import load_scenario
 from testbed.config.sweep import load_sweeps
 from testbed.experiment.runner import check_gates, offloader_labels
 from testbed.models import plugins
+from tests.helpers import MAIN_JOB_OFFLOADERS, ROOT
 
-SCENARIOS = sorted((Path(__file__).resolve().parent.parent / "scenarios").glob("*.yaml"))
+SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))
 _MODELS: dict = {}
-MAIN_JOB_OFFLOADERS = (
-    "raw",
-    "local",
-    "jpeg",
-    "webp",
-    "neurosurgeon",
-    "jalad",
-    "bottlenet",
-    "deepcod",
-)
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.name)

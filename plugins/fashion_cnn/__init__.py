@@ -8,26 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from testbed.models.plugin_api import Dataset, InputSpec, Plugin
+from testbed.models.plugin_api import InputSpec, PackagedPlugin, Plugin
 
 WEIGHTS = Path(__file__).parent / "weights.pt"
 
 
-class FashionCNN(Plugin):
-    def build_stages(self) -> list:
-        from plugins.fashion_cnn.model import build_stages
-
-        return build_stages()
-
-    def test_data(self) -> Dataset:
-        from plugins.fashion_cnn.data import load_split
-
-        return load_split("test")
-
-    def train_data(self) -> Dataset:
-        from plugins.fashion_cnn.data import load_split
-
-        return load_split("train")
+class FashionCNN(PackagedPlugin):
+    """Stages from model.py, data from data.py."""
 
 
 def make_plugin() -> Plugin:

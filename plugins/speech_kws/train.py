@@ -16,12 +16,11 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from plugins.speech_kws import WEIGHTS, make_plugin
+from plugins.speech_kws import make_plugin
 from plugins.speech_kws.synth import CLASSES, SAMPLE_RATE, SILENCE, UNKNOWN, make_plan
 from testbed.models.plugin_api import Dataset, Plugin
-from testbed.models.training import parse_arguments, save_state_dict, seed_everything
+from testbed.models.training import parse_arguments, save_state_dict, train_classifier
 
 MAX_SHIFT = SAMPLE_RATE // 10  # time shifts of up to +-100 ms during training
 
@@ -54,42 +53,10 @@ def accuracy(plugin: Plugin, model: nn.Module, data: Dataset) -> float:
     return float((pred == data.labels).mean())
 
 
-def train(epochs: int, seed: int, threads: int, batch_size: int, lr: float) -> nn.Module:
-    """AdamW under a one-cycle schedule, label smoothing 0.1, random time shifts."""
-    seed_everything(seed, threads)
-    plugin = make_plugin()
-    data = plugin.train_data()
-    stages = plugin.build_stages()
-    model = nn.Sequential(*stages)
-    features, cnn = stages[0], nn.Sequential(*stages[1:])
-    labels = torch.from_numpy(data.labels)
-    generator = torch.Generator().manual_seed(seed)
-    steps_per_epoch = (len(data) + batch_size - 1) // batch_size
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-3)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch
-    )
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
-    bar = tqdm(total=epochs * steps_per_epoch, desc="training", unit="batch")
-    for epoch in range(1, epochs + 1):
-        model.train()
-        order = torch.randperm(len(data), generator=generator).numpy()
-        total, seen = 0.0, 0
-        for step in range(steps_per_epoch):
-            idx = order[step * batch_size : (step + 1) * batch_size]
-            with torch.no_grad():  # stage 0 has no parameters
-                f = features(shift(plugin.to_tensor(data.inputs[idx]), generator))
-            loss = loss_fn(cnn(f), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(idx)
-            seen += len(idx)
-            bar.update()
-        bar.set_postfix(epoch=epoch, loss=f"{total / seen:.4f}")
-    bar.close()
-    return model
+def adamw(parameters, lr: float) -> torch.optim.Optimizer:
+    """AdamW (weight decay) under the one-cycle schedule, with label smoothing 0.1 and
+    random time shifts (`main`)."""
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-3)
 
 
 def spot(plugin: Plugin, model: nn.Module, wave: np.ndarray, hop_s: float = 0.1) -> list[str]:
@@ -128,21 +95,13 @@ def real_speech_report(plugin: Plugin, model: nn.Module) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_arguments(
-        argv,
-        prog="python -m plugins.speech_kws.train",
-        doc=__doc__,
-        out=WEIGHTS,
-        epochs=20,
-        batch_size=64,
-        threads=1,
-    )
-
+    plugin = make_plugin()
+    args = parse_arguments(argv, plugin, __doc__, epochs=20, batch_size=64, threads=1)
     started = time.monotonic()
-    model = train(args.epochs, args.seed, args.threads, args.batch_size, args.lr)
+    smoothed = nn.CrossEntropyLoss(label_smoothing=0.1)
+    model = train_classifier(plugin, args, adamw, shift, smoothed)
     size = save_state_dict(model, args.out)
     elapsed = time.monotonic() - started
-    plugin = make_plugin()
     test = plugin.test_data()
     pred = predict(plugin, model, test.inputs).argmax(dim=1).numpy()
     correct = int((pred == test.labels).sum())

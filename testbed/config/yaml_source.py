@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from testbed.config.validation import Invalid, join
-from testbed.errors import ScenarioError
+from testbed.errors import ScenarioError, reading
 
 
 class _Loader(yaml.SafeLoader):
@@ -94,14 +94,8 @@ def read_yaml(path: str | Path) -> tuple[Any, dict[str, int]]:
 def read_yaml_documents(path: str | Path) -> list[tuple[Any, dict[str, int]]]:
     """Each `---` document's data and key lines (a file may hold several scenarios)."""
     source = Path(path)
-    try:
+    with reading(source, "scenario file"):
         raw = source.read_bytes()
-    except FileNotFoundError:
-        raise ScenarioError(f"{source}: no such scenario file") from None
-    except IsADirectoryError:
-        raise ScenarioError(f"{source}: is a directory, not a scenario file") from None
-    except OSError as exc:
-        raise ScenarioError(f"{source}: cannot read: {exc.strerror or exc}") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

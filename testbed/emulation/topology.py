@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.agents.protocol import CC_ENV
-from testbed.cleanup import Teardown
+from testbed.cleanup import Teardown, stop_process
 from testbed.emulation import stale
 from testbed.emulation.link.backends import (
     Backend,
@@ -74,16 +74,6 @@ def check_environment() -> None:
         raise EnvironmentMissing(f"Python package missing ({exc.name}): {SETUP_HINT}") from exc
     if not Path("/sys/fs/cgroup/cpu").is_dir():
         raise EnvironmentMissing("the cgroup v1 `cpu` controller is not mounted at /sys/fs/cgroup")
-
-
-def stop_process(proc: subprocess.Popen, grace_s: float = 3.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(grace_s)
 
 
 def wait_ready(proc: subprocess.Popen, what: str, timeout_s: float) -> str:

@@ -27,7 +27,6 @@ no cheaper configuration of the family beats).
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import shlex
 import sys
@@ -41,12 +40,20 @@ matplotlib.use("Agg")  # files only: no display
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from testbed import offloaders
 from testbed.agents.protocol import HEADER
 from testbed.errors import PluginError, ScenarioError, TestbedError
+from testbed.experiment.rate_accuracy_report import (
+    FAMILIES,
+    header_lines,
+    markdown,
+    plot,
+    reference_score,
+    score_key,
+    summarize,
+)
 from testbed.models import plugins, predictions
 from testbed.offloaders.base import DeviceResult, PhaseTimer, warm_kernels
 from testbed.offloaders.jalad import BITS
@@ -62,13 +69,10 @@ __all__ = [
     "main",
     "run",
     "summarize",
-    "wilson",
 ]
 
-FAMILIES = ("raw", "local", "jpeg", "webp", "jalad", "bottlenet", "deepcod")
 QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)
 DEEPCOD_RATIOS = (0.05, 0.1, 0.25)  # the input-side ratios expected beside every plugin
-Z95 = 1.959964
 BATCH = 32  # samples per batch of the unmodified model's reference pass
 POINT_COLUMNS = [
     "offloader",
@@ -254,150 +258,6 @@ def score(points: list[dict], plugin, references: list, labels: np.ndarray) -> N
         point["correct"] = int(prediction == label) if label >= 0 else ""
         point["agrees"] = int(compare(prediction, references[point["sample"]]).agrees)
         point["prediction"] = predictions.to_record(plugin, prediction)
-
-
-# ------------------------------------------------------------------------------ summary
-
-
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion (NaN without samples)."""
-    if n == 0:
-        return math.nan, math.nan
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    low = 0.0 if successes == 0 else max(0.0, centre - half)  # exact at the ends
-    return low, 1.0 if successes == n else min(1.0, centre + half)
-
-
-def score_key(plugin) -> str:
-    """The points' column the plugin's metric counts (as `testbed.results.records.summarize`)."""
-    return "correct" if plugin.metric == "accuracy" else "agrees"
-
-
-def reference_score(plugin, references: list, labels: np.ndarray) -> float:
-    if plugin.metric != "accuracy":
-        return 1.0  # agreement of the unmodified model with itself
-    return float(np.mean([ref == label for ref, label in zip(references, labels, strict=True)]))
-
-
-def summarize(points: list[dict], configs: list[Config], key: str, ref: float) -> list[dict]:
-    """One row per configuration, ordered by offloader family then mean bytes."""
-    rows = []
-    for config in configs:
-        mine = [p for p in points if p["config"] == config.label]
-        if not mine:
-            continue  # skipped: it could not be built
-        hits = sum(int(p[key] or 0) for p in mine)
-        low, high = wilson(hits, len(mine))
-        accuracy = hits / len(mine)
-        rows.append(
-            {
-                "offloader": config.offloader,
-                "config": config.label,
-                "n": len(mine),
-                "mean_bytes": float(np.mean([p["bytes"] for p in mine])),
-                "accuracy": accuracy,
-                "ci_low": low,
-                "ci_high": high,
-                "agreement": float(np.mean([p["agrees"] for p in mine])),
-                "drop_pp": (ref - accuracy) * 100,
-            }
-        )
-    return sorted(rows, key=lambda r: (FAMILIES.index(r["offloader"]), r["mean_bytes"]))
-
-
-def markdown(rows: list[dict], header: list[str]) -> str:
-    head = ["offloader", "config", "n", "mean bytes", "accuracy", "95 % CI", "agreement"]
-    lines = [*header, "", "| " + " | ".join([*head, "drop pp"]) + " |", "|" + "---|" * 8]
-    for r in rows:
-        cells = [
-            r["offloader"],
-            r["config"],
-            str(r["n"]),
-            f"{r['mean_bytes']:.0f}",
-            f"{100 * r['accuracy']:.1f}%",
-            f"{100 * r['ci_low']:.1f}-{100 * r['ci_high']:.1f}%",
-            f"{100 * r['agreement']:.1f}%",
-            f"{r['drop_pp']:+.2f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def header_lines(plugin, n: int, ref: float, notes: list[str], command: str, source: str):
-    metric = "top-1 accuracy against the labels"
-    if plugin.metric != "accuracy":
-        metric = "top-1 agreement with the unmodified model (the plugin has no labels)"
-    low, high = wilson(round(ref * n), n)
-    lines = [
-        f"# Rate-accuracy curve: {plugin.name}",
-        "",
-        f"Plugin `{plugin.name}`, the first {n} samples of {source}; score: {metric}. Unmodified "
-        f"model: {100 * ref:.1f}% (95 % CI {100 * low:.1f}-{100 * high:.1f}%). Bytes: "
-        f"payload + {HEADER.size}-byte frame header per request (0 for local).",
-        "",
-        f"Made with: `{command}`",
-    ]
-    return lines + ([""] + [f"- {note}" for note in notes] if notes else [])
-
-
-# --------------------------------------------------------------------------------- plot
-
-
-def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points no cheaper point beats (bytes ascending, score strictly rising)."""
-    kept: list[tuple[float, float]] = []
-    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
-        if not kept or y > kept[-1][1]:
-            kept.append((x, y))
-    return kept
-
-
-def plot(rows: list[dict], path: Path, plugin, n: int, ref: float) -> None:
-    fig = Figure(figsize=(8, 5))
-    ax = fig.subplots()
-    sent = [r["mean_bytes"] for r in rows if r["mean_bytes"] > 0]
-    left = min(sent, default=1.0) / 2  # where local's 0 bytes are drawn
-    for index, family in enumerate(f for f in FAMILIES if any(r["offloader"] == f for r in rows)):
-        mine = [
-            (r["mean_bytes"] or left, 100 * r["accuracy"]) for r in rows if r["offloader"] == family
-        ]
-        colour = f"C{index}"
-        if family in ("raw", "local"):
-            label = "local (0 bytes, drawn at the left)" if family == "local" else family
-            ax.plot(
-                *zip(*mine, strict=True),
-                "s" if family == "raw" else "D",
-                color=colour,
-                markersize=8,
-                label=label,
-            )
-            continue
-        ax.plot(*zip(*mine, strict=True), "o", color=colour, alpha=0.35, markersize=4)
-        ax.plot(
-            *zip(*frontier(mine), strict=True),
-            "o-",
-            color=colour,
-            markersize=5,
-            label=f"{family} ({len(mine)})",
-        )
-    ax.axhline(100 * ref, color="black", linestyle="--", linewidth=1, label="unmodified model")
-    ax.axhline(100 * ref - 1, color="black", linestyle=":", linewidth=1, label="1 point below")
-    ax.set_xscale("log")
-    ax.set_xlabel("bytes per sample on the uplink (log)")
-    metric = "accuracy" if plugin.metric == "accuracy" else "agreement with unmodified model"
-    ax.set_ylabel(f"top-1 {metric} (%)")
-    ax.set_title(f"{plugin.name}: rate-accuracy, n = {n}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(
-        fontsize=8,
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1),
-        title_fontsize=8,
-        title="markers: every configuration\nlines: each family's Pareto front",
-    )
-    fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 # ---------------------------------------------------------------------------------- run

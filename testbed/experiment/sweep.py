@@ -17,6 +17,7 @@ from pathlib import Path
 
 from testbed.config.sweep import Cell, Sweep, axis_name, value_text
 from testbed.errors import EnvironmentMissing, ScenarioError, TestbedError
+from testbed.results import stats
 from testbed.results.records import SUMMARY_COLUMNS, write_csv
 
 CELL_FILE = "cell.json"
@@ -177,7 +178,7 @@ def sweep_table(rows: list[dict], sweep: Sweep) -> str:
         if row["offloader"] not in labels:
             labels.append(row["offloader"])
         key = tuple(row[a] for a in sweep.axes)
-        value = (float(row["p50_ms"]), _float(row.get("accuracy_drop_pp", "")))
+        value = (float(row["p50_ms"]), stats.number(row.get("accuracy_drop_pp", "")))
         points.setdefault(key, {}).setdefault(row["offloader"], []).append(value)
     head = [axis_name(a) for a in sweep.axes] + [f"{label} p50 ms (drop pp)" for label in labels]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -193,13 +194,6 @@ def sweep_table(rows: list[dict], sweep: Sweep) -> str:
             cells.append(f"{_median(sorted(v for v, _ in values)):.1f}{drop}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _float(text) -> float:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def _median(values: list[float]) -> float:

@@ -8,6 +8,7 @@ Inputs cross the wire as the plugin's raw input dtype (e.g. uint8 pixels);
 
 from __future__ import annotations
 
+import importlib
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -111,15 +112,43 @@ class Plugin(ABC):
 
         path = self.artefacts.get("weights")
         if path is None or not Path(path).is_file():
-            raise PluginError(
-                f"plugin {self.name!r}: trained weights missing at {path}; "
-                f"train them with: python -m plugins.{self.name}.train"
-            )
+            raise PluginError(self.weights_missing(path))
         model = torch.nn.Sequential(*self.build_stages())
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        self.load_weights(model, Path(path))
         model.eval()
         return model
+
+    def weights_missing(self, path: Path | None) -> str:
+        """Why `load_model` fails when the weights file is not there, and how to make it."""
+        return (
+            f"plugin {self.name!r}: trained weights missing at {path}; "
+            f"train them with: python -m plugins.{self.name}.train"
+        )
+
+    def load_weights(self, model, path: Path) -> None:
+        """Read the weights file into the stages (`model`); by default a state dict of them."""
+        import torch
+
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+class PackagedPlugin(Plugin):
+    """A plugin whose package has `model.build_stages()` and `data.load_split(split)`, as
+    most of the project's do: those modules are imported only when used, so that listing
+    the plugins (importing each) loads neither torch nor data."""
+
+    def _module(self, name: str):
+        package = sys.modules[type(self).__module__].__package__
+        return importlib.import_module(f"{package}.{name}")
+
+    def build_stages(self) -> list:
+        return self._module("model").build_stages()
+
+    def test_data(self) -> Dataset:
+        return self._module("data").load_split("test")
+
+    def train_data(self) -> Dataset:
+        return self._module("data").load_split("train")
 
 
 # the metrics a plugin of each task may declare

@@ -14,6 +14,8 @@ import io
 import os
 import random
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -208,15 +210,16 @@ def save_state_dict(model: nn.Module, out: Path) -> int:
     return save_reproducibly(model.state_dict(), out)
 
 
-def parse_arguments(
-    argv, *, prog: str, doc: str, out: Path, epochs: int, batch_size: int, threads: int
-):
-    """The options every plugin's training command takes, with its own defaults."""
+def parse_arguments(argv, plugin, doc: str, *, epochs: int, batch_size: int, threads: int):
+    """The options every plugin's training command (`python -m plugins.<name>.train`)
+    takes, with its own defaults; --out defaults to the plugin's weights."""
     import argparse
 
+    prog = f"python -m plugins.{plugin.name}.train"
     parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--seed", type=int, default=0)
+    out = Path(plugin.artefacts["weights"])
     parser.add_argument("--out", type=Path, default=out, help="default: %(default)s")
     parser.add_argument(
         "--threads",
@@ -230,6 +233,65 @@ def parse_arguments(
     if args.epochs < 1 or args.threads < 1 or args.batch_size < 1:
         parser.error("--epochs, --threads and --batch-size must be positive")
     return args
+
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def train_classifier(
+    plugin, args, optimizer, augment: Augment, loss_fn: nn.Module | None = None
+) -> nn.Module:
+    """A classifier plugin's stages trained as its command's options (`parse_arguments`)
+    say: `loss_fn` (default cross-entropy) on shuffled mini-batches of the train split,
+    each through `augment(x, generator)`, by `optimizer(parameters, lr)` under a one-cycle
+    schedule peaking at --lr. Every random draw comes from --seed."""
+    seed_everything(args.seed, args.threads)
+    train_data = plugin.train_data()
+    model = nn.Sequential(*plugin.build_stages())
+    labels = torch.from_numpy(train_data.labels)
+    generator = torch.Generator().manual_seed(args.seed)
+    epochs, batch_size = args.epochs, args.batch_size
+    steps_per_epoch = (len(train_data) + batch_size - 1) // batch_size
+    step_by = optimizer(model.parameters(), args.lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        step_by, max_lr=args.lr, epochs=epochs, steps_per_epoch=steps_per_epoch
+    )
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+
+    bar = tqdm(total=epochs * steps_per_epoch, desc="training", unit="batch")
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(len(train_data), generator=generator).numpy()
+        total, seen = 0.0, 0
+        for step in range(steps_per_epoch):
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            x = augment(plugin.to_tensor(train_data.inputs[idx]), generator)
+            loss = loss_fn(model(x), labels[idx])
+            step_by.zero_grad(set_to_none=True)
+            loss.backward()
+            step_by.step()
+            schedule.step()
+            total += float(loss) * len(idx)
+            seen += len(idx)
+            bar.update()
+        bar.set_postfix(epoch=epoch, loss=f"{total / seen:.4f}")
+    bar.close()
+    return model
+
+
+def classifier_command(plugin, args, optimizer, augment: Augment, scored: str) -> int:
+    """A classifier plugin's training command once its options are parsed: train
+    (`train_classifier`), score the model once on the test split (no model selection on
+    it; `scored`: what its samples are), and save the weights to --out."""
+    started = time.monotonic()
+    model = train_classifier(plugin, args, optimizer, augment)
+    test_data = plugin.test_data()
+    correct, total = count_correct(plugin, model, test_data), len(test_data)
+    size = save_state_dict(model, args.out)
+    elapsed = time.monotonic() - started
+    print(f"test accuracy: {correct / total:.4f} ({correct}/{total} {scored})")
+    print(f"saved {args.out} ({size} bytes) after {elapsed:.0f} s")
+    return 0
 
 
 def fit(
@@ -291,8 +353,60 @@ def fit(
             print(f"after epoch {epoch + 1}: {shown['test']}", file=sys.stderr)
 
 
+def frozen_model(plugin, device: str, seed: int, threads: int) -> tuple[Any, torch.device]:
+    """Where a learned codec's training starts: every random draw seeded, the device
+    resolved, and the plugin's trained model on it, frozen (the codec learns around it)."""
+    seed_everything(seed, threads)
+    where = resolve_device(device)
+    model = plugin.load_model().to(where)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, where
+
+
+def split_at(plugin, model, split: int) -> tuple[Any, Any, tuple[int, ...]]:
+    """(device head, edge tail, the shape of one sample's features at `split`)."""
+    head, tail = model[:split], model[split:]
+    with torch.inference_mode():
+        x = plugin.to_tensor(np.zeros((1, *plugin.input_spec.shape), plugin.input_spec.dtype))
+        shape = tuple(head(x.to(next(model.parameters()).device)).shape[1:])
+    return head, tail, shape
+
+
+def fit_options(args) -> dict[str, Any]:
+    """`fit`'s keywords that a learned codec's command options (`add_codec_options`) set."""
+    return {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "augment": args.augment,
+        "limit": args.limit,
+        "steps": getattr(args, "steps", None),
+        "resume": args.resume,
+    }
+
+
+def run_config(args) -> dict[str, Any]:
+    """What an artefact's config records of every training run, in its order (the bytes
+    of an artefact depend on it)."""
+    return {
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "limit": args.limit or 0,
+    }
+
+
 def add_codec_options(parser) -> None:
     """The options both learned codecs' training commands take (DeepCOD, BottleNet)."""
+    parser.add_argument("--plugin", required=True)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2, help="fixed for reproducibility")
+    parser.add_argument("--limit", type=int, help="train on the first N samples only")
+    parser.add_argument("--out", type=Path, help="default: beside the plugin's code")
     parser.add_argument(
         "--device",
         default="cpu",

@@ -92,6 +92,17 @@ class Offloader(ABC):
     def device(self, sample: np.ndarray, timer: PhaseTimer) -> DeviceResult:
         """Device half: phases `device` (model compute) and `encode`."""
 
+    def run_whole_model(
+        self, sample: np.ndarray, timer: PhaseTimer, choice: dict[str, Any]
+    ) -> DeviceResult:
+        """An adaptive offloader's local option: the whole model on the device (phase
+        `device`), its prediction the result."""
+        import torch
+
+        with timer.phase("device"), torch.inference_mode():
+            logits = self.model(self.plugin.to_tensor(sample[None]))
+        return DeviceResult(prediction=predictions.predict(self.plugin, logits)[0], choice=choice)
+
     def edge(self, payload: bytes, timer: PhaseTimer) -> Any:
         """Edge half: phases `decode` and `edge`. Raise ValueError on a malformed payload."""
         raise NotImplementedError(f"{self.name} sends nothing to the edge")

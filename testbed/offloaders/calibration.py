@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from testbed.models import predictions
 from testbed.models.cache import cache_dir
+from testbed.offloaders.params import Param
 
 # Bump when what is scored changes (2: mobilenet_v2 moved to labelled ImageNet photos and
 # scores accuracy); the plugin's metric is in the key as well.
@@ -34,10 +37,26 @@ VERSION = 2
 BATCH = 32
 
 
+def max_drop(allowed: str) -> Param:
+    """The `max_drop_pp` parameter of an offloader that calibrates: the accuracy points
+    its options may lose, a finite number >= 0 (default 1); `allowed` says it its way."""
+    return Param(float, 1.0, allowed, lambda v: 0 <= v < math.inf)
+
+
 @dataclass(frozen=True)
 class Score:
     drop_pp: float  # points below the unsplit model on the calibration set
     mean_bytes: float
+
+    def option(self, bound: float, **choice: Any) -> dict[str, Any]:
+        """A calibrated option as the offloaders list it (`calibrate()`, `describe()`):
+        what was chosen, its drop and mean size, and whether the drop is within `bound`."""
+        return {
+            **choice,
+            "drop_pp": self.drop_pp,
+            "mean_bytes": round(self.mean_bytes, 1),
+            "within_bound": self.drop_pp <= bound,
+        }
 
 
 def file_digest(path) -> str:

@@ -30,25 +30,31 @@ one before any pixel is decoded.
 from __future__ import annotations
 
 import io
-import math
 import time
 from typing import Any, ClassVar
 
 import numpy as np
-import PIL
 import torch
-from PIL import Image, features
+from PIL import Image
 
 from testbed.agents.protocol import HEADER
-from testbed.errors import EnvironmentMissing, PluginError
 from testbed.models import predictions
 from testbed.offloaders import register
 from testbed.offloaders.adaptive import PRIOR
 from testbed.offloaders.base import DeviceResult, Offloader
-from testbed.offloaders.calibration import Calibrator
+from testbed.offloaders.calibration import Calibrator, max_drop
 from testbed.offloaders.image_codec import Jpeg
 from testbed.offloaders.link_estimate import LinkEstimate
 from testbed.offloaders.params import Param
+from testbed.offloaders.pillow_codec import (
+    calibration_identity,
+    check_codec,
+    image_input,
+    open_image,
+    planes,
+    to_image,
+    undecodable,
+)
 
 SCALES = (1.0, 0.75, 0.5, 0.35)  # of the model's input width and height, largest first
 QUALITIES = (50, 75, 90, 100)  # JPEG qualities, cheapest first (Calibrator.lowest's order)
@@ -73,9 +79,7 @@ class DeepDecision(Offloader):
     tasks: ClassVar = ("classification", "detection")  # whole model, either side
     params: ClassVar[dict[str, Param]] = {
         "prior_mbps": PRIOR,
-        "max_drop_pp": Param(
-            float, 1.0, "a finite number of points >= 0", lambda v: 0 <= v < math.inf
-        ),
+        "max_drop_pp": max_drop("a finite number of points >= 0"),
         "calibration_samples": Param(int, 200, "an integer >= 10", lambda v: v >= 10),
         "probe_every": Param(
             int,
@@ -87,24 +91,9 @@ class DeepDecision(Offloader):
 
     def __init__(self, plugin, model, **params) -> None:
         super().__init__(plugin, model, **params)
-        spec = plugin.input_spec
-        if spec.dtype != "uint8" or len(spec.shape) != 3 or spec.shape[0] not in (1, 3):
-            raise PluginError(
-                f"{self.name}: plugin {plugin.name!r} takes {spec.describe()}; {self.name} "
-                f"needs an image: uint8 of shape (1, H, W) grayscale or (3, H, W) RGB"
-            )
-        channels, height, width = spec.shape
-        if max(height, width) > Jpeg.max_side:
-            raise PluginError(
-                f"{self.name}: plugin {plugin.name!r} images are {width}x{height}; "
-                f"JPEG holds at most {Jpeg.max_side} pixels a side"
-            )
-        if not features.check(Jpeg.feature):
-            raise EnvironmentMissing(
-                f"{self.name}: this Pillow ({PIL.__version__}) was built without JPEG "
-                f"support; install a Pillow wheel from PyPI"
-            )
-        self.shape = (channels, height, width)
+        self.shape = image_input(self.name, plugin, Jpeg.format, Jpeg.max_side)
+        check_codec(self.name, Jpeg.format, Jpeg.feature)
+        channels, height, width = self.shape
         self.wire_mode = "RGB" if channels == 3 else "L"
         # scale -> (width, height) on the wire, and back; tiny images may merge two scales
         self.sizes: dict[float, tuple[int, int]] = {}
@@ -125,8 +114,7 @@ class DeepDecision(Offloader):
     # ------------------------------------------------------------------------- codec
 
     def encode(self, sample: np.ndarray, scale: float, quality: int) -> bytes:
-        pixels = np.ascontiguousarray(sample, dtype=np.uint8)
-        image = Image.fromarray(pixels[0] if self.shape[0] == 1 else pixels.transpose(1, 2, 0))
+        image = to_image(sample)
         size = self.sizes[scale]
         if image.size != size:
             image = image.resize(size, RESAMPLE)
@@ -138,18 +126,9 @@ class DeepDecision(Offloader):
         """Payload -> (its scale, uint8 pixels upscaled to the plugin's shape); ValueError
         for anything but a JPEG of an allowed size and the expected mode."""
         what = f"{self.name} payload"
-        if not payload:
-            raise ValueError(f"{what} is empty")
-        channels, height, width = self.shape
-        try:
-            image: Image.Image = Image.open(io.BytesIO(payload), formats=["JPEG"])
-        except Exception as exc:  # Pillow raises many kinds for foreign or damaged data
-            raise ValueError(
-                f"{what} of {len(payload)} bytes is not a JPEG image ({type(exc).__name__}: {exc})"
-            ) from None
-        with image:
-            if image.format != "JPEG":
-                raise ValueError(f"{what} is {image.format}, expected JPEG")
+        height, width = self.shape[1:]
+        image: Image.Image
+        with open_image(what, payload, Jpeg.format) as image:
             scale = self.allowed.get(image.size)
             if scale is None:
                 sizes = ", ".join(f"{w}x{h}" for w, h in self.allowed)
@@ -164,13 +143,8 @@ class DeepDecision(Offloader):
                     image = image.resize((width, height), RESAMPLE)
                 pixels = np.array(image)  # writable: torch
             except Exception as exc:
-                raise ValueError(
-                    f"{what} of {len(payload)} bytes does not decode ({type(exc).__name__}: {exc})"
-                ) from None
-        pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
-        if pixels.shape != self.shape or pixels.dtype != np.uint8:  # the checks above hold
-            raise ValueError(f"{what} decoded to {pixels.shape} {pixels.dtype}")
-        return scale, pixels
+                raise undecodable(what, payload, exc) from None
+        return scale, planes(pixels, self.shape, what)
 
     # ------------------------------------------------------------------- calibration
 
@@ -183,15 +157,9 @@ class DeepDecision(Offloader):
         return self.model(self.plugin.to_tensor(decoded)), [HEADER.size + len(p) for p in payloads]
 
     def calibrator(self) -> Calibrator:
-        return Calibrator(
-            self.plugin,
-            self.model,
-            self.name,
-            self._run_option,
-            count=self.config["calibration_samples"],
-            identity=f"Pillow {PIL.__version__} jpg {features.version(Jpeg.feature)} "
-            f"{sorted(SAVE_OPTIONS.items())} bilinear",
-        )
+        identity = f"{calibration_identity(Jpeg.feature, SAVE_OPTIONS)} bilinear"
+        count = self.config["calibration_samples"]
+        return Calibrator(self.plugin, self.model, self.name, self._run_option, count, identity)
 
     def calibrate(self) -> list[dict[str, Any]]:
         """Per scale, the lowest quality within `max_drop_pp`; a scale none of whose
@@ -202,15 +170,7 @@ class DeepDecision(Offloader):
         options = []
         for scale in self.sizes:
             (_, quality), score = calibrator.lowest([[scale, q] for q in QUALITIES], bound)
-            options.append(
-                {
-                    "scale": scale,
-                    "quality": quality,
-                    "drop_pp": score.drop_pp,
-                    "mean_bytes": round(score.mean_bytes, 1),
-                    "within_bound": score.drop_pp <= bound,
-                }
-            )
+            options.append(score.option(bound, scale=scale, quality=quality))
         self.options = options
         return options
 
@@ -333,11 +293,7 @@ class DeepDecision(Offloader):
     def device(self, sample, timer):
         best, choice = self.choose()
         if best.get("mode") == LOCAL:
-            with timer.phase("device"), torch.inference_mode():
-                logits = self.model(self.plugin.to_tensor(sample[None]))
-            return DeviceResult(
-                prediction=predictions.predict(self.plugin, logits)[0], choice=choice
-            )
+            return self.run_whole_model(sample, timer, choice)
         with timer.phase("encode"):
             payload = self.encode(sample, best["scale"], best["quality"])
         return DeviceResult(payload=payload, choice=choice)

@@ -44,22 +44,19 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import PIL
 import torch
-from PIL import Image, features
+from PIL import Image
 
 from testbed.agents.protocol import HEADER
-from testbed.errors import EnvironmentMissing, PluginError
-from testbed.models import predictions
+from testbed.errors import PluginError
 from testbed.offloaders import register
 from testbed.offloaders.adaptive import PRIOR, AdaptiveSplit
 from testbed.offloaders.base import DeviceResult
-from testbed.offloaders.calibration import Calibrator
+from testbed.offloaders.calibration import Calibrator, max_drop
 from testbed.offloaders.params import Param
+from testbed.offloaders.pillow_codec import LADDER, calibration_identity, check_codec, is_quality
 from testbed.offloaders.split import Candidate, feature_shape, run_tail
 
-# the qualities `quality: auto` tries, cheapest first (image_codec's ladder)
-LADDER = tuple(range(5, 101, 5))
 # split, bits, format id, C, H, W; then C float32 minima, C float32 maxima; then the image
 _HEADER = struct.Struct("<BBBHHH")
 _FORMAT_IDS = {"PNG": 1, "JPEG": 2}
@@ -137,21 +134,10 @@ def _is_split(value: Any) -> bool:
     )
 
 
-def _is_quality(value: Any) -> bool:
-    if value == "auto":
-        return True
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100
-
-
 _COMMON = {
     "prior_mbps": PRIOR,
     "bits": Param(int, 8, "an integer 1-8 (bits per feature value)", lambda v: 1 <= v <= 8),
-    "max_drop_pp": Param(
-        float,
-        1.0,
-        "a finite number >= 0 (accuracy points a split may lose)",
-        lambda v: 0 <= v < math.inf,
-    ),
+    "max_drop_pp": max_drop("a finite number >= 0 (accuracy points a split may lose)"),
     "calibration_samples": Param(int, 200, "an integer >= 10", lambda v: v >= 10),
     "split": Param(
         object,
@@ -174,11 +160,7 @@ class FeatureCodec(AdaptiveSplit):
 
     def __init__(self, plugin, model, **params) -> None:
         super().__init__(plugin, model, **params)
-        if not features.check(self.feature):
-            raise EnvironmentMissing(
-                f"{self.name}: this Pillow ({PIL.__version__}) was built without "
-                f"{self.format} support; install a Pillow wheel from PyPI"
-            )
+        check_codec(self.name, self.format, self.feature)
         self.bits = self.config["bits"]
         # split -> (C, H, W) of its features as tiles; split 0 only where the model's
         # input tensor has the plugin's input shape (to_tensor scales, it does not reshape)
@@ -310,16 +292,10 @@ class FeatureCodec(AdaptiveSplit):
     # ------------------------------------------------------------------- calibration
 
     def calibrator(self) -> Calibrator:
-        return Calibrator(
-            self.plugin,
-            self.model,
-            self.name,
-            self._run_option,
-            count=self.config["calibration_samples"],
-            # the bytes depend on the codec library and the layout as much as the options
-            identity=f"Pillow {PIL.__version__} {self.feature} {features.version(self.feature)} "
-            f"{sorted(self.save_options.items())} tiling 1",
-        )
+        # the bytes depend on the layout as much as on the codec
+        identity = f"{calibration_identity(self.feature, self.save_options)} tiling 1"
+        count = self.config["calibration_samples"]
+        return Calibrator(self.plugin, self.model, self.name, self._run_option, count, identity)
 
     def _head(self, split: int, inputs: np.ndarray) -> np.ndarray:
         """A batch of raw inputs -> float32 features at `split` (the input tensor at 0)."""
@@ -355,16 +331,7 @@ class FeatureCodec(AdaptiveSplit):
             (_, _, quality), score = calibrator.lowest(
                 [[split, self.bits, q] for q in self.qualities()], bound
             )
-            options.append(
-                {
-                    "split": split,
-                    "bits": self.bits,
-                    "quality": quality,
-                    "drop_pp": score.drop_pp,
-                    "mean_bytes": round(score.mean_bytes, 1),
-                    "within_bound": score.drop_pp <= bound,
-                }
-            )
+            options.append(score.option(bound, split=split, bits=self.bits, quality=quality))
         self.options = options
         return options
         self._codes.clear()
@@ -413,11 +380,7 @@ class FeatureCodec(AdaptiveSplit):
     def device(self, sample, timer):
         best, choice = self.choose()
         if best.split == len(self.model):
-            with timer.phase("device"), torch.inference_mode():
-                logits = self.model(self.plugin.to_tensor(sample[None]))
-            return DeviceResult(
-                prediction=predictions.predict(self.plugin, logits)[0], choice=choice
-            )
+            return self.run_whole_model(sample, timer, choice)
         if best.quality is not None:
             choice["quality"] = best.quality
         if best.split == 0:
@@ -465,7 +428,7 @@ class FeatureJPEG(FeatureCodec):
     description = "split + per-channel k-bit features tiled into one JPEG (Ko et al. 2018)"
     params: ClassVar[dict[str, Param]] = {
         **_COMMON,
-        "quality": Param(object, "auto", 'an integer 1-100 or "auto"', _is_quality),
+        "quality": Param(object, "auto", 'an integer 1-100 or "auto"', is_quality),
     }
     format, feature, max_side = "JPEG", "jpg", 65_500
     # optimized Huffman tables: deterministic, and fewer bytes on small images

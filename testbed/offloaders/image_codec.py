@@ -15,29 +15,27 @@ pixel is decoded, so a small payload cannot make the edge decode a huge image.
 from __future__ import annotations
 
 import io
-import math
 from typing import Any, ClassVar
 
 import numpy as np
-import PIL
 import torch
-from PIL import Image, features
 
-from testbed.errors import EnvironmentMissing, PluginError
 from testbed.models import predictions
 from testbed.offloaders import register
 from testbed.offloaders.base import DeviceResult, Offloader
-from testbed.offloaders.calibration import Calibrator, Score
+from testbed.offloaders.calibration import Calibrator, Score, max_drop
 from testbed.offloaders.params import Param
-
-# the qualities "auto" tries, cheapest first
-LADDER = tuple(range(5, 101, 5))
-
-
-def _is_quality(value: Any) -> bool:
-    if value == "auto":
-        return True
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100
+from testbed.offloaders.pillow_codec import (
+    LADDER,
+    calibration_identity,
+    check_codec,
+    image_input,
+    is_quality,
+    open_image,
+    planes,
+    to_image,
+    undecodable,
+)
 
 
 class ImageCodec(Offloader):
@@ -51,37 +49,16 @@ class ImageCodec(Offloader):
     save_options: ClassVar[dict[str, Any]]
     tasks: ClassVar = ("classification", "detection")  # whole model on the edge
     params: ClassVar[dict[str, Param]] = {
-        "quality": Param(object, "auto", 'an integer 1-100 or "auto"', _is_quality),
-        "max_drop_pp": Param(
-            float,
-            1.0,
-            'a finite number >= 0 (accuracy points "auto" may lose)',
-            lambda drop: 0 <= drop < math.inf,
-        ),
+        "quality": Param(object, "auto", 'an integer 1-100 or "auto"', is_quality),
+        "max_drop_pp": max_drop('a finite number >= 0 (accuracy points "auto" may lose)'),
         "calibration_samples": Param(int, 200, "an integer >= 1", lambda n: n >= 1),
     }
 
     def __init__(self, plugin, model, **params) -> None:
         super().__init__(plugin, model, **params)
-        spec = plugin.input_spec
-        if spec.dtype != "uint8" or len(spec.shape) != 3 or spec.shape[0] not in (1, 3):
-            raise PluginError(
-                f"{self.name}: plugin {plugin.name!r} takes {spec.describe()}; {self.name} "
-                f"needs an image: uint8 of shape (1, H, W) grayscale or (3, H, W) RGB"
-            )
-        channels, height, width = spec.shape
-        if not (1 <= height <= self.max_side and 1 <= width <= self.max_side):
-            raise PluginError(
-                f"{self.name}: plugin {plugin.name!r} images are {width}x{height}; "
-                f"{self.format} holds at most {self.max_side} pixels a side"
-            )
-        if not features.check(self.feature):
-            raise EnvironmentMissing(
-                f"{self.name}: this Pillow ({PIL.__version__}) was built without "
-                f"{self.format} support; install a Pillow wheel from PyPI"
-            )
-        self.shape = (channels, height, width)
-        self.wire_mode = "RGB" if channels == 3 else self.gray_mode
+        self.shape = image_input(self.name, plugin, self.format, self.max_side)
+        check_codec(self.name, self.format, self.feature)
+        self.wire_mode = "RGB" if self.shape[0] == 3 else self.gray_mode
         quality = self.config["quality"]
         self.quality: int | None = None if quality == "auto" else quality
         self.score: Score | None = None  # the chosen quality's calibration, under "auto"
@@ -89,8 +66,7 @@ class ImageCodec(Offloader):
     # ------------------------------------------------------------------------- codec
 
     def encode(self, sample: np.ndarray, quality: int) -> bytes:
-        pixels = np.ascontiguousarray(sample, dtype=np.uint8)
-        image = Image.fromarray(pixels[0] if self.shape[0] == 1 else pixels.transpose(1, 2, 0))
+        image = to_image(sample)
         if image.mode != self.wire_mode:
             image = image.convert(self.wire_mode)
         buffer = io.BytesIO()
@@ -100,19 +76,8 @@ class ImageCodec(Offloader):
     def decode(self, payload: bytes) -> np.ndarray:
         """Payload -> uint8 pixels of the plugin's shape; ValueError for anything else."""
         what = f"{self.name} payload"
-        if not payload:
-            raise ValueError(f"{what} is empty")
         channels, height, width = self.shape
-        try:
-            image = Image.open(io.BytesIO(payload), formats=[self.format])
-        except Exception as exc:  # Pillow raises many kinds for foreign or damaged data
-            raise ValueError(
-                f"{what} of {len(payload)} bytes is not a {self.format} image "
-                f"({type(exc).__name__}: {exc})"
-            ) from None
-        with image:
-            if image.format != self.format:
-                raise ValueError(f"{what} is {image.format}, expected {self.format}")
+        with open_image(what, payload, self.format) as image:
             frames = getattr(image, "n_frames", 1)
             if frames != 1:
                 raise ValueError(f"{what} has {frames} frames, expected 1")
@@ -126,27 +91,15 @@ class ImageCodec(Offloader):
                 image.load()
                 pixels = np.array(image.convert("L") if channels == 1 else image)  # writable: torch
             except Exception as exc:
-                raise ValueError(
-                    f"{what} of {len(payload)} bytes does not decode ({type(exc).__name__}: {exc})"
-                ) from None
-        pixels = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
-        if pixels.shape != self.shape or pixels.dtype != np.uint8:  # the checks above hold
-            raise ValueError(f"{what} decoded to {pixels.shape} {pixels.dtype}")
-        return pixels
+                raise undecodable(what, payload, exc) from None
+        return planes(pixels, self.shape, what)
 
     # ------------------------------------------------------------------- calibration
 
     def calibrator(self) -> Calibrator:
-        return Calibrator(
-            self.plugin,
-            self.model,
-            self.name,
-            self._run_option,
-            count=self.config["calibration_samples"],
-            # the bytes depend on the codec library as much as on the options
-            identity=f"Pillow {PIL.__version__} {self.feature} {features.version(self.feature)} "
-            f"{sorted(self.save_options.items())}",
-        )
+        identity = calibration_identity(self.feature, self.save_options)
+        count = self.config["calibration_samples"]
+        return Calibrator(self.plugin, self.model, self.name, self._run_option, count, identity)
 
     def calibrate(self) -> None:
         """Under "auto": the lowest quality on LADDER within `max_drop_pp` (the highest

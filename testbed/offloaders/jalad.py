@@ -61,15 +61,7 @@ class JALAD(AdaptiveSplit):
             (_, bits), score = calibrator.lowest(
                 [[split, b] for b in BITS], self.config["max_drop_pp"]
             )
-            options.append(
-                {
-                    "split": split,
-                    "bits": bits,
-                    "drop_pp": score.drop_pp,
-                    "mean_bytes": round(score.mean_bytes, 1),
-                    "within_bound": score.drop_pp <= self.config["max_drop_pp"],
-                }
-            )
+            options.append(score.option(self.config["max_drop_pp"], split=split, bits=bits))
         self.options = options
         return options
 

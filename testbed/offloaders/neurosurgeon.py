@@ -8,10 +8,8 @@ uncompressed, as in the paper.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from testbed.agents.protocol import HEADER
-from testbed.models import predictions
 from testbed.offloaders import register
 from testbed.offloaders.adaptive import AdaptiveSplit
 from testbed.offloaders.base import DeviceResult
@@ -48,11 +46,7 @@ class Neurosurgeon(AdaptiveSplit):
     def device(self, sample, timer):
         best, choice = self.choose()
         if best.split == len(self.model):
-            with timer.phase("device"), torch.inference_mode():
-                logits = self.model(self.plugin.to_tensor(sample[None]))
-            return DeviceResult(
-                prediction=predictions.predict(self.plugin, logits)[0], choice=choice
-            )
+            return self.run_whole_model(sample, timer, choice)
         if best.split == 0:
             features = np.ascontiguousarray(sample, dtype=self.plugin.input_spec.dtype)
         else:

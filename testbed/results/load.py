@@ -190,13 +190,14 @@ def read_run(folder: Path) -> Cell:
             for row in csv.DictReader(handle):
                 name = row.get("offloader", "")
                 summary[name] = {
-                    k: (v if k in ("offloader", "choice") else _number(v)) for k, v in row.items()
+                    k: (v if k in ("offloader", "choice") else stats.number(v))
+                    for k, v in row.items()
                 }
                 order.append(name)
     return Cell(
         folder=folder, rows=rows, columns=columns, summary=summary, order=order,
-        scenario=_read_yaml(folder / "resolved_scenario.yaml"),
-        environment=_read_json(folder / "environment.json"),
+        scenario=_read_mapping(folder / "resolved_scenario.yaml", yaml.safe_load, yaml.YAMLError),
+        environment=_read_mapping(folder / "environment.json", json.loads, json.JSONDecodeError),
     )
 
 
@@ -326,29 +327,16 @@ def _parse_row(row: dict) -> dict:
     for key, value in row.items():
         if key is None:
             continue  # a line with more fields than the header
-        out[key] = (value or "") if key in TEXT_COLUMNS else _number(value)
+        out[key] = (value or "") if key in TEXT_COLUMNS else stats.number(value)
     return out
 
 
-def _number(text) -> float:
+def _read_mapping(path: Path, parse, error: type[Exception]) -> dict:
+    """A run's YAML or JSON mapping; empty where the file is missing, unreadable or holds
+    something else (a run cut short still loads)."""
     try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        data = parse(path.read_text())
+    except (OSError, UnicodeDecodeError, error):
         return {}
     return data if isinstance(data, dict) else {}
 

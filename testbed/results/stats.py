@@ -36,6 +36,14 @@ class Estimate:
 NAN = Estimate(float("nan"), float("nan"), float("nan"))
 
 
+def number(value) -> float:
+    """A cell of a results file as a float; NaN where it holds none (blank, text)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def finite(values) -> np.ndarray:
     """The finite values as float64 (blank cells read as NaN are dropped)."""
     array = np.asarray(values, dtype=float).ravel()

@@ -8,7 +8,6 @@ Pure functions on the parsed rows of one run's requests.csv; the report draws th
 from __future__ import annotations
 
 import json
-import math
 
 import matplotlib
 
@@ -18,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from testbed.results import stats
 from testbed.results.records import CHOICE_KEYS
 
 LOCAL = "local"
@@ -63,19 +63,19 @@ def series(rows: list[dict], offloader: str) -> dict[str, np.ndarray | list[str]
     offloaded request's upload achieved (bytes over uplink time, which includes the
     one-way delay, so it reads below the link's rate for small payloads)."""
     mine = [r for r in rows if r.get("offloader") == offloader and r.get("status") == "ok"]
-    mine.sort(key=lambda r: _float(r.get("intended_ms")))
-    sent = np.array([_float(r.get("intended_ms")) for r in mine])
+    mine.sort(key=lambda r: stats.number(r.get("intended_ms")))
+    sent = np.array([stats.number(r.get("intended_ms")) for r in mine])
     start = np.nanmin(sent) if sent.size and not np.all(np.isnan(sent)) else 0.0
-    up_bytes = np.array([_float(r.get("bytes_up")) for r in mine])
-    up_ms = np.array([_float(r.get("uplink_ms")) for r in mine])
+    up_bytes = np.array([stats.number(r.get("bytes_up")) for r in mine])
+    up_ms = np.array([stats.number(r.get("uplink_ms")) for r in mine])
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = np.where((up_bytes > 0) & (up_ms > 0), up_bytes * 8 / (up_ms * 1000), np.nan)
     return {
         "t_s": (sent - start) / 1000,
-        "total_ms": np.array([_float(r.get("total_ms")) for r in mine]),
+        "total_ms": np.array([stats.number(r.get("total_ms")) for r in mine]),
         "label": [choice_label(r.get("choice", "")) for r in mine],
         "probe": np.array([is_probe(r.get("choice", "")) for r in mine], dtype=bool),
-        "est_mbps": np.array([_float(r.get("est_uplink_mbps")) for r in mine]),
+        "est_mbps": np.array([stats.number(r.get("est_uplink_mbps")) for r in mine]),
         "rate_mbps": rate,
     }
 
@@ -126,10 +126,3 @@ def timeline_figure(rows: list[dict], offloaders: list[str]) -> Figure:
             bottom.legend(fontsize=8, loc="best")
     fig.suptitle("Requests over time: the choice per request and the uplink it saw")
     return fig
-
-
-def _float(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan

@@ -82,20 +82,12 @@ class ElementConfig:
     Its argv and its parser are both derived from these declarations (settings.py)."""
 
     queue: int = setting(kind=int, flag="--queue", help="NFQUEUE number of its iptables rule")
-    seed: int = setting(1, kind=int, flag="--seed", help="jitter's seed; loss takes seed + 1")
+    seed: int = setting(1, flag="--seed", help="jitter's seed; loss takes seed + 1")
     trace: str | None = setting(
-        None,
-        kind=str,
-        flag="--trace",
-        optional=True,
-        help="Mahimahi trace: its opportunities replace the rate",
+        None, kind=str, flag="--trace", help="Mahimahi trace: its opportunities replace the rate"
     )
     trace_start: float | None = setting(
-        None,
-        kind=float,
-        flag="--trace-start",
-        optional=True,
-        help="CLOCK_MONOTONIC s of trace time 0",
+        None, kind=float, flag="--trace-start", help="CLOCK_MONOTONIC s of trace time 0"
     )
     link: LinkSpec
 

@@ -38,7 +38,11 @@ class Setting:
 
 
 def setting(default: Any = MISSING, **meta: Any) -> Any:
-    """A dataclass field carrying its `Setting`."""
+    """A dataclass field carrying its `Setting`. What the default already says is not
+    written again: its type is the `kind`, and a None default makes the setting optional."""
+    if default is not MISSING and default is not None:
+        meta.setdefault("kind", type(default))
+    meta.setdefault("optional", default is None)
     return field(default=default, metadata={METADATA_KEY: Setting(**meta)})
 
 
@@ -61,12 +65,9 @@ class LinkSpec:
         optional=True,
         help="link rate in Mbit/s (serialization); absent: a trace sets it",
     )
-    delay_ms: float = setting(
-        0.0, kind=float, ge=0, le=10000, flag="--delay-ms", help="one-way delay in ms"
-    )
+    delay_ms: float = setting(0.0, ge=0, le=10000, flag="--delay-ms", help="one-way delay in ms")
     jitter_ms: float = setting(
         0.0,
-        kind=float,
         ge=0,
         le=10000,
         flag="--jitter-ms",
@@ -75,29 +76,21 @@ class LinkSpec:
     )
     jitter_distribution: str = setting(
         "normal",
-        kind=str,
         choices=JITTER_DISTRIBUTIONS,
         flag="--jitter-distribution",
         help="the distribution of the delay variation",
     )
     loss_pct: float = setting(
-        0.0,
-        kind=float,
-        ge=0,
-        lt=100,
-        flag="--loss-pct",
-        help="packet loss in percent (long-run average)",
+        0.0, ge=0, lt=100, flag="--loss-pct", help="packet loss in percent (long-run average)"
     )
     loss_model: str = setting(
         "random",
-        kind=str,
         choices=LOSS_MODELS,
         flag="--loss-model",
         help="random (independent losses) or gilbert_elliott (bursts)",
     )
     loss_burst_packets: float = setting(
         1.0,
-        kind=float,
         ge=1,
         le=1000,
         flag="--loss-burst",
@@ -107,7 +100,6 @@ class LinkSpec:
     # limit is given instead.
     queue_packets: int | None = setting(
         100,
-        kind=int,
         ge=1,
         le=100000,
         optional=True,
@@ -118,7 +110,6 @@ class LinkSpec:
         kind=int,
         ge=1500,
         le=100_000_000,
-        optional=True,
         help="the bottleneck queue's limit in bytes (a bfifo), instead of queue_packets",
     )
 

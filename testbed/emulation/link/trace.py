@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.errors import ScenarioError
+from testbed.errors import ScenarioError, reading
 
 PACKET_BYTES = 1500  # one delivery opportunity (Mahimahi's MTU-sized packet)
 PACKET_BITS = PACKET_BYTES * 8
@@ -133,20 +133,13 @@ class Trace:
 def load_trace(path: str | os.PathLike) -> Trace:
     """Parse a Mahimahi trace; every error names the file and, where it has one, the line."""
     source = str(path)
-    try:
-        with open(path, "rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            if size > MAX_FILE_BYTES:
-                raise ScenarioError(
-                    f"{source}: {size} bytes is too large for a trace (limit {MAX_FILE_BYTES})"
-                )
-            data = file.read()
-    except FileNotFoundError:
-        raise ScenarioError(f"{source}: no such trace file") from None
-    except IsADirectoryError:
-        raise ScenarioError(f"{source}: is a directory, not a trace file") from None
-    except OSError as exc:
-        raise ScenarioError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    with reading(source, "trace file"), open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > MAX_FILE_BYTES:
+            raise ScenarioError(
+                f"{source}: {size} bytes is too large for a trace (limit {MAX_FILE_BYTES})"
+            )
+        data = file.read()
     text = data.decode("ascii", errors="replace").replace("\r\n", "\n")
     return parse_trace(text, source)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import subprocess
 
-from testbed.cleanup import Teardown
+from testbed.cleanup import Teardown, stop_process
 from testbed.emulation.link.htb import htb_rate_change
 from testbed.emulation.link.trace import Trace, TracePlayer
 
@@ -49,18 +49,8 @@ def follow(port: str, trace: Trace, start: float, teardown: Teardown, what: str)
 
     def stop() -> None:
         player.stop()
-        _stop(tc)
+        stop_process(tc)
 
     player = TracePlayer(trace, set_rate, start, bin_ms=BIN_MS).start()
     teardown.add(f"{what} trace player", stop)
     return player
-
-
-def _stop(proc: subprocess.Popen, grace_s: float = 3.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(grace_s)

@@ -19,23 +19,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from testbed.errors import TestbedError
-from testbed.models import plugins
-from testbed.models.training import (
-    add_codec_options,
-    fit,
-    resolve_device,
-    save_reproducibly,
-    score_through,
-    scorer,
-    seed_everything,
-)
+from testbed.models import plugins, training
 from testbed.offloaders.bottlenet.artefacts import artefact_path
 from testbed.offloaders.bottlenet.model import BottleNet, check_feature_shape, resolve_split
 
@@ -45,47 +35,21 @@ LOGIT_WEIGHT = 1.0
 
 def split_model(plugin, model, split: int):
     """(device head, edge tail, feature shape at the split)."""
-    head, tail = model[:split], model[split:]
-    with torch.inference_mode():
-        x = plugin.to_tensor(np.zeros((1, *plugin.input_spec.shape), plugin.input_spec.dtype))
-        shape = tuple(head(x.to(next(model.parameters()).device)).shape[1:])
+    head, tail, shape = training.split_at(plugin, model, split)
     check_feature_shape(plugin, split, shape)
     return head, tail, shape
 
 
-def train(
-    plugin,
-    split,
-    channels,
-    bits,
-    epochs,
-    seed,
-    lr,
-    batch_size,
-    threads,
-    limit=None,
-    width=0,
-    stride=2,
-    checkpoint=None,
-    *,
-    device="cpu",
-    augment=False,
-    resume_from=None,
-    resume=False,
-    progress_eval=0,
-):
-    """Train on the plugin's train set; `checkpoint(net, epochs_done)` after each epoch;
-    `augment`, `resume_from`/`resume`, `progress_eval` as DeepCOD's training."""
-    seed_everything(seed, threads)
-    device = resolve_device(device)
-    model = plugin.load_model().to(device)
-    for p in model.parameters():
-        p.requires_grad_(False)
+def train(plugin, split: int, args, checkpoint=None, resume_from=None):
+    """Train on the plugin's train set as the command's options (`args`) say;
+    `checkpoint(net, epochs_done)` after each epoch; the resumable state beside
+    `resume_from` (`training.fit`)."""
+    model, device = training.frozen_model(plugin, args.device, args.seed, args.threads)
     head, tail, shape = split_model(plugin, model, split)
     data = plugin.train_data()
-    net = BottleNet(shape, channels, bits, width, stride).to(device)
-    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
+    net = BottleNet(shape, args.channels, args.bits, args.width, args.stride).to(device)
+    optimiser = torch.optim.Adam(net.parameters(), lr=args.lr)
+    generator = torch.Generator().manual_seed(args.seed)
 
     def step(batch) -> dict:
         with torch.no_grad():
@@ -102,20 +66,16 @@ def train(
         optimiser.step()
         return {"rel_mse": f"{mse.item():.4f}", "kl": f"{kl.item():.3f}"}
 
-    fit(
+    training.fit(
         plugin,
         data,
         step,
-        epochs=epochs,
-        batch_size=batch_size,
         generator=generator,
         modules={"bottlenet": net, "optimiser": optimiser},
-        augment=augment,
-        limit=limit,
         resume_from=resume_from,
-        resume=resume,
         after_epoch=(lambda e: checkpoint(net, e)) if checkpoint is not None else None,
-        test_figures=scorer(plugin, net, split, progress_eval, 64, model, device),
+        test_figures=training.scorer(plugin, net, split, args.progress_eval, 64, model, device),
+        **training.fit_options(args),
     )
     net.eval()
     return net.cpu()
@@ -124,25 +84,19 @@ def train(
 def evaluate(plugin, net, split, count=None, batch_size=500, data=None):
     """(accuracy or agreement through the bottleneck, the same for the unsplit model,
     samples, agreement of the two) on the first `count` test samples (all by default)."""
-    return score_through(plugin, net, split, count, batch_size, data)
+    return training.score_through(plugin, net, split, count, batch_size, data)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--plugin", required=True)
     parser.add_argument(
         "--split", type=int, default=-1, help="split point (default -1: the plugin's last)"
     )
     parser.add_argument("--channels", type=int, default=4, help="code channels")
     parser.add_argument("--bits", type=int, default=4, help="bits per code, 1..8")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2, help="fixed for reproducibility")
-    parser.add_argument("--limit", type=int, help="train on the first N samples only")
     parser.add_argument(
         "--width", type=int, default=0, help="decoder channels (default 0: the features' channels)"
     )
@@ -159,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="evaluate on the first N test samples (default 0: all)",
     )
-    parser.add_argument("--out", type=Path, help="default: beside the plugin's code")
-    add_codec_options(parser)
+    training.add_codec_options(parser)
     args = parser.parse_args(argv)
     if not 1 <= args.bits <= 8 or min(args.channels, args.stride, args.epochs, args.threads) < 1:
         parser.error("--bits must be in 1..8; --channels, --stride, --epochs, --threads positive")
@@ -173,12 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             "split": split,
             "channels": args.channels,
             "bits": args.bits,
-            "epochs": args.epochs,
-            "seed": args.seed,
-            "lr": args.lr,
-            "batch_size": args.batch_size,
-            "threads": args.threads,
-            "limit": args.limit or 0,
+            **training.run_config(args),
         }
         if args.augment:  # only where used: older artefacts stay byte-identical
             config["augment"] = True
@@ -192,29 +140,10 @@ def main(argv: list[str] | None = None) -> int:
                 "width": net.decoder[0].out_channels,
                 "stride": net.stride,
             }
-            save_reproducibly({"config": full, "state_dict": net.state_dict()}, out)
+            training.save_reproducibly({"config": full, "state_dict": net.state_dict()}, out)
 
         started = time.monotonic()
-        net = train(
-            plugin,
-            split,
-            args.channels,
-            args.bits,
-            args.epochs,
-            args.seed,
-            args.lr,
-            args.batch_size,
-            args.threads,
-            args.limit,
-            args.width,
-            args.stride,
-            checkpoint,
-            device=args.device,
-            augment=args.augment,
-            resume_from=out,
-            resume=args.resume,
-            progress_eval=args.progress_eval,
-        )
+        net = train(plugin, split, args, checkpoint, resume_from=out)
         trained = time.monotonic() - started
         score, unsplit, count, agrees = evaluate(
             plugin, net, split, args.eval or None, data=test_data

@@ -23,23 +23,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from testbed.errors import TestbedError
-from testbed.models import plugins, predictions
-from testbed.models.training import (
-    add_codec_options,
-    fit,
-    resolve_device,
-    save_reproducibly,
-    score_through,
-    scorer,
-    seed_everything,
-)
+from testbed.models import plugins, predictions, training
 from testbed.offloaders.deepcod.artefacts import artefact_path
 from testbed.offloaders.deepcod.model import PADDING, PATCH, Critic, DeepCOD, gradient_penalty
 
@@ -57,10 +47,7 @@ def split_model(plugin, model, split: int):
             f"--split {split}: plugin {plugin.name!r} splits at {list(plugin.split_points)} "
             "(or 0 for the input)"
         )
-    head, tail = model[:split], model[split:]
-    with torch.inference_mode():
-        x = plugin.to_tensor(np.zeros((1, *plugin.input_spec.shape), plugin.input_spec.dtype))
-        shape = tuple(head(x.to(next(model.parameters()).device)).shape[1:])
+    head, tail, shape = training.split_at(plugin, model, split)
     if len(shape) != 3:
         raise TestbedError(
             f"DeepCOD needs a CxHxW tensor at split {split} of {plugin.name!r}; it is "
@@ -89,42 +76,13 @@ def random_crop(x: torch.Tensor, crop, generator: torch.Generator) -> torch.Tens
     return torch.stack([s[..., t : t + h, c : c + w] for s, t, c in zip(x, top, left, strict=True)])
 
 
-def train(
-    plugin,
-    ratio,
-    centres,
-    epochs,
-    seed,
-    lr,
-    batch_size,
-    threads,
-    limit=None,
-    width=64,
-    split=0,
-    adversarial=0.0,
-    checkpoint=None,
-    crop=None,
-    attention_pool=1,
-    steps=None,
-    *,
-    device="cpu",
-    augment=False,
-    resume_from=None,
-    resume=False,
-    progress_eval=0,
-):
-    """Train on the plugin's train set; `checkpoint(deepcod, epochs_done)` after each
-    epoch (the state after e epochs is what `--epochs e` gives: no schedule). `crop`
-    (h, w): train on random crops; `steps`: stop after that many optimiser steps;
-    `augment`: random resized crops and flips of the whole train images; `resume_from`:
-    the artefact path beside which the resumable state is kept each epoch, continued
-    from with `resume`;
-    `progress_eval`: the accuracy on that many test samples after each epoch."""
-    seed_everything(seed, threads)
-    device = resolve_device(device)
-    model = plugin.load_model().to(device)
-    for p in model.parameters():
-        p.requires_grad_(False)
+def train(plugin, args, crop=None, checkpoint=None, resume_from=None):
+    """Train on the plugin's train set as the command's options (`args`) say;
+    `checkpoint(deepcod, epochs_done)` after each epoch (the state after e epochs is what
+    `--epochs e` gives: no schedule). `crop` (h, w): train on random crops; `resume_from`:
+    the artefact path beside which the resumable state is kept each epoch (`training.fit`)."""
+    split, adversarial, lr = args.split, args.adversarial, args.lr
+    model, device = training.frozen_model(plugin, args.device, args.seed, args.threads)
     head, tail, shape = split_model(plugin, model, split)
     task = predictions.task_of(plugin)
     if crop is not None and (crop[0] > shape[1] or crop[1] > shape[2]):
@@ -133,12 +91,12 @@ def train(
     scale = input_scale(plugin, split)
     deepcod = DeepCOD(
         shape[0],
-        ratio,
-        centres,
-        width,
+        args.ratio,
+        args.centres,
+        args.width,
         bounded=split == 0,
         scale=scale,
-        attention_pool=attention_pool,
+        attention_pool=args.attention_pool,
     ).to(device)
     optimiser = torch.optim.Adam(deepcod.parameters(), lr=lr, betas=(0.0, 0.9))
     modules = {"deepcod": deepcod, "optimiser": optimiser}
@@ -146,7 +104,7 @@ def train(
     if critic is not None:
         critic_optimiser = torch.optim.Adam(critic.parameters(), lr=lr, betas=(0.0, 0.9))
         modules.update(critic=critic, critic_optimiser=critic_optimiser)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(args.seed)
 
     def step(batch) -> dict:
         with torch.no_grad():
@@ -177,23 +135,17 @@ def train(
         optimiser.step()
         return {"mse": f"{mse.item():.4f}", "kl": f"{kl.item():.3f}"}
 
-    fit(
+    evaluated = args.progress_eval * task.matches_outputs  # none for a detector: no score
+    training.fit(
         plugin,
         data,
         step,
-        epochs=epochs,
-        batch_size=batch_size,
         generator=generator,
         modules=modules,
-        augment=augment,
-        limit=limit,
-        steps=steps,
         resume_from=resume_from,
-        resume=resume,
         after_epoch=(lambda e: checkpoint(deepcod, e)) if checkpoint is not None else None,
-        test_figures=scorer(
-            plugin, deepcod, split, progress_eval * task.matches_outputs, 16, model, device
-        ),
+        test_figures=training.scorer(plugin, deepcod, split, evaluated, 16, model, device),
+        **training.fit_options(args),
     )
     deepcod.eval()
     return deepcod.cpu()
@@ -202,7 +154,7 @@ def train(
 def agreement(plugin, deepcod, split=0, count=2000) -> tuple[float, float]:
     """(accuracy or agreement through DeepCOD, the same for the unsplit model), in
     batches of 16: the decoder's attention is quadratic in positions."""
-    return score_through(plugin, deepcod, split, count, batch_size=16)[:2]
+    return training.score_through(plugin, deepcod, split, count, batch_size=16)[:2]
 
 
 def compare_through(plugin, deepcod, count=None, batch_size=2) -> dict:
@@ -234,7 +186,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--plugin", required=True)
     parser.add_argument("--ratio", type=float, default=0.1)
     parser.add_argument(
         "--split",
@@ -243,12 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         help="encode the features after this split point (0: the input)",
     )
     parser.add_argument("--centres", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=1e-4, help="the paper's 1e-4 by default")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--limit", type=int, help="train on the first N samples only")
     parser.add_argument("--width", type=int, default=64, help="decoder channels")
     parser.add_argument(
         "--adversarial",
@@ -274,8 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         default=2000,
         help="test samples in the final score (default %(default)s)",
     )
-    parser.add_argument("--out", type=Path, help="default: beside the plugin's code")
-    add_codec_options(parser)
+    training.add_codec_options(parser)
     args = parser.parse_args(argv)
     if not 0 < args.ratio <= 1 or args.centres < 2 or args.centres > 256 or args.epochs < 1:
         parser.error("--ratio must be in (0, 1], --centres in 2..256, --epochs positive")
@@ -296,12 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             "plugin": plugin.name,
             "ratio": args.ratio,
             "centres": args.centres,
-            "epochs": args.epochs,
-            "seed": args.seed,
-            "lr": args.lr,
-            "batch_size": args.batch_size,
-            "threads": args.threads,
-            "limit": args.limit or 0,
+            **training.run_config(args),
         }
         # split, adversarial, padding only where used: older artefacts stay byte-identical
         extra = {"split": args.split, "adversarial": args.adversarial}
@@ -321,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             extra["steps"] = args.steps
         if args.augment:
             extra["augment"] = True
-        device = resolve_device(args.device)
+        device = training.resolve_device(args.device)
         if device.type != "cpu":
             extra["device"] = device.type
         test_data = plugins.test_data(plugin, args.test_data) if args.test_data else None
@@ -334,37 +274,17 @@ def main(argv: list[str] | None = None) -> int:
                 "width": args.width,
                 **extra,
             }
-            save_reproducibly({"config": full, "state_dict": deepcod.state_dict()}, out)
+            training.save_reproducibly({"config": full, "state_dict": deepcod.state_dict()}, out)
 
         started = time.monotonic()
-        deepcod = train(
-            plugin,
-            args.ratio,
-            args.centres,
-            args.epochs,
-            args.seed,
-            args.lr,
-            args.batch_size,
-            args.threads,
-            args.limit,
-            args.width,
-            args.split,
-            args.adversarial,
-            checkpoint,
-            crop,
-            args.attention_pool,
-            args.steps,
-            device=args.device,
-            augment=args.augment,
-            resume_from=out,
-            resume=args.resume,
-            progress_eval=args.progress_eval,
-        )
+        deepcod = train(plugin, args, crop, checkpoint, resume_from=out)
         trained = time.monotonic() - started
         if predictions.task_name(plugin) != "classification":
             found = compare_through(plugin, deepcod, args.eval_count)
         else:
-            scored = score_through(plugin, deepcod, args.split, args.eval_count, 16, test_data)
+            scored = training.score_through(
+                plugin, deepcod, args.split, args.eval_count, 16, test_data
+            )
     except TestbedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_status
