@@ -35,11 +35,25 @@ def parse_args(argv):
         action="store_true",
         help="remove what runs killed outright (SIGKILL) left behind, and nothing else",
     )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the scenario or sweep and print what would run and a rough duration; "
+        "starts nothing, needs no root",
+    )
     parser.add_argument("--list-plugins", action="store_true", help="list model plugins")
+    parser.add_argument(
+        "--clean-cache",
+        action="store_true",
+        help="remove the cached data and calibration of plugins no longer installed",
+    )
     parser.add_argument("--list-offloaders", action="store_true", help="list offloaders")
     args = parser.parse_args(argv)
-    if not (args.scenario or args.list_plugins or args.list_offloaders or args.cleanup_stale):
+    listings = args.list_plugins or args.list_offloaders or args.clean_cache
+    if not (args.scenario or listings or args.cleanup_stale):
         parser.error("a scenario file is required")
+    if args.check and not args.scenario:
+        parser.error("--check needs a scenario file")
     return args
 
 
@@ -59,6 +73,26 @@ def list_plugins() -> None:
         splits = ", ".join(f"{k} ({'x'.join(map(str, shapes[k - 1]))})" for k in p.split_points)
         print(f"{name:16s} input {p.input_spec.describe()}; {p.metric}; {p.description}")
         print(f"{'':16s} split points (feature shape): {splits or 'none'}")
+        for note in artefact_notes(p):
+            print(f"{'':16s} {note}")
+
+
+def artefact_notes(plugin) -> list[str]:
+    """What `--list-plugins` says of a plugin's trained files: missing weights (it cannot
+    run), missing DeepCOD networks (`deepcod` cannot run with it), the networks present."""
+    from testbed.models import plugins
+    from testbed.offloaders.deepcod.artefacts import command
+
+    notes = []
+    missing = plugins.weights_missing(plugin)
+    if missing:
+        notes.append(f"MISSING weights: {missing}")
+    trained = plugins.trained_artefacts(plugin)
+    if not any(key.startswith("deepcod-") for key in trained):
+        notes.append(f"MISSING DeepCOD networks: train them with: {command(plugin.name, 0.1)}")
+    if trained:
+        notes.append(f"trained networks: {', '.join(trained)}")
+    return notes
 
 
 def list_offloaders() -> None:
@@ -68,6 +102,17 @@ def list_offloaders() -> None:
         cls = offloaders.get(name)
         params = ", ".join(f"{k}={v.default!r} ({v.allowed})" for k, v in cls.params.items())
         print(f"{name:14s} {cls.description}" + (f"; params: {params}" if params else ""))
+
+
+def clean_cache() -> None:
+    """`--clean-cache`: what uninstalled plugins left in the cache, removed and named."""
+    from testbed.models import cache, cache_clean
+
+    found = cache_clean.orphans()
+    cache_clean.remove(found)
+    for path in found:
+        print(f"removed {path}")
+    print(f"{cache.cache_dir()}: removed {len(found)} entries of plugins no longer installed")
 
 
 def cleanup_stale() -> None:
@@ -85,11 +130,24 @@ def cleanup_stale() -> None:
         print("no stale runs")
 
 
+def check(sweeps, fidelity: bool) -> int:
+    """`--check`: every cell checked as a run would, what would run, a rough duration."""
+    import os
+
+    from testbed.experiment import dry_run
+
+    plans = dry_run.check(sweeps, fidelity=fidelity)
+    print(dry_run.describe(sweeps, plans))
+    if os.geteuid() != 0:
+        print("note: the run itself needs root (Mininet); this check did not", file=sys.stderr)
+    return 0
+
+
 def _run_one(sweep, out: Path, options: dict) -> tuple[list[str], list[str], Path | None]:
     """One document: a plain run, or a sweep of runs. Returns (gate failures, failed
     runs, the report's path)."""
     from testbed.experiment import runner
-    from testbed.experiment.sweep import run_sweep, sweep_table
+    from testbed.experiment.sweep import SWEEP_TABLE_TITLE, run_sweep, sweep_table
     from testbed.results.records import table
 
     if not sweep.is_grid:
@@ -106,8 +164,8 @@ def _run_one(sweep, out: Path, options: dict) -> tuple[list[str], list[str], Pat
     except KeyboardInterrupt:
         print(f"resume with: --out {out}", file=sys.stderr)
         raise
-    print(f"{sweep.name}: median latency (ms) per grid point, the median of its repeats' p50s")
-    print(sweep_table(result.summary, sweep))
+    print(f"{sweep.name}: {SWEEP_TABLE_TITLE}")
+    print(sweep_table(out))
     return result.gate_failures, result.failed_cells, _report(out)
 
 
@@ -146,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             list_offloaders()
         if args.cleanup_stale:
             cleanup_stale()
+        if args.clean_cache:
+            clean_cache()
         if not args.scenario:
             return 0
         from testbed.config.sweep import load_sweeps
@@ -155,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.samples < 1:
                 raise ScenarioError(f"--samples: got {args.samples}; allowed: an integer >= 1")
             sweeps = [s.with_samples(args.samples) for s in sweeps]
+        if args.check:
+            return check(sweeps, fidelity=not args.skip_fidelity)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         name = sweeps[0].name if len(sweeps) == 1 else args.scenario.stem
         out = args.out or Path("results") / f"{name}-{stamp}"

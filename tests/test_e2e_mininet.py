@@ -61,11 +61,12 @@ def test_prints_table_and_writes_result_files(small_run):
     assert list(requests[0]) == list(REQUEST_COLUMNS)  # the contract's, pinned in test_contract
     assert len(requests) == 40 and {r["status"] for r in requests} == {"ok"}
     summary = {row["offloader"]: row for row in read_csv(out / "summary.csv")}
-    assert list(next(iter(summary.values())))[:14] == [
+    assert list(next(iter(summary.values())))[:18] == [
         "offloader",
         "n",
         "p50_ms",
         "mean_ms",
+        "std_ms",
         "p95_ms",
         "p99_ms",
         "mean_bytes_up",
@@ -74,7 +75,10 @@ def test_prints_table_and_writes_result_files(small_run):
         "accuracy_hi",
         "agreement",
         "accuracy_drop_pp",
+        "drop_lo_pp",
+        "drop_hi_pp",
         "within_bound",
+        "over_bound",
         "speedup_vs_raw",
     ]
     assert summary["local"]["n"] == summary["raw"]["n"] == "20"

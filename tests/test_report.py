@@ -153,10 +153,12 @@ def test_run_report_numbers_and_failed_offloaders(tmp_path):
     assert f"| 40 | {estimate_text(deepcod.median)} | {ms(deepcod.mean)} |" in line
     # accuracy with its interval, agreement beside it, the drop, over the 1-point bound
     ci = stats.wilson(39, 40)
-    assert f"| 97.5 [{100 * ci.low:.1f}, {100 * ci.high:.1f}] | 97.5 | +2.50 | no | 0 |" in line
-    assert "| accuracy % [95% CI] | agreement % | drop pp | within bound |" in text
+    score = f"| 97.5 [{100 * ci.low:.1f}, {100 * ci.high:.1f}] | 97.5 |"
+    assert f"{score} +2.50 [-6.5, 12.9] | no | 0 |" in line
+    assert "| accuracy % [95% CI] | agreement % | drop pp [95% CI] | within bound |" in text
     jpeg = next(row for row in text.splitlines() if row.startswith("| jpeg |"))
-    assert jpeg.startswith("| jpeg | 0 | - | - | - | - |") and jpeg.endswith("| no | 40 |")
+    assert jpeg.startswith("| jpeg | 0 | - | - | - | - |")
+    assert jpeg.endswith("| NO: over beyond its CI | 40 |")
     assert "| ghost | 0 | - |" in text
     assert "- Accuracy bound: `max_drop_pp` = 1 (points of drop; the default" in text
     assert "No latency-against-axis plot" in text
@@ -186,7 +188,7 @@ def test_a_faster_offloader_with_a_larger_drop_gets_no_speedup_claim(tmp_path):
     assert "best" not in text.lower() and "fastest" not in text.split("## Plots")[0].lower()
     # the single run's bound line names who is within it
     assert "- Within the bound (1 points): local, raw" in text
-    assert "- Over it (drop in points): deepcod (2.50)" in text
+    assert "- Over it (drop in points): deepcod (2.50, 95% CI [" in text
 
 
 def test_a_baseline_losing_no_less_gets_a_paired_speedup(tmp_path):
@@ -215,8 +217,11 @@ def test_a_run_where_nothing_completed_still_reports(tmp_path):
         tmp_path, {"raw": {"median": 100.0, "failed": 40}, "deepcod": {"median": 1.0, "n": 0}}
     )
     text = report.write_report(tmp_path).read_text()
-    assert "| raw | 0 | - | - | - | - | 0.0 [0.0, 8.8] | 0.0 | +100.00 | no | 40 |" in text
-    assert "| deepcod | 0 | - | - | - | - | - | - | - | - | 0 |" in text
+    assert (
+        "| raw | 0 | - | - | - | - | - | 0.0 [0.0, 8.8] | 0.0 | +100.00 [87.6, 100.0] "
+        "| NO: over beyond its CI | 40 |" in text
+    )
+    assert "| deepcod | 0 | - | - | - | - | - | - | - | - | - | 0 |" in text
     # no speedup without latencies or accuracy
     assert "| all requests | raw | 100.00 vs - | - | raw: no accuracy to compare" in text
     assert "No request completed: nothing to plot." in text
@@ -555,7 +560,7 @@ def test_fastest_configuration_within_the_bound_and_broken_bounds(tmp_path):
     assert compare.fastest_within(study, "raw") is study.groups[2]
     text = "\n".join(markdown.matched_section(study))
     median = estimate_text(stats.median_ci(pooled[2]["jpeg"]))
-    assert f"| jpeg | bw=2 | {median} | +0.00 | 2 of 3 cell-groups |" in text
+    assert f"| jpeg | bw=2 | {median} | +0.00 [-8.8, 8.8] | 2 of 3 cell-groups |" in text
     assert "| deepcod | none within the bound | - | - | 0 of 3 cell-groups |" in text
     warnings = markdown.warnings_section(study)
     assert warnings[0] == "## Warnings"
@@ -604,7 +609,7 @@ def test_old_results_without_agreement_or_bound_still_render(tmp_path):
     assert group.offloaders["deepcod"].agreement == 1.0
     text = report.write_report(tmp_path).read_text()
     assert "(points of drop; the default: the run recorded none)" in text
-    assert "| 100.0 [91.2, 100.0] | 90.0 | +0.00 | yes | 0 |" in text  # raw
+    assert "| 100.0 [91.2, 100.0] | 90.0 | +0.00 [-8.8, 8.8] | yes | 0 |" in text  # raw
 
 
 def test_the_recorded_metric_wins_over_the_guess(tmp_path):
@@ -676,7 +681,137 @@ def test_summary_md_states_the_runs_comparisons_and_what_it_recorded(tmp_path):
     assert "- **Warning:** jpeg lost 10.00 accuracy points, beyond its configured" in text
     assert "`accuracy` is top-1 agreement with the unsplit model (no labels)." in text
     assert "Link backend: htb+test; round trip 20.25 ms." in text
-    assert "- bulk: 0.500 Mbit/s\n- udp: gone\n" in text
+    assert "- bulk: 0.500 Mbit/s, ended\n- udp: no throughput, failed: gone\n" in text
     assert "On the wire (capture.pcap):\n\n- raw: 100 payload bytes\n" in text
     assert "Link fidelity (measured/expected):\n\n- uplink 1.00/1.00 Mbit/s\n" in text
     assert text.endswith("**The run was interrupted: these results are partial.**\n")
+
+
+# ------------------------------------------------------------------ the setting
+
+
+def test_setting_section_names_the_network_cpus_traffic_link_check_and_warnings(tmp_path):
+    network = {
+        "uplink": {
+            "bandwidth_mbps": 1.0,
+            "delay_ms": 20.0,
+            "jitter_ms": 0.0,
+            "jitter_distribution": "normal",
+            "loss_pct": 0.5,
+            "loss_model": "random",
+            "queue_packets": 100,
+        },
+        "downlink": {"delay_ms": 20.0},
+        "trace": {"downlink": "/abs/traces/step.down"},
+    }
+    write_run(
+        tmp_path,
+        BASE,
+        scenario_extra={
+            "network": network,
+            "device": {"cpu": 0.03},
+            "edge": {"cpu": 1.0},
+            "devices": 1,
+            "traffic": [{"type": "tcp_bulk", "direction": "up", "stop_s": None}],
+        },
+    )
+    env = json.loads((tmp_path / "environment.json").read_text())
+    env |= {
+        "traffic": [
+            {
+                "flow": "tcp_bulk_up_0",
+                "throughput_mbps": 0.891,
+                "error": "interrupt - the server has terminated",
+            },  # before `status`
+            {"flow": "udp_cbr_up_1", "status": "failed", "error": "sink printed nothing"},
+        ],
+        "fidelity": ["uplink: ... OK", "downlink: ... FAIL (jitter)"],
+        "cleanup_failures": ["qdisc left on s1-eth1"],
+        "warnings": ["kernel warm-up took 12 s"],
+    }
+    (tmp_path / "environment.json").write_text(json.dumps(env))
+    fidelity = {
+        "uplink": {"ok": True, "skipped": []},
+        "downlink": {
+            "ok": False,
+            "skipped": ["bandwidth_mbps"],
+            "within_tolerance": {"jitter_ms": False},
+            "measured": {"jitter_ms": 1.2},
+            "expected": {"jitter_ms": 0.0},
+        },
+    }
+    (tmp_path / "fidelity.json").write_text(json.dumps(fidelity))
+    text = report.write_report(tmp_path).read_text()
+    section = text.split("## Setting")[1].split("\n## ")[0]
+    assert (
+        "- Uplink: 1 Mbit/s, delay 20 ms, jitter 0 ms (normal), loss 0.5% (random), "
+        "queue 100 packets" in section
+    )
+    assert "- Downlink: trace `step.down` (bandwidth over time), delay 20 ms" in section
+    assert "- CPU: device 0.03 of a core (1 device host); edge 1 of a core" in section
+    assert "  - planned: direction up, stop_s the run's end, type tcp_bulk" in section
+    assert "  - tcp_bulk_up_0: 0.891 Mbit/s, stopped at the run's end\n" in section
+    assert "  - udp_cbr_up_1: no throughput, failed: sink printed nothing" in section
+    assert "  - uplink: OK" in section
+    assert (
+        "  - downlink: **off its configuration in 1 of 1 cell** (bandwidth_mbps not judged): "
+        f"{tmp_path.name}: jitter_ms 1.2 vs 0.0" in section
+    )
+    for warning in (
+        "kernel warm-up took 12 s",
+        "link off its configuration: downlink: ... FAIL (jitter)",
+        "cleanup failed: qdisc left on s1-eth1",
+        "competing flow udp_cbr_up_1 no throughput, failed: sink printed nothing",
+    ):
+        assert f"  - {warning}\n" in section
+    assert "interrupt" not in section  # an end, not an error
+
+
+def test_setting_section_of_an_old_run_says_not_recorded(tmp_path):
+    write_run(tmp_path, BASE)
+    (tmp_path / "environment.json").write_text("{}")
+    text = report.write_report(tmp_path).read_text()
+    section = text.split("## Setting")[1].split("\n## ")[0]
+    assert "- Uplink: not recorded" in section and "- Downlink: not recorded" in section
+    assert "- CPU: device not recorded; edge not recorded" in section
+    assert "- Competing traffic: not recorded" in section
+    assert "- Link check (fidelity.json): not recorded" in section
+    assert "  - environment.json not recorded" in section
+
+
+def test_report_flags_a_bimodal_latency_and_a_bound_broken_beyond_its_interval(tmp_path):
+    write_run(tmp_path, {"raw": {"median": 100.0}, "deepcod": {"median": 50.0, "wrong": 20}})
+    rows = list(csv.DictReader((tmp_path / "requests.csv").open()))
+    for row in rows:  # raw: half its requests 4x slower, a second mode
+        if row["offloader"] == "raw" and int(row["sample"]) % 2:
+            row["total_ms"] = str(4 * float(row["total_ms"]))
+    with (tmp_path / "requests.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    text = report.write_report(tmp_path).read_text()
+    warnings = text.split("## Warnings")[1].split("\n## ")[0]
+    assert "**Bimodal latency:** raw: two modes" in warnings
+    assert "deepcod: two modes" not in warnings
+    assert "**Bound broken beyond its interval:** deepcod lost 50.00 [" in warnings
+    assert "| NO: over beyond its CI |" in text and "| std ms |" in text
+
+
+def test_console_sweep_table_is_the_reports_pooled_statistics(sweep):
+    from testbed.experiment.sweep import SWEEP_TABLE_TITLE, sweep_table
+
+    folder, pooled, text = sweep
+    table = sweep_table(folder)
+    assert "pooled" in SWEEP_TABLE_TITLE
+    study = load.load_study(folder)
+    for group in study.groups:
+        s = group.offloaders["deepcod"]
+        bw, devices = group.values["network.uplink.bandwidth_mbps"], group.values["devices"]
+        # the median of the repeats' requests pooled, not of their medians
+        assert s.median.value == pytest.approx(np.median(pooled[(bw, devices, "deepcod")]))
+        cell = f"{estimate_text(s.median)} ({s.drop_pp:+.2f})"
+        row = next(
+            line for line in table.splitlines() if line.startswith(f"| {bw:g} | {devices} |")
+        )
+        assert cell in row
+        assert estimate_text(s.median) in text  # the report shows the same median

@@ -1,6 +1,7 @@
 import csv
 import math
 
+import numpy as np
 import pytest
 
 from testbed.results import records as results
@@ -98,8 +99,8 @@ def test_agreement_beside_accuracy_with_wilson_interval_and_bound():
     for column in ("agreement", "accuracy_lo", "accuracy_hi", "mean_ms", "within_bound"):
         assert column in results.SUMMARY_COLUMNS
     table = results.table(list(summary.values()))
-    assert "| accuracy [95% CI] | agreement | drop pp | in bound | vs raw |" in table
-    assert "| 70.0% [39.7, 89.2] | 50.0% | +10.00 | no | loses more |" in table
+    assert "| accuracy [95% CI] | agreement | drop pp [95% CI] | in bound | vs raw |" in table
+    assert "| 70.0% [39.7, 89.2] | 50.0% | +10.00 [-31.5, 47.5] | no | loses more |" in table
     (agreement,) = results.summarize(rows[:10], ["raw"], 1.0, "agreement")
     assert agreement["accuracy"] == agreement["agreement"] == 1.0
 
@@ -192,4 +193,93 @@ def test_summary_md_lines_claim_nothing_over_an_offloader_losing_less():
     assert "x [" not in text
     assert "- **Warning:** jpeg lost 10.00 accuracy points, beyond its configured" in text
     table = results.table(summary)
-    assert "| loses more |" in table and "| 1.00x |" in table  # raw against itself
+    assert "| loses more |" in table and "| 1.0x |" in table  # raw against itself
+
+
+# ------------------------------------------------ statistics beside the percentiles
+
+
+def test_std_is_the_sample_standard_deviation():
+    assert stats.std([1.0, 2.0, 3.0, 4.0]) == pytest.approx(1.2909944, abs=1e-7)
+    assert math.isnan(stats.std([5.0])) and math.isnan(stats.std([]))
+
+
+def test_paired_difference_newcombe_interval():
+    """Newcombe's method 10 (Altman et al.'s continuity-corrected correlation): the
+    Bentur et al. table (1, 1, 7, 12) gives -28.6 points [-50.7, -2.6]."""
+    e = stats.discordant_difference(1, 1, 7, 12)
+    assert (e.value, e.low, e.high) == pytest.approx((-6 / 21, -0.50692, -0.02556), abs=1e-4)
+    # the same from 0/1 outcomes: a both right, b first only, c second only, d neither
+    first = [1] * 1 + [1] * 1 + [0] * 7 + [0] * 12
+    second = [1] * 1 + [0] * 1 + [1] * 7 + [0] * 12
+    assert stats.paired_difference(first, second) == e
+    # identical outcomes: no difference, an interval around 0 that narrows with n
+    small = stats.paired_difference([1, 0] * 10, [1, 0] * 10)
+    large = stats.paired_difference([1, 0] * 100, [1, 0] * 100)
+    assert small.value == large.value == 0 and small.low < large.low < 0 < large.high
+    assert math.isnan(stats.paired_difference([], []).value)
+
+
+def test_bimodal_flags_two_modes_not_a_tail_or_one_mode():
+    rng = np.random.default_rng(0)
+    two = np.r_[rng.normal(100, 3, 60), rng.normal(200, 5, 40)]
+    flagged, d, share = stats.bimodal(two)
+    assert flagged and d > 10 and share == pytest.approx(0.4)
+    for one in (rng.normal(100, 10, 500), rng.lognormal(5, 0.5, 500), rng.uniform(1, 2, 500)):
+        assert not stats.bimodal(one)[0]
+    tail = np.r_[rng.normal(100, 3, 18), [400.0, 420.0]]  # 2 retransmissions: a tail
+    assert not stats.bimodal(tail)[0]
+    assert not stats.bimodal(two[:19])[0]  # too few to say
+
+
+def test_speedups_print_with_significant_digits():
+    from testbed.results.formatting import factor_text, significant
+
+    assert factor_text(stats.Estimate(0.0123, 0.0111, 0.0131)) == "0.012x [0.011, 0.013]"
+    assert factor_text(stats.Estimate(3.4, 3.1, 3.8)) == "3.4x [3.1, 3.8]"
+    assert [significant(x) for x in (0.0996, 120.0, 1.04, 0.0)] == ["0.10", "120", "1.0", "0"]
+    assert factor_text(stats.NAN) == "-"
+    assert factor_text(stats.Estimate(1.3, 1.04, 1.8)) == "1.3x [1.04, 1.8]"  # above 1
+    assert factor_text(stats.Estimate(1.3, 1.0, 1.8)) == "1.3x [1.0, 1.8]"
+
+
+def test_a_drop_over_its_bound_beyond_its_interval_is_flagged():
+    assert results.over(stats.Estimate(5.0, 3.0, 7.0), 1.0)
+    assert not results.over(stats.Estimate(5.0, 0.5, 9.0), 1.0)  # over, but not beyond
+    assert not results.over(stats.Estimate(5.0, math.nan, math.nan), 1.0)
+    reference = {s: s % 10 for s in range(40)}
+    records = [record("raw", s, 10.0 + s, s % 10, s % 10) for s in range(40)]
+    # jpeg wrong on 20 of 40: a 50-point drop, far beyond a 1-point bound
+    records += [record("jpeg", s, 5.0, 99 if s < 20 else s % 10, s % 10) for s in range(40)]
+    # webp wrong on 1 of 40: 2.5 points, over the bound but within its interval
+    records += [record("webp", s, 5.0, 99 if s < 1 else s % 10, s % 10) for s in range(40)]
+    rows = results.complete_records(records, reference)
+    summary = {
+        s["offloader"]: s
+        for s in results.summarize(rows, ["raw", "jpeg", "webp"], 1.0, "accuracy", 1.0)
+    }
+    jpeg, webp = summary["jpeg"], summary["webp"]
+    assert jpeg["over_bound"] == 1 and jpeg["drop_lo_pp"] > 1.0
+    assert webp["within_bound"] == 0 and webp["over_bound"] == 0 and webp["drop_lo_pp"] < 1.0
+    paired = stats.discordant_difference(20, 20, 0, 0)  # reference right on all, jpeg on 20
+    assert (jpeg["drop_lo_pp"], jpeg["drop_hi_pp"]) == pytest.approx(
+        (100 * paired.low, 100 * paired.high)
+    )
+    assert summary["raw"]["std_ms"] == pytest.approx(stats.std(10.0 + np.arange(40)))
+    table = results.table(list(summary.values()))
+    assert "| std ms |" in table and "| NO: over beyond its CI |" in table
+    # a configured bound tighter than the scenario's is the one broken
+    loose = results.summarize(rows, ["webp"], 1.0, "accuracy", 50.0, {"webp": 0.1})
+    assert loose[0]["within_bound"] == 1 and loose[0]["drop_lo_pp"] < 0.1
+    tight = results.summarize(rows, ["jpeg"], 1.0, "accuracy", 60.0, {"jpeg": 1.0})
+    assert tight[0]["within_bound"] == 1 and tight[0]["over_bound"] == 1
+
+
+def test_paired_score_difference_between_offloaders():
+    rows = [timed("a", s, 10.0) for s in range(4)] + [timed("b", s, 20.0) for s in range(4)]
+    for row in rows:
+        row["correct"] = int(row["offloader"] == "a" or row["sample"] < 2)
+    v = results.versus([rows], "a", "b", 0.0, 50.0)
+    assert v.score_pairs == 4
+    assert v.score_diff == stats.discordant_difference(2, 2, 0, 0)
+    assert v.score_diff_text().startswith("+50.00 [")

@@ -401,7 +401,7 @@ def test_minimal_scenario_resolves_with_defaults(tmp_path):
         model="fashion_cnn",
         samples=100,
         arrival={"process": "closed"},
-        device=HostSpec(cpu=1.0),
+        device=HostSpec(cpu=1.0, cpu_mode="dilate"),
         edge=HostSpec(cpu=1.0),
         network=NetworkSpec(uplink=link, downlink=link, trace=None),
         traffic=(),
@@ -443,7 +443,7 @@ def test_full_scenario_resolves(tmp_path):
     s = load_scenario(write(tmp_path, DESIGN_EXAMPLE))
     assert (s.name, s.seed, s.samples, s.request_timeout_s) == ("lowbw", 7, 200, 5.0)
     assert s.arrival == {"process": "poisson", "rate_hz": 4.0}
-    assert s.device == HostSpec(0.2) and s.edge == HostSpec(1.0)
+    assert s.device == HostSpec(0.2, "dilate") and s.edge == HostSpec(1.0)
     assert s.network.uplink == LinkSpec(
         bandwidth_mbps=1.0, delay_ms=20.0, jitter_ms=0.0, loss_pct=0.5, queue_packets=50
     )

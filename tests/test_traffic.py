@@ -465,3 +465,24 @@ def test_parse_trafficgen_errors():
         parse_trafficgen("READY 5201\n")
     got = parse_trafficgen('READY 1\n{"bytes": 10, "throughput_mbps": 1.5}\n', flow="x")
     assert got["bytes"] == 10 and got["throughput_mbps"] == 1.5 and got["flow"] == "x"
+
+
+def test_a_flow_stopped_at_the_runs_end_ended_rather_than_failed():
+    """We stop a flow without stop_s when the requests are done: iperf3 then says
+    "interrupt - the server has terminated", which is its planned end, not an error."""
+    from testbed.emulation.traffic.plan import with_status
+
+    message = "interrupt - the server has terminated"
+    interrupted = {"flow": "f", "throughput_mbps": 0.9, "error": message}
+    got = with_status(interrupted, stopped_by_run=True)
+    assert got["status"] == "stopped at the run's end" and got["error"] == ""
+    assert got["throughput_mbps"] == 0.9
+    # the same message from a flow nobody stopped is a failure, and says so
+    assert with_status(interrupted, stopped_by_run=False)["status"] == "failed"
+    refused = {"flow": "f", "error": "unable to connect to server"}
+    got = with_status(refused, stopped_by_run=True)
+    assert got["status"] == "failed" and got["error"] == "unable to connect to server"
+    assert with_status({"flow": "f", "error": None}, stopped_by_run=False)["status"] == "ended"
+    from testbed.results.records import TRAFFIC_COLUMNS
+
+    assert "status" in TRAFFIC_COLUMNS

@@ -142,6 +142,7 @@ class DeviceJob(Contract):
     meta: str  # where to write the DeviceMeta
     loaded: str | None = None  # file written once loaded, to be moved into `cgroup`
     cgroup: str | None = None  # the host's CPU cgroup; None: no CPU limit to wait for
+    dilate_share: float | None = None  # device: {cpu_mode: dilate}: its share, else None
 
     def __post_init__(self) -> None:
         if self.cgroup is not None and self.loaded is None:

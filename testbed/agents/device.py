@@ -53,7 +53,7 @@ from testbed.agents.protocol import (
 )
 from testbed.cleanup import Terminated, honour_sigint, sigterm_raises
 from testbed.models import plugins, predictions
-from testbed.offloaders.base import PhaseTimer, warm_kernels
+from testbed.offloaders.base import DeviceClock, PhaseTimer, warm_kernels
 from testbed.offloaders.link_estimate import LinkEstimate
 
 log = logging.getLogger("device")
@@ -375,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     kernels_s = warm_kernels(type(o) for o in built)
     if job.cgroup is not None and job.loaded is not None:
         wait_for_limit(Path(job.loaded), job.cgroup)
+    # from here on, device work runs at the device's speed (profiling included)
+    DeviceClock.set(job.dilate_share, job.threads)
     started = time.monotonic()
     for offloader in built:  # profiling on this (CPU-limited) host; calibration is cached
         offloader.prepare("device")

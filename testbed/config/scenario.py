@@ -44,6 +44,7 @@ class NetworkSpec:
 @dataclass(frozen=True)
 class HostSpec:
     cpu: float  # share of ONE core: 0.2 is a fifth of a core, 2.0 two cores
+    cpu_mode: str = "cfs"  # the device's is a scenario key (schema.CPU_MODES); the edge's cfs
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class Scenario:
             "request_timeout_s": self.request_timeout_s,
             "devices": self.devices,
             "repeats": self.repeats,
-            "device": {"cpu": self.device.cpu},
+            "device": {"cpu": self.device.cpu, "cpu_mode": self.device.cpu_mode},
             "edge": {"cpu": self.edge.cpu},
             "network": network,
             "traffic": [dict(t) for t in self.traffic],

@@ -212,6 +212,10 @@ LINK = Record(
 )
 _BANDWIDTH = LINK.fields["bandwidth_mbps"].check
 _HOST = Record({"cpu": Field(Num(gt=0, le=MAX_CPU), 1.0)})
+# how the device's share is emulated (docs/scenarios.md, `device:`): `dilate` stretches each
+# piece of device work to its CPU time / share; `cfs` is a CFS quota on its host's cgroup
+CPU_MODES = ("dilate", "cfs")
+_DEVICE = Record({**_HOST.fields, "cpu_mode": Field(Choice(*CPU_MODES), CPU_MODES[0])})
 _WINDOW = {
     "direction": Field(Choice("up", "down"), "up"),
     "start_s": Field(Num(ge=0), 0),
@@ -254,7 +258,7 @@ TOP = Record(
         "request_timeout_s": Field(Num(gt=0), 30),
         "devices": Field(Int(ge=1, le=MAX_DEVICES), 1),
         "repeats": Field(Int(ge=1, le=1000), 1),
-        "device": Field(_HOST, {}),
+        "device": Field(_DEVICE, {}),
         "edge": Field(_HOST, {}),
         "network": Field(
             Record(

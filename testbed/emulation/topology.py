@@ -43,7 +43,11 @@ from testbed.emulation.stale import RUN_ENV
 from testbed.errors import EnvironmentMissing, TestbedError
 
 log = logging.getLogger("testbed")
-CFS_PERIOD_US = 5000  # short, so a low CPU share throttles in slices of ~1 ms, not ~100 ms
+# `cpu_mode: cfs`: short, so a low CPU share throttles in slices of ~1 ms, not ~100 ms; the
+# kernel's minimum quota (1 ms) lengthens it below a share of 0.2 (0.05: 20 ms), and it stops
+# the host at its scheduler tick, so a device's short work is unslowed or waits whole ticks
+CFS_PERIOD_US = 5000
+UNLIMITED = -1  # Mininet's CPU fraction for a cgroup without quota
 REQUIRED_TOOLS = ("mnexec", "tc", "ip", "iptables", "ethtool", "brctl", "ifconfig", "cgcreate")
 SETUP_HINT = "run `bash scripts/setup.sh` as root (installs Mininet and the tools it drives)"
 REALTIME_PRIORITY = 50
@@ -52,6 +56,12 @@ REALTIME_PRIORITY = 50
 def device_name(prefix: str, index: int) -> str:
     """`dc12abd` for the first device host (as before several existed), then `d1`, ..."""
     return f"{prefix}d" if index == 0 else f"{prefix}d{index}"
+
+
+def device_cgroup_share(device) -> float:
+    """The CPU share of a device host's cgroup: its own under `cpu_mode: cfs`; none under
+    `dilate`, where the device agent slows its own work (`offloaders.base.DeviceClock`)."""
+    return device.cpu if device.cpu_mode == "cfs" else UNLIMITED
 
 
 def new_prefix() -> str:
@@ -140,13 +150,11 @@ class OffloadTopology:
         self.teardown.add("cgroups", self._remove_cgroups)  # after the hosts are gone
         self.teardown.add("Mininet network", self._stop_net)
         limited = {"cls": CPULimitedHost, "period_us": CFS_PERIOD_US, "sched": "cfs"}
+        device_cpu = device_cgroup_share(self.scenario.device)
+        device_cpu = device_cpu if device_cpu == UNLIMITED else device_cpu / cores
         for i in range(self.scenario.devices):  # 10.0.0.1, then 10.0.0.21, .22, ...
             ip = "10.0.0.1/24" if i == 0 else f"10.0.0.{20 + i}/24"
-            self.devices.append(
-                net.addHost(
-                    device_name(p, i), ip=ip, cpu=self.scenario.device.cpu / cores, **limited
-                )
-            )
+            self.devices.append(net.addHost(device_name(p, i), ip=ip, cpu=device_cpu, **limited))
         self.device = self.devices[0]
         self.edge = net.addHost(
             f"{p}e", ip="10.0.0.2/24", cpu=self.scenario.edge.cpu / cores, **limited

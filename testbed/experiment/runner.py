@@ -153,6 +153,7 @@ def run(
     roles = [offloaders.get(spec.name).role for spec in scenario.offloaders]
     extra["roles"] = dict(zip(labels, roles, strict=True))
     extra["kernel_warmup_s"] = kernels_s
+    extra["device_cpu_mode"] = scenario.device.cpu_mode  # docs/scenarios.md, `device:`
     extra["cleanup_failures"] = ["teardown did not run"]
     interrupted = False
     with sigterm_raises():
@@ -321,6 +322,7 @@ def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool,
             meta=str(logs / f"device_meta{suffix}.json"),
             loaded=str(loaded),
             cgroup=host.name,
+            dilate_share=scenario.device.cpu if scenario.device.cpu_mode == "dilate" else None,
         )
         job.write(logs / f"device_job{suffix}.json", indent=1)
         jobs.append((job, loaded))
@@ -468,7 +470,7 @@ def _write_results(
     extra["bounds"] = {"max_drop_pp": bound, "offloaders": configured}  # for the report
     rows = results.complete_records(records, reference, compare)
     results.write_csv(out_dir / "requests.csv", rows, results.REQUEST_COLUMNS)
-    summary = results.summarize(rows, labels, reference_score, metric, bound)
+    summary = results.summarize(rows, labels, reference_score, metric, bound, configured)
     results.write_csv(out_dir / "summary.csv", summary, results.SUMMARY_COLUMNS)
     env = environment.collect(extra)
     (out_dir / "environment.json").write_text(json.dumps(env, indent=2, default=str))

@@ -15,9 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testbed.config.sweep import Cell, Sweep, axis_name, value_text
+from testbed.config.sweep import Cell, Sweep, value_text
 from testbed.errors import EnvironmentMissing, ScenarioError, TestbedError
-from testbed.results import stats
 from testbed.results.records import SUMMARY_COLUMNS, write_csv
 
 CELL_FILE = "cell.json"
@@ -169,33 +168,33 @@ def combined_summary(out: Path, sweep: Sweep) -> list[dict]:
     return rows
 
 
-def sweep_table(rows: list[dict], sweep: Sweep) -> str:
-    """Median latency per grid point (median over repeats) and offloader, with its mean
-    accuracy drop beside it: a latency means little without the accuracy it cost."""
-    labels: list[str] = []
-    points: dict[tuple, dict[str, list[tuple[float, float]]]] = {}
-    for row in rows:
-        if row["offloader"] not in labels:
-            labels.append(row["offloader"])
-        key = tuple(row[a] for a in sweep.axes)
-        value = (float(row["p50_ms"]), stats.number(row.get("accuracy_drop_pp", "")))
-        points.setdefault(key, {}).setdefault(row["offloader"], []).append(value)
-    head = [axis_name(a) for a in sweep.axes] + [f"{label} p50 ms (drop pp)" for label in labels]
+SWEEP_TABLE_TITLE = (
+    "median latency (ms) per grid point [95% CI] (mean drop pp): the repeats' requests "
+    "pooled, as report.md computes it"
+)
+
+
+def sweep_table(out: Path) -> str:
+    """Median latency per grid point and offloader, with its bootstrap interval and mean
+    accuracy drop beside it (a latency means little without the accuracy it cost).
+    Computed as report.md computes it (`testbed.results.load`): the repeats' requests
+    pooled, not a median of their medians, so the console and the report agree."""
+    from testbed.results.formatting import estimate_text, short_names, value_text
+    from testbed.results.load import load_study
+
+    study = load_study(out)
+    names = short_names(list(study.axes))
+    head = [names[a] for a in study.axes]
+    head += [f"{label} median ms [95% CI] (drop pp)" for label in study.offloaders]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, by_label in points.items():
-        cells = [*key]
-        for label in labels:
-            values = by_label.get(label, [])
-            if not values:
+    for group in study.groups:
+        cells = [value_text(group.values.get(a)) for a in study.axes]
+        for label in study.offloaders:
+            s = group.offloaders.get(label)
+            if s is None or not s.n:
                 cells.append("-")
                 continue
-            drops = [d for _, d in values if d == d]  # NaN: not recorded
-            drop = f" ({sum(drops) / len(drops):+.2f})" if drops else ""
-            cells.append(f"{_median(sorted(v for v, _ in values)):.1f}{drop}")
+            drop = f" ({s.drop_pp:+.2f})" if s.drop_pp == s.drop_pp else ""  # NaN: unknown
+            cells.append(f"{estimate_text(s.median)}{drop}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _median(values: list[float]) -> float:
-    n = len(values)
-    return values[n // 2] if n % 2 else (values[n // 2 - 1] + values[n // 2]) / 2

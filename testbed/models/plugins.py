@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from collections.abc import Callable
 from functools import partial
 from importlib.metadata import EntryPoint, entry_points
@@ -80,3 +81,22 @@ def test_data(plugin: Plugin, folder: Path | None = None):
             f"{', '.join(map(str, spec.shape))})"
         )
     return data
+
+
+def weights_missing(plugin: Plugin) -> str | None:
+    """Why `load_model` would fail for want of the weights file (with the command that
+    trains them), or None; a plugin that loads its model its own way is taken at its word."""
+    if type(plugin).load_model is not Plugin.load_model:
+        return None
+    path = plugin.artefacts.get("weights")
+    return None if path is not None and Path(path).is_file() else plugin.weights_missing(path)
+
+
+def trained_artefacts(plugin: Plugin) -> list[str]:
+    """Names (without `.pt`) of the trained artefacts present, the weights aside: the files
+    beside the plugin's code (resume states aside) and the `artefacts` entries that exist."""
+    module = sys.modules[type(plugin).__module__]
+    folder = Path(module.__file__ or ".").resolve().parent  # as Plugin.artefact_file finds it
+    found = {p.stem for p in folder.glob("*.pt") if not p.name.endswith(".resume.pt")}
+    found |= {k for k, p in plugin.artefacts.items() if Path(p).is_file()}
+    return sorted(found - {"weights"})

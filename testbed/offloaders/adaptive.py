@@ -54,12 +54,8 @@ class AdaptiveSplit(Offloader):
             (c.predict_ms(self.device_ms, edge_ms, self.link, prior), c) for c in self.candidates()
         ]
         predicted, best = min(scored, key=lambda pair: (pair[0], -pair[1].split))
-        estimate = self.link.uplink_mbps
-        choice = {
-            "split": best.split,
-            "predicted_ms": round(predicted, 2),
-            "est_mbps": None if estimate is None else round(estimate, 4),
-        }
+        # the estimate used: the last trusted one, else the prior (link_estimate's rule)
+        choice = {"split": best.split, "predicted_ms": round(predicted, 2), **self.link.record()}
         if best.bits != 32:
             choice["bits"] = best.bits
         return best, choice

@@ -8,8 +8,11 @@ their phases to a `PhaseTimer`, so the agents never need to know the family.
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -19,26 +22,88 @@ from testbed.models import predictions
 from testbed.offloaders.params import Param, check_params
 
 
+class DeviceClock:
+    """The emulated device's speed (scenario `device: {cpu_mode: dilate}`): this process
+    runs at full speed and every piece of device work, timed in `dilated()`, is stretched
+    by sleeping until its wall time is its own CPU time / `share`. A CFS quota instead
+    runs at full speed then stops the process at a scheduler tick, so short work is
+    either unslowed or delayed by whole ticks; dilation slows every instruction alike and
+    the process still uses no more than `share` of a core (it sleeps the rest).
+
+    Process-wide and off (`share` None) unless the device agent sets it: the edge, the
+    runner and tests time plain wall time."""
+
+    share: float | None = None
+    # a thread's own CPU time: the work's, not a receiver thread's; with several torch
+    # threads (a device of 2+ cores) the whole process's, as their work is the device's
+    cpu_ns: Callable[[], int] = time.thread_time_ns
+
+    @classmethod
+    def set(cls, share: float | None, threads: int = 1) -> None:
+        if share is not None and share <= 0:
+            raise ValueError(f"a device's CPU share must be > 0, not {share}")
+        cls.share = share
+        cls.cpu_ns = time.thread_time_ns if threads <= 1 else time.process_time_ns
+
+
+def dilated_ns(cpu_ns: int, wall_ns: int, share: float | None) -> int:
+    """The wall time a piece of work takes on the emulated device: its CPU time / share,
+    or its own wall time where that is longer (it waited on something besides the CPU)."""
+    if share is None:
+        return wall_ns
+    return max(wall_ns, round(cpu_ns / share))
+
+
+@dataclass
+class Took:
+    """What `dilated()` measured: the work's (dilated) wall milliseconds, set on exit."""
+
+    ms: float = 0.0
+
+
+_nesting = threading.local()  # an outer dilated() already accounts for inner work
+
+
+@contextmanager
+def dilated() -> Iterator[Took]:
+    """Time device work as the emulated device runs it (`DeviceClock`): requests'
+    `device` and `encode` phases and every device-side profile that decisions rely on use
+    this one clock, so predictions and requests see the same speed. Nested uses are
+    timed, not stretched again."""
+    took = Took()
+    share = DeviceClock.share
+    outer = share is not None and not getattr(_nesting, "active", False)
+    clock = DeviceClock.cpu_ns
+    start, cpu_start = time.monotonic_ns(), clock()
+    if outer:
+        _nesting.active = True
+    try:
+        yield took
+    finally:
+        if outer:
+            _nesting.active = False
+            now = time.monotonic_ns()
+            wake = start + dilated_ns(clock() - cpu_start, now - start, share)
+            if wake > now:
+                time.sleep((wake - now) / 1e9)
+        took.ms = (time.monotonic_ns() - start) / 1e6
+
+
 class PhaseTimer:
-    """Accumulates named phases in milliseconds on CLOCK_MONOTONIC (shared by all hosts)."""
+    """Accumulates named phases in milliseconds on CLOCK_MONOTONIC (shared by all hosts),
+    each timed by `dilated()` (plain wall time except on a dilated device)."""
 
     def __init__(self) -> None:
         self.ms: dict[str, float] = {}
 
-    def phase(self, name: str) -> _Phase:
-        return _Phase(self, name)
-
-
-class _Phase:
-    def __init__(self, timer: PhaseTimer, name: str) -> None:
-        self.timer, self.name = timer, name
-
-    def __enter__(self) -> None:
-        self.start = time.monotonic_ns()
-
-    def __exit__(self, *exc) -> None:
-        elapsed = (time.monotonic_ns() - self.start) / 1e6
-        self.timer.ms[self.name] = self.timer.ms.get(self.name, 0.0) + elapsed
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        took = Took()
+        try:
+            with dilated() as took:
+                yield
+        finally:
+            self.ms[name] = self.ms.get(name, 0.0) + took.ms
 
 
 @dataclass

@@ -12,21 +12,36 @@ same samples, and its mean payload size.
 The runner calibrates at full speed before the hosts start; the results go to the
 testbed cache, keyed by everything they depend on (the model's weights, the option,
 the calibration set), so the CPU-limited device agent only reads them.
+
+Calibration also ships with a plugin: `plugins/<name>/calibration/` holds files of the
+same name and format as the cache's (the name carries the key's digest), read when the
+cache lacks an option, so a fresh clone's first run measures nothing its plugin
+shipped. A changed key (weights, metric, codec library, sample count, VERSION) names
+another file, so a stale shipped file is simply not found and the options are measured.
+They are written by
+
+    python -m testbed.offloaders.calibration --plugin mobilenet_v2 \
+        --offloaders jpeg,webp,jalad --samples 100 --ship
+
+which calibrates (or reads the cache), then copies what was used into the plugin.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from testbed.errors import TestbedError
 from testbed.models import predictions
 from testbed.models.cache import cache_dir
 from testbed.offloaders.params import Param
@@ -67,6 +82,23 @@ def file_digest(path) -> str:
     return digest.hexdigest()[:16]
 
 
+def shipped_dir(plugin) -> Path:
+    """Where a plugin ships its calibration: `calibration/` beside the plugin's code."""
+    module = sys.modules[type(plugin).__module__]
+    return Path(module.__file__ or ".").resolve().parent / "calibration"
+
+
+def _read_scores(path: Path) -> dict[str, Score]:
+    """The scores of a calibration file; none for a missing or damaged one (measured again)."""
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+        return {k: Score(**v) for k, v in saved["scores"].items()}
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
 class Calibrator:
     """Scores options of one family (`jpeg`, `jalad`...) for one plugin and model.
 
@@ -74,33 +106,33 @@ class Calibrator:
     sizes); `identity` names whatever else the scores depend on (an artefact's digest).
     """
 
+    # while `ship()` runs: the calibrators made, to copy what they used (None otherwise,
+    # so that a long process, a sweep, keeps no models or calibration sets alive)
+    opened: ClassVar[list[Calibrator] | None] = None
+
     def __init__(
         self, plugin, model, family: str, run: Callable, count: int = 200, identity: str = ""
     ) -> None:
         self.plugin, self.model, self.run = plugin, model, run
         weights = plugin.artefacts.get("weights")
-        key = json.dumps(
-            [
-                VERSION,
-                plugin.name,
-                plugin.metric,
-                family,
-                count,
-                identity,
-                file_digest(weights) if weights else "",
-            ]
-        )
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        self.key = [
+            VERSION,
+            plugin.name,
+            plugin.metric,
+            family,
+            count,
+            identity,
+            file_digest(weights) if weights else "",
+        ]
+        digest = hashlib.sha256(json.dumps(self.key).encode()).hexdigest()[:16]
         self.path = cache_dir("calibration") / f"{plugin.name}-{family}-{digest}.json"
+        self.shipped = shipped_dir(plugin) / self.path.name
         self.count = count
-        self._scores: dict[str, Score] = {}
+        # the user's cache wins over what the plugin shipped (same key: the same scores)
+        self._scores = {**_read_scores(self.shipped), **_read_scores(self.path)}
         self._data = None
-        if self.path.is_file():
-            try:
-                saved = json.loads(self.path.read_text())
-                self._scores = {k: Score(**v) for k, v in saved["scores"].items()}
-            except (ValueError, KeyError, TypeError):
-                self._scores = {}  # a damaged cache file is measured again
+        if Calibrator.opened is not None:
+            Calibrator.opened.append(self)
 
     def _calibration_set(self):
         """The first `count` of a seeded permutation of the calibration split (the
@@ -162,7 +194,78 @@ class Calibrator:
         return options[lo], self.score(options[lo])
 
     def _save(self) -> None:
-        tmp = self.path.with_name(self.path.name + f".{id(self)}.tmp")
+        self.write(self.path)
+
+    def write(self, path: Path) -> None:
+        """The scores so far, and the key they belong to, to `path` (atomically)."""
+        tmp = path.with_name(path.name + f".{id(self)}.tmp")
         scores = {k: vars(v) for k, v in self._scores.items()}
-        tmp.write_text(json.dumps({"plugin": self.plugin.name, "scores": scores}, indent=1))
-        Path(tmp).replace(self.path)
+        saved = {"plugin": self.plugin.name, "key": self.key, "scores": scores}
+        tmp.write_text(json.dumps(saved, indent=1) + "\n")
+        Path(tmp).replace(path)
+
+
+def ship(plugin_name: str, names: list[str], params: dict[str, Any]) -> list[Path]:
+    """Calibrate the offloaders `names` of a plugin (reading the cache where it can) and
+    write what they used to the plugin's `calibration/` folder; the files written."""
+    from testbed import offloaders  # imported here: the offloaders import this module
+    from testbed.models import plugins
+
+    plugin = plugins.get(plugin_name)
+    model = plugin.load_model()
+    opened: list[Calibrator] = []
+    Calibrator.opened = opened
+    try:
+        for name in names:
+            cls = offloaders.get(name)
+            accepted = {k: v for k, v in params.items() if k in cls.params}
+            cls(plugin, model, **offloaders.validate_params(name, accepted)).calibrate()
+    finally:
+        Calibrator.opened = None
+    written = []
+    for calibrator in opened:
+        if calibrator._scores:
+            calibrator.shipped.parent.mkdir(exist_ok=True)
+            calibrator.write(calibrator.shipped)
+            written.append(calibrator.shipped)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m testbed.offloaders.calibration",
+        description="Calibrate offloaders of a plugin and ship the results with the plugin.",
+    )
+    parser.add_argument("--plugin", required=True, help="the plugin, e.g. mobilenet_v2")
+    parser.add_argument("--offloaders", required=True, help="comma-separated, e.g. jpeg,jalad")
+    parser.add_argument("--samples", type=int, help="calibration_samples (the scenario's)")
+    parser.add_argument("--max-drop", type=float, help="max_drop_pp (the scenario's)")
+    parser.add_argument(
+        "--ship", action="store_true", help="write to plugins/<plugin>/calibration/"
+    )
+    args = parser.parse_args(argv)
+    params: dict[str, Any] = {}
+    if args.samples is not None:
+        params["calibration_samples"] = args.samples
+    if args.max_drop is not None:
+        params["max_drop_pp"] = args.max_drop
+    names = [n.strip() for n in args.offloaders.split(",") if n.strip()]
+    if not args.ship:
+        parser.error("nothing to do without --ship")
+    try:
+        written = ship(args.plugin, names, params)
+    except KeyError as missing:  # an unknown plugin or offloader
+        parser.error(f"unknown plugin or offloader: {missing}")
+    except TestbedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_status
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    # the imported module's main: the offloaders' Calibrator is that module's, not __main__'s
+    from testbed.offloaders.calibration import main as imported_main
+
+    sys.exit(imported_main())

@@ -30,7 +30,6 @@ one before any pixel is decoded.
 from __future__ import annotations
 
 import io
-import time
 from typing import Any, ClassVar
 
 import numpy as np
@@ -41,7 +40,7 @@ from testbed.agents.protocol import HEADER
 from testbed.models import predictions
 from testbed.offloaders import register
 from testbed.offloaders.adaptive import PRIOR
-from testbed.offloaders.base import DeviceResult, Offloader
+from testbed.offloaders.base import DeviceResult, Offloader, dilated
 from testbed.offloaders.calibration import Calibrator, max_drop
 from testbed.offloaders.image_codec import Jpeg
 from testbed.offloaders.link_estimate import LinkEstimate
@@ -192,9 +191,9 @@ class DeepDecision(Offloader):
         work()  # warm-up
         runs = []
         for _ in range(repeats):
-            start = time.perf_counter()
-            work()
-            runs.append((time.perf_counter() - start) * 1000)
+            with dilated() as took:  # at the device's speed, as its requests run
+                work()
+            runs.append(took.ms)
         return float(np.median(runs))
 
     def _model_ms(self, image: np.ndarray) -> float:
@@ -280,10 +279,8 @@ class DeepDecision(Offloader):
             choice: dict[str, Any] = {"mode": LOCAL}
         else:
             choice = {"scale": best["scale"], "quality": best["quality"]}
-        choice.update(
-            predicted_ms=round(predicted, 2),
-            est_mbps=None if estimate is None else round(estimate, 4),
-        )
+        # the estimate used: the last trusted one, else the prior (link_estimate's rule)
+        choice.update(predicted_ms=round(predicted, 2), **self.link.record())
         if probe:
             choice["probe"] = True
         return best, choice

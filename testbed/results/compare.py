@@ -25,6 +25,7 @@ def comparisons(study: Study, label: str) -> list[dict[str, records.Versus]]:
     """Per cell-group: `label` against every baseline at matched accuracy; a ratio
     (median(baseline) / median(label), paired by sample) only where the baseline loses
     at least as much accuracy."""
+    key = "correct" if study.metric == "accuracy" else "agrees"
     out = []
     for group in study.groups:
         mine = group.offloaders.get(label)
@@ -34,7 +35,7 @@ def comparisons(study: Study, label: str) -> list[dict[str, records.Versus]]:
             if mine is None or other is None:
                 continue
             cells = [c.rows for c in group.cells]
-            row[name] = records.versus(cells, label, name, mine.drop_pp, other.drop_pp)
+            row[name] = records.versus(cells, label, name, mine.drop_pp, other.drop_pp, key)
         out.append(row)
     return out
 

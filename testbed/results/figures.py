@@ -38,14 +38,24 @@ from testbed.results.formatting import (
 from testbed.results.load import Group, OffloaderStats, Study
 
 PHASE_NAMES = {
-    "queue_ms": "queue", "device_ms": "device compute", "encode_ms": "encode",
-    "uplink_ms": "uplink", "decode_ms": "edge decode", "edge_ms": "edge compute",
-    "downlink_ms": "downlink", "other": "unattributed",
+    "queue_ms": "queue",
+    "device_ms": "device compute",
+    "encode_ms": "encode",
+    "uplink_ms": "uplink",
+    "decode_ms": "edge decode",
+    "edge_ms": "edge compute",
+    "downlink_ms": "downlink",
+    "other": "unattributed",
 }
 PHASE_COLOURS = {
-    "queue_ms": "#bdbdbd", "device_ms": "#1f77b4", "encode_ms": "#17becf",
-    "uplink_ms": "#d62728", "decode_ms": "#9467bd", "edge_ms": "#2ca02c",
-    "downlink_ms": "#ff7f0e", "other": "#f0e442",
+    "queue_ms": "#bdbdbd",
+    "device_ms": "#1f77b4",
+    "encode_ms": "#17becf",
+    "uplink_ms": "#d62728",
+    "decode_ms": "#9467bd",
+    "edge_ms": "#2ca02c",
+    "downlink_ms": "#ff7f0e",
+    "other": "#f0e442",
 }
 MAX_PANELS = 12  # subplots per figure; the report names the groups left out
 MAX_DEVICE_ROWS = 6
@@ -88,8 +98,13 @@ def latency_figure(study: Study, axis: str) -> Figure:
             colour = _colour(study, name)
             ax.plot(xs, ys, marker="o", color=colour, label=name)
             ax.fill_between(
-                xs, [p[1].low for p in points], [p[1].high for p in points],
-                color=colour, alpha=0.2, linewidth=0, gid=f"band:{name}",
+                xs,
+                [p[1].low for p in points],
+                [p[1].high for p in points],
+                color=colour,
+                alpha=0.2,
+                linewidth=0,
+                gid=f"band:{name}",
             )
         if logx:
             _log(ax.xaxis)
@@ -148,8 +163,13 @@ def phase_figure(study: Study) -> tuple[Figure, list[int]]:
         for segment in segments:
             heights = np.array([b[segment] for b in breakdown])
             ax.bar(
-                np.arange(len(names)), heights, bottom=bottom, width=0.7,
-                color=PHASE_COLOURS[segment], label=PHASE_NAMES[segment], gid=f"phase:{segment}",
+                np.arange(len(names)),
+                heights,
+                bottom=bottom,
+                width=0.7,
+                color=PHASE_COLOURS[segment],
+                label=PHASE_NAMES[segment],
+                gid=f"phase:{segment}",
             )
             bottom = bottom + heights
         ax.set_xticks(np.arange(len(names)), names, rotation=35, ha="right")
@@ -201,13 +221,27 @@ def bytes_figure(study: Study) -> tuple[Figure, int]:
         if len(shown) == 1:
             for x, h in zip(xs, heights, strict=True):
                 if math.isfinite(h) and h > 0:
-                    ax.annotate(bytes_text(h), (x, h), ha="center", va="bottom", fontsize=8,
-                                xytext=(0, 2), textcoords="offset points")
+                    ax.annotate(
+                        bytes_text(h),
+                        (x, h),
+                        ha="center",
+                        va="bottom",
+                        fontsize=8,
+                        xytext=(0, 2),
+                        textcoords="offset points",
+                    )
         for x, h in zip(xs, heights, strict=True):
             if math.isfinite(h) and h <= 0:  # no bar on a log scale: say so at its foot
-                ax.annotate("0 B", (x, 0), xycoords=("data", "axes fraction"), ha="center",
-                            va="bottom", fontsize=8, xytext=(0, 2),
-                            textcoords="offset points")
+                ax.annotate(
+                    "0 B",
+                    (x, 0),
+                    xycoords=("data", "axes fraction"),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                )
     _log(ax.yaxis, bytes_tick)
     positive = [h for _, means in shown for h in means.values() if math.isfinite(h) and h > 0]
     if positive:  # whole decades, with room above the tallest bar for its label
@@ -278,13 +312,13 @@ def _annotate_points(ax, points: list[tuple[str, float, float]], logx: bool) -> 
     placed: list[tuple[float, float, int]] = []
     for (name, x, y), px, py in zip(points, xs, ys, strict=True):
         near = [
-            line for qx, qy, line in placed
+            line
+            for qx, qy, line in placed
             if abs(qx - px) / span_x < 0.12 and abs(qy - py) / span_y < 0.06
         ]
         line = max(near) + 1 if near else 0
         placed.append((px, py, line))
-        ax.annotate(name, (x, y), xytext=(5, 4 - 11 * line), textcoords="offset points",
-                    fontsize=8)
+        ax.annotate(name, (x, y), xytext=(5, 4 - 11 * line), textcoords="offset points", fontsize=8)
 
 
 def _log(axis, text=None) -> None:
@@ -315,9 +349,7 @@ def devices_figure(study: Study, axis: str) -> Figure:
         ("uplink", "uplink time", ("uplink_ms",)),
         ("edge", "edge time (decode + compute)", ("decode_ms", "edge_ms")),
     ]
-    fig, grid = plt.subplots(
-        len(combos), 3, figsize=(14.0, 3.6 * len(combos)), squeeze=False
-    )
+    fig, grid = plt.subplots(len(combos), 3, figsize=(14.0, 3.6 * len(combos)), squeeze=False)
     fig.subplots_adjust(left=0.06, right=0.97, wspace=0.3, hspace=0.5)
     _suptitle(fig, "Where the time grows as device hosts are added")
     for row, (combo_label, members) in enumerate(combos):
@@ -336,8 +368,14 @@ def devices_figure(study: Study, axis: str) -> Figure:
                     points.append((group.values[axis], y))
                 if points:
                     xs, ys = zip(*points, strict=True)
-                    ax.plot(xs, ys, marker="o", color=_colour(study, name), label=name,
-                            gid=f"{key}:{name}")
+                    ax.plot(
+                        xs,
+                        ys,
+                        marker="o",
+                        color=_colour(study, name),
+                        label=name,
+                        gid=f"{key}:{name}",
+                    )
             _value_ticks(ax, study.axes[axis])
             ax.set_xlabel("device hosts")
             ax.set_ylabel("median (ms)")
@@ -397,8 +435,12 @@ def _legend(fig: Figure, axs: list) -> None:
                 labels.append(label)
     if labels:
         fig.legend(
-            [handles[label] for label in labels], labels, loc="center left",
-            bbox_to_anchor=(1.0, 0.5), fontsize=9, frameon=False,
+            [handles[label] for label in labels],
+            labels,
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            fontsize=9,
+            frameon=False,
         )
 
 

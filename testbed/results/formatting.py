@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TypeGuard
 from pathlib import Path
+from typing import TypeGuard
 
 from testbed.results import stats
 
@@ -151,3 +151,33 @@ def bytes_text(value: float) -> str:
     if value >= 1e3:
         return f"{value / 1e3:.1f} kB"
     return f"{value:.0f} B"
+
+
+def significant(value: float, digits: int = 2) -> str:
+    """A value to `digits` significant digits, never in exponent form: `0.012`, `3.4`,
+    `120`; `-` where not finite."""
+    if not math.isfinite(value):
+        return "-"
+    if value == 0:
+        return "0"
+    decimals = digits - 1 - math.floor(math.log10(abs(value)))
+    rounded = round(value, decimals)
+    if rounded and math.floor(math.log10(abs(rounded))) > math.floor(math.log10(abs(value))):
+        decimals -= 1  # 0.0996 rounds up to 0.10, not 0.100
+    return f"{round(value, decimals):.{max(decimals, 0)}f}"
+
+
+def factor_text(e: stats.Estimate) -> str:
+    """A ratio with its interval to 2 significant digits each: `0.012x [0.011, 0.013]`;
+    a bound that would read `1.0` without being 1 gets a third (`[1.04, 1.8]`), so the
+    text never hides which side of 1 it is on."""
+    if not math.isfinite(e.value):
+        return "-"
+    if not (math.isfinite(e.low) and math.isfinite(e.high)):
+        return f"{significant(e.value)}x"
+    return f"{significant(e.value)}x [{_bound_text(e.low)}, {_bound_text(e.high)}]"
+
+
+def _bound_text(value: float) -> str:
+    text = significant(value)
+    return significant(value, 3) if text == "1.0" and value != 1 else text

@@ -27,8 +27,11 @@ from testbed.results.formatting import device_order, is_number, short_names, val
 
 TEXT_COLUMNS = ("offloader", "status", "error", "choice", "device")
 # the plugin's metric as environment.json records it -> the study's
-RECORDED_METRICS = {"accuracy": "accuracy", "agreement": "agreement",
-                    "detection_agreement": "detection"}
+RECORDED_METRICS = {
+    "accuracy": "accuracy",
+    "agreement": "agreement",
+    "detection_agreement": "detection",
+}
 
 
 @dataclass
@@ -80,6 +83,11 @@ class OffloaderStats:
     agreement: float  # share of pooled requests agreeing with the unmodified model
     phases: dict[str, np.ndarray]
     per_device: dict[str, np.ndarray] = field(default_factory=dict)
+    drop_ci: stats.Estimate = stats.NAN  # the drop (points) with its interval (`_drop_ci`)
+
+    @property
+    def std(self) -> float:
+        return stats.std(self.totals)
 
     @property
     def n(self) -> int:
@@ -106,6 +114,16 @@ class Group:
     def within(self, name: str) -> bool:
         s = self.offloaders.get(name)
         return s is not None and records.within(s.drop_pp, self.bound)
+
+    def bound_of(self, name: str) -> float:
+        """The tighter of the scenario's bound and the one `name` was configured with."""
+        configured = self.cells[0].configured if self.cells else {}
+        return min(self.bound, configured.get(name, math.inf))
+
+    def over(self, name: str) -> bool:
+        """Whether `name`'s drop breaks its bound beyond the drop's interval."""
+        s = self.offloaders.get(name)
+        return s is not None and records.over(s.drop_ci, self.bound_of(name))
 
 
 @dataclass
@@ -144,10 +162,18 @@ def load_study(folder: Path) -> Study:
     elif (folder / "requests.csv").is_file():
         cell = read_run(folder)
         study = Study(
-            folder=folder, kind="run", name=str(cell.scenario.get("name") or folder.name),
+            folder=folder,
+            kind="run",
+            name=str(cell.scenario.get("name") or folder.name),
             source=" ".join(map(str, cell.environment.get("command") or [])) or str(folder),
-            axes={}, repeats=1, groups=[Group({}, [cell])], missing=[], offloaders=[],
-            metric="accuracy", phases=[], done=1,
+            axes={},
+            repeats=1,
+            groups=[Group({}, [cell])],
+            missing=[],
+            offloaders=[],
+            metric="accuracy",
+            phases=[],
+            done=1,
         )
     else:
         raise ScenarioError(
@@ -195,7 +221,11 @@ def read_run(folder: Path) -> Cell:
                 }
                 order.append(name)
     return Cell(
-        folder=folder, rows=rows, columns=columns, summary=summary, order=order,
+        folder=folder,
+        rows=rows,
+        columns=columns,
+        summary=summary,
+        order=order,
         scenario=_read_mapping(folder / "resolved_scenario.yaml", yaml.safe_load, yaml.YAMLError),
         environment=_read_mapping(folder / "environment.json", json.loads, json.JSONDecodeError),
     )
@@ -223,8 +253,10 @@ def _load_sweep(folder: Path) -> Study:
             raise ScenarioError(f"{path}: cells[{index}] must be an object with `values`")
         values = {a: entry.get("values", {}).get(a) for a in axes}
         info = {
-            "id": str(entry.get("id", index)), "values": values,
-            "repeat": entry.get("repeat", 0), "status": str(entry.get("status", "?")),
+            "id": str(entry.get("id", index)),
+            "values": values,
+            "repeat": entry.get("repeat", 0),
+            "status": str(entry.get("status", "?")),
         }
         if entry.get("status") != "done":
             missing.append(info)
@@ -238,9 +270,18 @@ def _load_sweep(folder: Path) -> Study:
         groups.setdefault(key, Group(values, [])).cells.append(read_run(cell_dir))
     ordered = sorted(groups.values(), key=lambda g: _axis_order(g.values, axes))
     return Study(
-        folder=folder, kind="sweep", name=str(sweep.get("name") or folder.name),
-        source=str(sweep.get("source", "")), axes=axes, repeats=repeats,
-        groups=ordered, missing=missing, offloaders=[], metric="accuracy", phases=[], done=done,
+        folder=folder,
+        kind="sweep",
+        name=str(sweep.get("name") or folder.name),
+        source=str(sweep.get("source", "")),
+        axes=axes,
+        repeats=repeats,
+        groups=ordered,
+        missing=missing,
+        offloaders=[],
+        metric="accuracy",
+        phases=[],
+        done=done,
     )
 
 
@@ -261,13 +302,19 @@ def _group_stats(group: Group, study: Study) -> dict[str, OffloaderStats]:
                 per_device.setdefault(row["device"], []).append(row["total_ms"])
         bytes_up = _column(ok, "bytes_up")
         score = _mean([c.summary[name].get("accuracy") for c in present])
+        drop_pp = _mean([c.summary[name].get("accuracy_drop_pp") for c in present])
+        score_ci = _score_ci(rows, study.metric, score)
         out[name] = OffloaderStats(
-            name=name, totals=totals, failed=len(rows) - len(ok),
-            median=stats.median_ci(totals), p95=stats.percentile(totals, 95),
+            name=name,
+            totals=totals,
+            failed=len(rows) - len(ok),
+            median=stats.median_ci(totals),
+            p95=stats.percentile(totals, 95),
             mean_bytes_up=float(np.mean(bytes_up)) if bytes_up.size else math.nan,
             score=score,
-            drop_pp=_mean([c.summary[name].get("accuracy_drop_pp") for c in present]),
-            score_ci=_score_ci(rows, study.metric, score),
+            drop_pp=drop_pp,
+            score_ci=score_ci,
+            drop_ci=_drop_ci(present, name, drop_pp, score_ci),
             agreement=_agreement(rows, present, name, study.metric, score),
             phases=phases,
             per_device={
@@ -286,6 +333,21 @@ def _score_ci(rows: list[dict], metric: str, score: float) -> stats.Estimate:
     if values.size == 0 or values.size < len(rows):
         return stats.Estimate(score, math.nan, math.nan)
     return stats.wilson(float(values.sum()), values.size)
+
+
+def _drop_ci(
+    present: list[Cell], name: str, drop_pp: float, score_ci: stats.Estimate
+) -> stats.Estimate:
+    """The drop's interval: a single run's own (summary.csv's `drop_lo_pp`/`drop_hi_pp`,
+    paired with the unsplit model per request); for pooled repeats, or runs older than
+    those columns, the pooled score's Wilson interval mirrored, the reference fixed
+    (`records.fixed_reference_drop`)."""
+    if len(present) == 1:
+        row = present[0].summary[name]
+        low, high = row.get("drop_lo_pp", math.nan), row.get("drop_hi_pp", math.nan)
+        if math.isfinite(low) and math.isfinite(high):
+            return stats.Estimate(drop_pp, low, high)
+    return records.fixed_reference_drop(drop_pp, score_ci)
 
 
 def _agreement(

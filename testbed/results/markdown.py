@@ -42,7 +42,10 @@ def header(study: Study, title: str | None) -> list[str]:
         else:
             axes = "none"
         lines.append(f"- Axes: {axes}")
-        lines.append(f"- Repeats: {study.repeats} per cell-group (requests pooled)")
+        lines.append(
+            f"- Repeats: {study.repeats} per cell-group (their requests pooled, as in the "
+            "sweep table the console prints)"
+        )
         lines.append(f"- Cells: {study.done} done, {len(study.missing)} missing")
     else:
         lines.append("- A single run (no sweep axes)")
@@ -111,7 +114,45 @@ def warnings_section(study: Study) -> list[str]:
             where = f" in {study.label(worst)} ({over})"
         drops = {name: worst.offloaders[name].drop_pp}
         lines += records.bound_warnings(drops, worst.bound, worst.cells[0].configured, where)
+    lines += _over_warnings(study) + _bimodal_warnings(study)
     return ["## Warnings", "", *(f"- {line}" for line in lines), ""] if lines else []
+
+
+def _over_warnings(study: Study) -> list[str]:
+    """A line per offloader whose drop's whole 95% interval lies above its bound (the
+    tighter of the scenario's and its configured one): not sampling noise."""
+    lines = []
+    for name in study.offloaders:
+        over = [g for g in study.groups if g.over(name)]
+        if not over:
+            continue
+        worst = max(over, key=lambda g: g.offloaders[name].drop_ci.low)
+        e = worst.offloaders[name].drop_ci
+        where = f" in {study.label(worst)} ({len(over)} of {len(study.groups)} cell-groups)"
+        lines.append(
+            f"**Bound broken beyond its interval:** {name} lost {e.value:.2f} "
+            f"[{e.low:.1f}, {e.high:.1f}] accuracy points"
+            f"{where if study.axes else ''}: even the interval's low end is above its bound "
+            f"({worst.bound_of(name):g})."
+        )
+    return lines
+
+
+def _bimodal_warnings(study: Study) -> list[str]:
+    """A line per offloader and cell-group whose latencies have two modes
+    (`stats.bimodal`): its median then describes neither; see the distributions."""
+    lines = []
+    for group in study.groups:
+        for name, s in group.offloaders.items():
+            flagged, d, share = stats.bimodal(s.totals)
+            if flagged:
+                where = f" in {study.label(group)}" if study.axes else ""
+                lines.append(
+                    f"**Bimodal latency:** {name}{where}: two modes (Ashman's D {d:.1f}, the "
+                    f"smaller holds {100 * share:.0f}% of requests); the median describes "
+                    "neither, see the latency distributions."
+                )
+    return lines
 
 
 def _broken(group: Group, name: str) -> bool:
@@ -143,8 +184,9 @@ def latency_tables(study: Study) -> list[str]:
     score = score_name(study.metric)
     both = study.metric == "accuracy"  # otherwise the score is the agreement
     lines = ["## Latency per cell-group" if study.axes else "## Latency", ""]
-    head = ["offloader", "n", "median ms [95% CI]", "mean ms", "p95 ms", "mean bytes up"]
-    head += [f"{score} % [95% CI]", *(["agreement %"] * both), "drop pp", "within bound"]
+    head = ["offloader", "n", "median ms [95% CI]", "mean ms", "std ms", "p95 ms"]
+    head += ["mean bytes up", f"{score} % [95% CI]", *(["agreement %"] * both)]
+    head += ["drop pp [95% CI]", "within bound"]
     head += ["failed"]
     for group in study.groups:
         if study.axes:
@@ -153,10 +195,18 @@ def latency_tables(study: Study) -> list[str]:
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, s in group.offloaders.items():
             cells = [
-                name, str(s.n), estimate_text(s.median), ms(s.mean), ms(s.p95),
-                count(s.mean_bytes_up), _share_text(s.score, s.score_ci),
-                *([fixed(100 * s.agreement, 1)] * both), signed(s.drop_pp),
-                _yes(s.drop_pp, group.within(name)), str(s.failed),
+                name,
+                str(s.n),
+                estimate_text(s.median),
+                ms(s.mean),
+                ms(s.std),
+                ms(s.p95),
+                count(s.mean_bytes_up),
+                _share_text(s.score, s.score_ci),
+                *([fixed(100 * s.agreement, 1)] * both),
+                _drop_text(s.drop_ci),
+                _yes(s.drop_pp, group.within(name), group.over(name)),
+                str(s.failed),
             ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
@@ -171,8 +221,17 @@ def _share_text(value: float, ci: stats.Estimate) -> str:
     return f"{fixed(100 * value, 1)} [{100 * ci.low:.1f}, {100 * ci.high:.1f}]"
 
 
-def _yes(drop: float, within: bool) -> str:
-    return "-" if not math.isfinite(drop) else ("yes" if within else "no")
+def _drop_text(e: stats.Estimate) -> str:
+    """`+0.50 [-1.2, 2.3]` (points); the bare drop where no interval was possible."""
+    if not math.isfinite(e.low):
+        return signed(e.value)
+    return f"{signed(e.value)} [{e.low:.1f}, {e.high:.1f}]"
+
+
+def _yes(drop: float, within: bool, over: bool = False) -> str:
+    if not math.isfinite(drop):
+        return "-"
+    return "yes" if within else ("NO: over beyond its CI" if over else "no")
 
 
 def _device_table(group: Group) -> list[str]:
@@ -204,7 +263,8 @@ def matched_section(study: Study) -> list[str]:
         group = study.groups[0]
         inside = [n for n in group.offloaders if group.within(n)]
         outside = [
-            f"{n} ({group.offloaders[n].drop_pp:.2f})"
+            f"{n} ({group.offloaders[n].drop_pp:.2f}, 95% CI "
+            f"[{group.offloaders[n].drop_ci.low:.1f}, {group.offloaders[n].drop_ci.high:.1f}])"
             for n in group.offloaders
             if n not in inside and math.isfinite(group.offloaders[n].drop_pp)
         ]
@@ -212,8 +272,13 @@ def matched_section(study: Study) -> list[str]:
         lines.append(f"- Over it (drop in points): {', '.join(outside) or 'none'}")
         return [*lines, ""]
     lines += ["Each offloader's fastest cell-group (configuration) within the bound:", ""]
-    head = ["offloader", "fastest within the bound", "median ms [95% CI]", "drop pp",
-            "within the bound in"]
+    head = [
+        "offloader",
+        "fastest within the bound",
+        "median ms [95% CI]",
+        "drop pp [95% CI]",
+        "within the bound in",
+    ]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in study.offloaders:
         ran = [g for g in study.groups if name in g.offloaders]
@@ -223,7 +288,7 @@ def matched_section(study: Study) -> list[str]:
             lines.append(f"| {name} | none within the bound | - | - | {within_in} |")
             continue
         s = best.offloaders[name]
-        cells = [name, study.label(best, full=True), estimate_text(s.median), signed(s.drop_pp)]
+        cells = [name, study.label(best, full=True), estimate_text(s.median), _drop_text(s.drop_ci)]
         lines.append("| " + " | ".join([*cells, within_in]) + " |")
     return [*lines, ""]
 
@@ -253,12 +318,13 @@ def _versus_table(study: Study, label: str) -> list[str]:
     if not any(rows):
         return ["No baseline ran beside it.", ""]
     head = ["cell-group" if study.axes else "run", "baseline", "drop pp (baseline vs DeepCOD)"]
-    head += ["speedup [95% CI]", "verdict"]
+    head += ["speedup [95% CI]", "verdict", "score diff pp [95% CI] (paired)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for group, row in zip(study.groups, rows, strict=True):
         for name, v in row.items():
             drops = f"{fixed(v.other_drop_pp, 2)} vs {fixed(v.drop_pp, 2)}"
             cells = [study.label(group, full=True), name, drops, v.ratio_text(), v.verdict()]
+            cells.append(v.score_diff_text())
             lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if not any(v.claimed for row in rows for v in row.values()):

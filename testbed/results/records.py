@@ -13,7 +13,8 @@ classifier.
 Comparisons are at matched accuracy (docs/results.md): an offloader's speedup over
 another is claimed only when the other loses at least as much accuracy, since a faster
 offloader that loses more accuracy is not better; `within_bound` says whether its drop
-stays within the scenario's `max_drop_pp`.
+stays within the scenario's `max_drop_pp`, `over_bound` whether even the drop's paired
+95% interval lies above its bound (`drop_interval`, `over`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import csv
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,36 @@ import numpy as np
 from testbed.agents import contract
 from testbed.models.predictions import Comparison
 from testbed.results import roles, stats
+from testbed.results.formatting import factor_text
 
 REQUEST_COLUMNS = list(contract.REQUEST_COLUMNS)  # a record's, with its comparison
 SUMMARY_COLUMNS = [
-    "offloader", "n", "p50_ms", "mean_ms", "p95_ms", "p99_ms", "mean_bytes_up", "accuracy",
-    "accuracy_lo", "accuracy_hi", "agreement", "accuracy_drop_pp", "within_bound",
-    "speedup_vs_raw", "failed", "p50_device_ms", "p50_encode_ms", "p50_uplink_ms", "choice",
-    "p50_queue_ms", "precision", "recall",
+    "offloader",
+    "n",
+    "p50_ms",
+    "mean_ms",
+    "std_ms",
+    "p95_ms",
+    "p99_ms",
+    "mean_bytes_up",
+    "accuracy",
+    "accuracy_lo",
+    "accuracy_hi",
+    "agreement",
+    "accuracy_drop_pp",
+    "drop_lo_pp",
+    "drop_hi_pp",
+    "within_bound",
+    "over_bound",
+    "speedup_vs_raw",
+    "failed",
+    "p50_device_ms",
+    "p50_encode_ms",
+    "p50_uplink_ms",
+    "choice",
+    "p50_queue_ms",
+    "precision",
+    "recall",
 ]
 DEFAULT_MAX_DROP_PP = 1.0  # the scenario's default bound (Scenario.max_drop_pp)
 # what a choice says about the request's configuration (the rest is prediction)
@@ -45,13 +69,25 @@ CHOICE_KEYS = ("split", "bits", "scale", "quality", "mode")
 
 
 TRAFFIC_COLUMNS = [
-    "flow", "kind", "direction", "throughput_mbps", "bytes", "retransmits", "lost_packets",
+    "flow",
+    "kind",
+    "direction",
+    "throughput_mbps",
+    "bytes",
+    "retransmits",
+    "lost_packets",
+    "status",
     "error",
 ]
 
 
 CAPTURE_COLUMNS = [
-    "offloader", "request", "bytes_up", "wire_bytes_up", "bytes_down", "wire_bytes_down",
+    "offloader",
+    "request",
+    "bytes_up",
+    "wire_bytes_up",
+    "bytes_down",
+    "wire_bytes_down",
     "retransmissions",
 ]
 
@@ -84,10 +120,17 @@ def complete_records(
         ref = reference.get(record.get("sample"))
         found = compare(prediction if ok else None, ref) if ref is not None else Comparison(False)
         row["agrees"] = int(ok and found.agrees)
+        # the unsplit model's own correctness on the sample: pairs the drop (not written)
+        row["reference_correct"] = int(label >= 0 and _same_class(ref, label))
         for key in ("tp", "fp", "fn"):
             row[key] = "" if getattr(found, key) is None else getattr(found, key)
         out.append(row)
     return out
+
+
+def _same_class(prediction, label) -> bool:
+    """A classifier's prediction equals the label (a detector's boxes never do)."""
+    return isinstance(prediction, int | np.integer) and int(prediction) == int(label)
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
@@ -110,9 +153,13 @@ def summarize(
     reference_score: float,
     metric: str,
     max_drop_pp: float = DEFAULT_MAX_DROP_PP,
+    configured: dict[str, float] | None = None,
 ) -> list[dict]:
     """One row per offloader; `accuracy` is agreement with the unsplit model where the
-    plugin's metric is agreement (no labels); `agreement` is that in every case."""
+    plugin's metric is agreement (no labels); `agreement` is that in every case.
+    `drop_lo_pp`/`drop_hi_pp`: the drop's 95% interval (`drop_interval`); `over_bound`: 1
+    where all of it lies above the bound (`over`); `configured`: label -> the bound an
+    offloader was configured with."""
     score_key = "correct" if metric == "accuracy" else "agrees"
     summary = []
     for name in order:
@@ -121,12 +168,15 @@ def summarize(
         totals = np.array([float(r["total_ms"]) for r in ok])
         score = stats.wilson(sum(int(r[score_key]) for r in mine), len(mine))
         drop = (reference_score - score.value) * 100
+        drop_ci = drop_interval(mine, metric, drop, score)
+        bound = min(max_drop_pp, (configured or {}).get(name, math.inf))
         summary.append(
             {
                 "offloader": name,
                 "n": len(ok),
                 "p50_ms": _pct(totals, 50),
                 "mean_ms": float(np.mean(totals)) if len(totals) else float("nan"),
+                "std_ms": stats.std(totals),
                 "p95_ms": _pct(totals, 95),
                 "p99_ms": _pct(totals, 99),
                 "mean_bytes_up": float(np.mean([r["bytes_up"] for r in ok])) if ok else 0.0,
@@ -135,7 +185,10 @@ def summarize(
                 "accuracy_hi": score.high,
                 "agreement": stats.wilson(sum(int(r["agrees"]) for r in mine), len(mine)).value,
                 "accuracy_drop_pp": drop,
+                "drop_lo_pp": drop_ci.low,
+                "drop_hi_pp": drop_ci.high,
                 "within_bound": int(within(drop, max_drop_pp)),
+                "over_bound": int(over(drop_ci, bound)),
                 "speedup_vs_raw": "",
                 "failed": len(mine) - len(ok),
                 "p50_device_ms": _pct(_column(ok, "device_ms"), 50),
@@ -161,6 +214,43 @@ def summarize(
 def within(drop_pp: float, bound_pp: float) -> bool:
     """Whether a drop (points) stays within a bound; an unknown drop does not."""
     return math.isfinite(drop_pp) and drop_pp <= bound_pp + 1e-9
+
+
+def over(drop: stats.Estimate, bound_pp: float) -> bool:
+    """Whether a drop breaks a bound beyond its interval: even the interval's low end is
+    above it, so the samples cannot be blamed (a point drop above the bound with an
+    interval reaching under it is `within_bound` 0 but not `over`)."""
+    return math.isfinite(drop.low) and drop.low > bound_pp + 1e-9
+
+
+def drop_interval(
+    rows: list[dict], metric: str, drop_pp: float, score: stats.Estimate
+) -> stats.Estimate:
+    """The drop (points) with its 95% interval. Accuracy, where each request carries the
+    unsplit model's own correctness (`reference_correct`): paired by request, Newcombe's
+    interval of the difference (`stats.discordant_difference`); otherwise the reference
+    is taken as fixed (agreement: the unsplit model agrees with itself) and the interval
+    is the score's Wilson interval, mirrored."""
+    paired = metric == "accuracy" and bool(rows) and all("reference_correct" in r for r in rows)
+    if paired:
+        diff = stats.paired_difference(
+            [r["reference_correct"] for r in rows], [r["correct"] for r in rows]
+        )
+        shift = drop_pp - 100 * diff.value  # the drop's own centre (the runner's reference)
+        return stats.Estimate(drop_pp, 100 * diff.low + shift, 100 * diff.high + shift)
+    return fixed_reference_drop(drop_pp, score)
+
+
+def fixed_reference_drop(drop_pp: float, score: stats.Estimate) -> stats.Estimate:
+    """The drop's interval with the reference's score taken as fixed: the score's
+    interval, mirrored (runs that recorded no per-request reference)."""
+    if not (math.isfinite(drop_pp) and math.isfinite(score.low)):
+        return stats.Estimate(drop_pp, math.nan, math.nan)
+    return stats.Estimate(
+        drop_pp,
+        drop_pp - 100 * (score.high - score.value),
+        drop_pp + 100 * (score.value - score.low),
+    )
 
 
 def claimable(drop_pp: float, other_drop_pp: float) -> bool:
@@ -190,15 +280,20 @@ def paired_totals(cells: list[list[dict]], name: str, other: str) -> tuple[np.nd
     return np.array(mine, dtype=float), np.array(theirs, dtype=float)
 
 
-def _by_sample(rows: list[dict], name: str) -> dict[tuple, float]:
+def _by_sample(
+    rows: list[dict], name: str, key: str = "total_ms", failed_too: bool = False
+) -> dict[tuple, float]:
     out: dict[tuple, float] = {}
     seen: dict[object, int] = {}
     for r in rows:
         sample = r.get("sample", "")
-        if r["offloader"] != name or r["status"] != "ok" or not _is_finite(sample):
+        if r["offloader"] != name or not _is_finite(sample):
+            continue
+        if r["status"] != "ok" and not failed_too:
             continue
         seen[sample] = seen.get(sample, 0) + 1
-        out[(float(sample), seen[sample])] = float(r["total_ms"])
+        value = r.get(key, "")
+        out[(float(sample), seen[sample])] = float(value) if _is_finite(value) else math.nan
     return dict(sorted(out.items()))
 
 
@@ -220,6 +315,9 @@ class Versus:
     other_drop_pp: float
     ratio: stats.Estimate = stats.NAN
     pairs: int = 0  # 0: unpaired (no shared samples), independent resampling
+    # score(name) - score(other) on the same samples (fractions), Newcombe's interval
+    score_diff: stats.Estimate = stats.NAN
+    score_pairs: int = 0
 
     @property
     def claimed(self) -> bool:
@@ -242,30 +340,64 @@ class Versus:
             return f"{self.name} slower"
         return "no clear difference in latency"
 
+    def score_diff_text(self) -> str:
+        """`-0.50 [-2.1, 1.0] (200 pairs)`: points, `name` minus `other`."""
+        e = self.score_diff
+        if not math.isfinite(e.value):
+            return "-"
+        return (
+            f"{100 * e.value:+.2f} [{100 * e.low:.1f}, {100 * e.high:.1f}] "
+            f"({self.score_pairs} pairs)"
+        )
+
     def ratio_text(self) -> str:
         if not self.claimed or not math.isfinite(self.ratio.value):
             return "-"
-        e, how = self.ratio, f"paired, {self.pairs} pairs" if self.pairs else "unpaired"
-        return f"{e.value:.2f}x [{e.low:.2f}, {e.high:.2f}] ({how})"
+        how = f"paired, {self.pairs} pairs" if self.pairs else "unpaired"
+        return f"{factor_text(self.ratio)} ({how})"
 
 
 def versus(
-    cells: list[list[dict]], name: str, other: str, drop_pp: float, other_drop_pp: float
+    cells: list[list[dict]],
+    name: str,
+    other: str,
+    drop_pp: float,
+    other_drop_pp: float,
+    score_key: str = "correct",
 ) -> Versus:
     """Compare `name` with `other` over the cells' requests: paired by sample where they
     share samples, else resampled independently; no ratio where no speedup may be
-    claimed."""
-    base = Versus(name, other, drop_pp, other_drop_pp)
+    claimed. The scores (`score_key`: `correct`, or `agrees` where the metric is
+    agreement) are always compared, paired by sample."""
+    mine_scores, their_scores = paired_scores(cells, name, other, score_key)
+    diff = stats.paired_difference(mine_scores, their_scores)
+    scored = int(np.isfinite(mine_scores + their_scores).sum())
+    base = Versus(name, other, drop_pp, other_drop_pp, score_diff=diff, score_pairs=scored)
     if not base.claimed:
         return base
     mine, theirs = paired_totals(cells, name, other)
     if mine.size:
         ratio = stats.paired_ratio_of_medians_ci(theirs, mine)
-        return Versus(name, other, drop_pp, other_drop_pp, ratio, int(mine.size))
+        return replace(base, ratio=ratio, pairs=int(mine.size))
     totals = [_ok_totals(rows, n) for n in (other, name) for rows in cells]
     half = len(cells)
     ratio = stats.ratio_of_medians_ci(np.concatenate(totals[:half]), np.concatenate(totals[half:]))
-    return Versus(name, other, drop_pp, other_drop_pp, ratio)
+    return replace(base, ratio=ratio)
+
+
+def paired_scores(
+    cells: list[list[dict]], name: str, other: str, key: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 scores (`key`) of `name` and `other` on the same samples, aligned as
+    `paired_totals` aligns latencies, failed requests included (as wrong); NaN where a
+    request lacks the column."""
+    mine, theirs = [], []
+    for rows in cells:
+        a, b = _by_sample(rows, name, key, True), _by_sample(rows, other, key, True)
+        for sample in (k for k in a if k in b):
+            mine.append(a[sample])
+            theirs.append(b[sample])
+    return np.array(mine, dtype=float), np.array(theirs, dtype=float)
 
 
 def _ok_totals(rows: list[dict], name: str) -> np.ndarray:
@@ -326,6 +458,7 @@ def matched_lines(
     bound_pp: float,
     configured: dict[str, float],
     proposed: list[str] | None = None,
+    metric: str = "accuracy",
 ) -> list[str]:
     """summary.md's matched-accuracy part: the bound, each proposed offloader's (DeepCOD's)
     comparisons (claimed only against offloaders that lose at least as much accuracy), and
@@ -340,10 +473,20 @@ def matched_lines(
         proposed = roles.proposed(list(drops), None)
     for name in (n for n in drops if n in proposed):
         others = [n for n in drops if n not in proposed]
-        found = [versus([rows], name, o, drops[name], drops[o]) for o in others]
+        key = "correct" if metric == "accuracy" else "agrees"
+        found = [versus([rows], name, o, drops[name], drops[o], key) for o in others]
         lines += ["", f"{name} (drop {drops[name]:.2f} points) at matched accuracy:", ""]
-        lines += [f"- {v.other}: {v.ratio_text()}, {v.verdict()}" for v in found if v.claimed]
-        lines += [f"- {v.verdict()}" for v in found if not v.claimed]
+        lines += [
+            f"- {v.other}: {v.ratio_text()}, {v.verdict()}; score difference (paired, "
+            f"{name} minus {v.other}): {v.score_diff_text()} points"
+            for v in found
+            if v.claimed
+        ]
+        lines += [
+            f"- {v.verdict()}; score difference: {v.score_diff_text()} points"
+            for v in found
+            if not v.claimed
+        ]
         if not any(v.claimed for v in found):
             lines.append("- No offloader loses at least as much accuracy: no speedup claimed.")
     warnings = bound_warnings(drops, bound_pp, configured)
@@ -388,55 +531,8 @@ def _pct(values: np.ndarray, q: float) -> float:
 
 
 def table(summary: list[dict]) -> str:
-    """The summary as a Markdown table (also readable in a terminal). `vs raw` only where
-    the offloader loses no more accuracy than raw: a speedup bought with accuracy is no
-    speedup at matched accuracy."""
-    head = ["offloader", "n", "p50 ms", "mean ms", "p95 ms", "p99 ms", "bytes up"]
-    head += ["accuracy [95% CI]", "agreement", "drop pp", "in bound", "vs raw", "encode ms"]
-    head += ["choice"]
-    boxes = any(s.get("precision", "") != "" for s in summary)  # a detector's
-    if boxes:
-        head += ["precision", "recall"]
-    raw = next((s for s in summary if s["offloader"] == "raw"), None)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for s in summary:
-        cells = [
-            s["offloader"], str(s["n"]), f"{s['p50_ms']:.1f}", _num(s.get("mean_ms", ""), 1),
-            f"{s['p95_ms']:.1f}", f"{s['p99_ms']:.1f}", f"{s['mean_bytes_up']:.0f}",
-            _score(s), _share(s.get("agreement", "")), f"{s['accuracy_drop_pp']:+.2f}",
-            _bound(s.get("within_bound", "")), _vs_raw(s, raw), f"{s['p50_encode_ms']:.2f}",
-            s["choice"] or "-",
-        ]
-        if boxes:
-            cells += [_share(s.get("precision", "")), _share(s.get("recall", ""))]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """The summary as a Markdown table (`testbed.results.console`, which reads this
+    module's rules: imported here late)."""
+    from testbed.results import console
 
-
-def _score(s: dict) -> str:
-    low, high = s.get("accuracy_lo", ""), s.get("accuracy_hi", "")
-    if low == "" or not math.isfinite(low):
-        return _share(s["accuracy"])
-    return f"{_share(s['accuracy'])} [{100 * low:.1f}, {100 * high:.1f}]"
-
-
-def _vs_raw(s: dict, raw: dict | None) -> str:
-    if s["speedup_vs_raw"] == "" or raw is None:
-        return "-"
-    if not claimable(s["accuracy_drop_pp"], raw["accuracy_drop_pp"]):
-        return "loses more"
-    return f"{s['speedup_vs_raw']:.2f}x"
-
-
-def _bound(value) -> str:
-    return {1: "yes", 0: "no"}.get(value, "-") if value != "" else "-"
-
-
-def _num(value, digits: int) -> str:
-    return "-" if value == "" else f"{value:.{digits}f}"
-
-
-def _share(value) -> str:
-    if value == "" or not math.isfinite(value):
-        return "-"
-    return f"{100 * value:.1f}%"
+    return console.table(summary)

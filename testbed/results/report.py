@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from testbed.errors import TestbedError
-from testbed.results import figures, markdown, timeline
+from testbed.results import figures, markdown, setting, timeline
 from testbed.results.formatting import score_name, short, slug
 from testbed.results.load import Study, load_study
 
@@ -38,6 +38,7 @@ def write_report(folder: Path, *, title: str | None = None) -> Path:
     plots = folder / "plots"
     plots.mkdir(exist_ok=True)
     lines = markdown.header(study, title)
+    lines += setting.setting_section(study)
     lines += markdown.warnings_section(study)
     lines += markdown.latency_tables(study)
     lines += markdown.matched_section(study)
@@ -75,20 +76,25 @@ def plots_section(study: Study, plots: Path) -> list[str]:
             if count > figures.MAX_PANELS:
                 note += f" (first {figures.MAX_PANELS} of {count} shown)"
         emit(
-            figures.latency_figure(study, axis), f"latency_vs_{slug(axis)}.png",
+            figures.latency_figure(study, axis),
+            f"latency_vs_{slug(axis)}.png",
             f"Latency against {short(axis)}",
             f"Median end-to-end latency (ms) against `{axis}`, a line per offloader, shaded: "
             f"bootstrap 95% interval of the median{note}.",
         )
     fig, shown = figures.cdf_figure(study)
     emit(
-        fig, "latency_cdf.png", "Latency distributions",
+        fig,
+        "latency_cdf.png",
+        "Latency distributions",
         "Cumulative distribution of end-to-end latency (ms, log x) of completed requests, "
         f"a line per offloader{_shown_note(study, shown)}.",
     )
     fig, shown = figures.phase_figure(study)
     emit(
-        fig, "phases.png", "Where the time goes",
+        fig,
+        "phases.png",
+        "Where the time goes",
         "Mean time per phase (ms) per offloader, stacked: the bar's height is the mean "
         f"end-to-end latency (means add up, medians do not){_shown_note(study, shown)}.",
     )
@@ -99,12 +105,16 @@ def plots_section(study: Study, plots: Path) -> list[str]:
         same = f"; a bar per set of cell-groups with different bytes ({profiles} sets"
         same += f", first {figures.MAX_PANELS} shown)" if profiles > figures.MAX_PANELS else ")"
     emit(
-        fig, "bytes.png", "Bytes per request",
+        fig,
+        "bytes.png",
+        "Bytes per request",
         f"Mean uplink bytes per completed request per offloader (log y){same}.",
     )
     score = score_name(study.metric).capitalize()
     emit(
-        figures.drop_figure(study), "drop_vs_latency.png", f"{score} drop",
+        figures.drop_figure(study),
+        "drop_vs_latency.png",
+        f"{score} drop",
         f"{score} drop (percentage points, against the unsplit "
         "model) against median latency: a point per offloader per cell-group; lower left is "
         "better.",
@@ -112,7 +122,8 @@ def plots_section(study: Study, plots: Path) -> list[str]:
     devices_axis = figures.devices_axis(study)
     if devices_axis is not None:
         emit(
-            figures.devices_figure(study, devices_axis), f"devices_{slug(devices_axis)}.png",
+            figures.devices_figure(study, devices_axis),
+            f"devices_{slug(devices_axis)}.png",
             "Scaling with devices",
             f"Median end-to-end latency, uplink time and edge time (decode + compute) against "
             f"`{devices_axis}`: the part that grows with the number of devices is the bottleneck "
@@ -126,7 +137,9 @@ def plots_section(study: Study, plots: Path) -> list[str]:
             left = f" (the first {len(drawn)} of {len(changing)})" if changing != drawn else ""
             names = ", ".join(f"`{n}`" for n in drawn)
             emit(
-                timeline.timeline_figure(rows, drawn), "timeline.png", "Requests over time",
+                timeline.timeline_figure(rows, drawn),
+                "timeline.png",
+                "Requests over time",
                 f"Every completed request of {names}{left}, whose choice changes "
                 "between requests: above, its latency at its send time, coloured by its "
                 "choice (probes hollow); below, the device's uplink estimate (line) and the "

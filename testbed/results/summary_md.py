@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from testbed.results import records, roles
+from testbed.results import records, roles, setting
 
 SCORE_NOTES = {
     "detection_agreement": "`accuracy` is detection agreement: the share of images whose "
@@ -32,7 +32,7 @@ def write(
     labels = [s["offloader"] for s in summary]
     proposed = roles.proposed(labels, environment.get("roles"))
     lines = [f"# {out_dir.name}", "", f"Score: {metric}.", "", records.table(summary), ""]
-    lines += [*records.matched_lines(rows, summary, bound, configured, proposed), ""]
+    lines += [*records.matched_lines(rows, summary, bound, configured, proposed, metric), ""]
     if metric != "accuracy":
         lines.append(SCORE_NOTES.get(metric, SCORE_NOTES["agreement"]))
     lines.append(
@@ -42,9 +42,7 @@ def write(
     if environment.get("traffic"):
         lines += ["", "Competing traffic (achieved):", ""]
         for flow in environment["traffic"]:
-            achieved = flow.get("throughput_mbps")
-            text = f"{achieved:.3f} Mbit/s" if achieved is not None else flow.get("error", "?")
-            lines.append(f"- {flow['flow']}: {text}")
+            lines.append(f"- {flow['flow']}: {setting.flow_text(flow)}")
     if environment.get("capture"):
         lines += ["", "On the wire (capture.pcap):", ""]
         lines += [f"- {line}" for line in environment["capture"]]

@@ -85,7 +85,11 @@ def timeline_figure(rows: list[dict], offloaders: list[str]) -> Figure:
     hollow) above the device's uplink estimate and each upload's achieved rate."""
     shown = offloaders[:MAX_OFFLOADERS]
     fig, grid = plt.subplots(
-        2, len(shown), figsize=(6.4 * len(shown), 6.4), squeeze=False, sharex="col",
+        2,
+        len(shown),
+        figsize=(6.4 * len(shown), 6.4),
+        squeeze=False,
+        sharex="col",
         gridspec_kw={"height_ratios": [3, 2]},
     )
     fig.subplots_adjust(left=0.08, right=0.97, hspace=0.12, wspace=0.25, bottom=0.1, top=0.88)
@@ -103,8 +107,11 @@ def timeline_figure(rows: list[dict], offloaders: list[str]) -> Figure:
                 if not pick.any():
                     continue
                 top.scatter(
-                    data["t_s"][pick], data["total_ms"][pick], s=16,
-                    facecolors="none" if probe else colour, edgecolors=colour,
+                    data["t_s"][pick],
+                    data["total_ms"][pick],
+                    s=16,
+                    facecolors="none" if probe else colour,
+                    edgecolors=colour,
                     label=f"{label} (probe)" if probe else label,
                 )
         top.set_ylim(bottom=0)

@@ -250,6 +250,25 @@ def parse_iperf3(
     }
 
 
+# iperf3's error when a test is stopped by a signal (ours, at the end of the run):
+# "interrupt - the server has terminated" / "interrupt - the client has terminated"
+IPERF3_INTERRUPT = "interrupt - the "
+ENDED, STOPPED, FAILED, NOT_RUN = "ended", "stopped at the run's end", "failed", "not run"
+
+
+def with_status(result: dict, stopped_by_run: bool) -> dict:
+    """`result` with its `status` for traffic.csv: `ended` (it finished by itself),
+    `stopped at the run's end` (we stopped it when the requests were done: its planned
+    end, so iperf3's "interrupt - ... has terminated" is no error and is dropped), or
+    `failed` (any other error; it stays in `error`)."""
+    error = str(result.get("error") or "")
+    if stopped_by_run and error.startswith(IPERF3_INTERRUPT):
+        return {**result, "status": STOPPED, "error": ""}
+    if error:
+        return {**result, "status": FAILED}
+    return {**result, "status": STOPPED if stopped_by_run else ENDED}
+
+
 def _parse_tcp(server_out: str, client_out: str | None, meta: dict) -> dict:
     """The client's JSON has both sides when its test completed. When it was cut
     short, the server's JSON has the bytes received, but iperf3 (3.12) times them

@@ -13,7 +13,14 @@ import threading
 import time
 
 from testbed.emulation.topology import stop_process, wait_ready
-from testbed.emulation.traffic.plan import FlowPlan, TrafficError, plan_traffic
+from testbed.emulation.traffic.plan import (
+    FAILED,
+    NOT_RUN,
+    FlowPlan,
+    TrafficError,
+    plan_traffic,
+    with_status,
+)
 
 UNTIL_THE_END_S = 24 * 3600  # a flow without stop_s is stopped by us, not by its timer
 
@@ -88,16 +95,22 @@ class TrafficRun:
         if self._thread is not None:
             self._thread.join(10)
         results = []
+        running = {label: proc.poll() is None for label, proc in self.clients.items()}
         client_out = {label: _finish(proc) for label, proc in self.clients.items()}
         for plan in self.plans:
+            meta = {"flow": plan.label, "kind": plan.kind, "direction": plan.direction}
             if plan.label not in self.servers:
-                results.append({"flow": plan.label, "kind": plan.kind, "error": "never started"})
+                why = "starts after the run's end" if not plan.runs else "never started"
+                status = NOT_RUN if not plan.runs else FAILED
+                results.append({**meta, "status": status, "error": why})
                 continue
             server_out = _finish(self.servers[plan.label])
             try:
-                results.append(plan.parse(server_out, client_out.get(plan.label)))
+                result = plan.parse(server_out, client_out.get(plan.label))
             except TrafficError as exc:
-                results.append({"flow": plan.label, "kind": plan.kind, "error": str(exc)})
+                results.append({**meta, "status": FAILED, "error": str(exc)})
+                continue
+            results.append(with_status(result, running.get(plan.label, False)))
         return results
 
 
