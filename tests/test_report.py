@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from testbed.results import compare, figures, load, markdown, report, stats, summary_md
+from testbed.results import compare, figures, load, markdown, paired, report, stats, summary_md
 from testbed.results import records as results
 from testbed.results.formatting import estimate_text, ms
 
@@ -674,7 +674,7 @@ def test_summary_md_states_the_runs_comparisons_and_what_it_recorded(tmp_path):
     assert text.startswith(f"# {tmp_path.name}\n\nScore: agreement.\n\n| offloader |")
     assert "within it: raw." in text
     assert "mine (drop 10.00 points) at matched accuracy:" in text
-    jpeg = results.versus([rows], "mine", "jpeg", 10.0, 10.0)
+    jpeg = paired.versus([rows], "mine", "jpeg", 10.0, 10.0)
     assert f"- jpeg: {jpeg.ratio_text()}, mine faster at no larger drop" in text
     assert "- raw loses less accuracy (drop 0.00 vs 10.00 points): no speedup claimed" in text
     assert "jpeg (drop" not in text  # a baseline: compared with, not compared

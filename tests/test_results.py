@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
+from testbed.results import paired, stats
 from testbed.results import records as results
-from testbed.results import stats
 
 
 def record(offloader, sample, total, prediction, label, status="ok", bytes_up=800):
@@ -126,7 +126,7 @@ def timed(offloader, sample, total, ok=True):
 def test_pairs_are_the_same_samples_within_a_cell():
     cell = [timed("a", 3, 10.0), timed("a", 1, 20.0), timed("a", 2, 30.0, ok=False)]
     cell += [timed("b", 1, 200.0), timed("b", 2, 300.0), timed("b", 3, 100.0)]
-    mine, theirs = results.paired_totals([cell, [timed("a", 1, 5.0), timed("b", 1, 7.0)]], "a", "b")
+    mine, theirs = paired.paired_totals([cell, [timed("a", 1, 5.0), timed("b", 1, 7.0)]], "a", "b")
     assert mine.tolist() == [20.0, 10.0, 5.0] and theirs.tolist() == [200.0, 100.0, 7.0]
 
 
@@ -134,18 +134,18 @@ def test_a_speedup_is_claimed_only_over_an_offloader_losing_no_less():
     cell = [
         timed(n, s, t * (1 + s / 100)) for s in range(30) for n, t in (("d", 10.0), ("j", 40.0))
     ]
-    better = results.versus([cell], "d", "j", drop_pp=5.0, other_drop_pp=1.0)
+    better = paired.versus([cell], "d", "j", drop_pp=5.0, other_drop_pp=1.0)
     assert not better.claimed and math.isnan(better.ratio.value)
     assert better.verdict() == (
         "j loses less accuracy (drop 1.00 vs 5.00 points): no speedup claimed"
     )
     assert better.ratio_text() == "-"
-    same = results.versus([cell], "d", "j", drop_pp=5.0, other_drop_pp=5.0)
+    same = paired.versus([cell], "d", "j", drop_pp=5.0, other_drop_pp=5.0)
     assert same.claimed and same.pairs == 30
     assert same.ratio.value == pytest.approx(4.0) and same.ratio.low > 3.5
     assert same.verdict() == "d faster at no larger drop"
     assert same.ratio_text().endswith("(paired, 30 pairs)")
-    assert results.claimable(1.0, 1.0) and not results.claimable(float("nan"), 5.0)
+    assert paired.claimable(1.0, 1.0) and not paired.claimable(float("nan"), 5.0)
 
 
 def test_fastest_within_the_bound():
@@ -279,7 +279,7 @@ def test_paired_score_difference_between_offloaders():
     rows = [timed("a", s, 10.0) for s in range(4)] + [timed("b", s, 20.0) for s in range(4)]
     for row in rows:
         row["correct"] = int(row["offloader"] == "a" or row["sample"] < 2)
-    v = results.versus([rows], "a", "b", 0.0, 50.0)
+    v = paired.versus([rows], "a", "b", 0.0, 50.0)
     assert v.score_pairs == 4
     assert v.score_diff == stats.discordant_difference(2, 2, 0, 0)
     assert v.score_diff_text().startswith("+50.00 [")

@@ -1,7 +1,7 @@
 """Offloaders of a study against each other at matched accuracy.
 
 A speedup is claimed only over an offloader that loses at least as much accuracy, so a
-faster but less faithful offloader is never called better (`records.versus`). Each
+faster but less faithful offloader is never called better (`paired.versus`). Each
 proposed offloader (its recorded role, `testbed.results.roles`) is compared with every
 baseline; any offloader's fastest configuration is sought only among those within the
 accuracy bound.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from testbed.results import records
+from testbed.results import paired, records
 from testbed.results.load import Group, Study
 
 
@@ -21,7 +21,7 @@ def baselines(study: Study) -> list[str]:
     return [name for name in study.offloaders if name not in study.proposed]
 
 
-def comparisons(study: Study, label: str) -> list[dict[str, records.Versus]]:
+def comparisons(study: Study, label: str) -> list[dict[str, paired.Versus]]:
     """Per cell-group: `label` against every baseline at matched accuracy; a ratio
     (median(baseline) / median(label), paired by sample) only where the baseline loses
     at least as much accuracy."""
@@ -35,7 +35,7 @@ def comparisons(study: Study, label: str) -> list[dict[str, records.Versus]]:
             if mine is None or other is None:
                 continue
             cells = [c.rows for c in group.cells]
-            row[name] = records.versus(cells, label, name, mine.drop_pp, other.drop_pp, key)
+            row[name] = paired.versus(cells, label, name, mine.drop_pp, other.drop_pp, key)
         out.append(row)
     return out
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from testbed.results.formatting import significant
-from testbed.results.records import claimable
+from testbed.results.paired import claimable
 
 
 def table(summary: list[dict]) -> str:
