@@ -16,3 +16,9 @@ beside them the parts every step may use:
 
 docs/design.md draws the same map with the contracts between the parts.
 """
+
+from pathlib import Path
+
+# The checkout the testbed runs from (this file's folder's parent): the programs started
+# in hosts run there, so relative paths in a run mean what they meant to the command.
+CHECKOUT = Path(__file__).resolve().parent.parent

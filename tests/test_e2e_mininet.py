@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -36,7 +37,9 @@ def small_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     scenario = write_scenario(tmp / "small.yaml")
     out = tmp / "out"
-    proc = run_cli(scenario, "--out", out)
+    # relative, as a user types it (the default is results/NAME-...): the programs in the
+    # hosts must resolve it from the folder the command ran in
+    proc = run_cli(scenario, "--out", os.path.relpath(out, ROOT))
     assert proc.returncode == 0, proc.stderr
     return proc, out
 

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import testbed
 from testbed.agents.protocol import CC_ENV
 from testbed.cleanup import Teardown, stop_process
 from testbed.emulation import stale
@@ -304,4 +305,4 @@ class OffloadTopology:
 
 
 def _repo_root() -> str:
-    return str(Path(__file__).resolve().parent.parent)
+    return str(testbed.CHECKOUT)

@@ -9,6 +9,8 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import testbed
+
 PACKAGES = ("torch", "numpy", "numba", "mininet", "pyyaml", "scapy", "netfilterqueue")
 
 
@@ -20,7 +22,7 @@ def _version(name: str) -> str:
 
 
 def _git(*args: str) -> str:
-    root = Path(__file__).resolve().parent.parent
+    root = testbed.CHECKOUT
     try:
         out = subprocess.run(
             ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
