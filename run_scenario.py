@@ -2,7 +2,8 @@
 """Run a deepcod-testbed scenario: `python run_scenario.py scenarios/lowbw.yaml`.
 
 Exit status: 0 ok; 2 bad input; 3 missing environment; 4 an `expect:` gate failed;
-130/143 interrupted (Ctrl-C / SIGTERM, after cleaning up); 1 anything else.
+130/143 interrupted (Ctrl-C / SIGTERM, after cleaning up); 1 anything else, a run that
+did not finish included (its results are written and marked partial).
 """
 
 from __future__ import annotations
@@ -145,7 +146,8 @@ def check(sweeps, fidelity: bool) -> int:
 
 def _run_one(sweep, out: Path, options: dict) -> tuple[list[str], list[str], Path | None]:
     """One document: a plain run, or a sweep of runs. Returns (gate failures, failed
-    runs, the report's path)."""
+    runs, the report's path); a plain run that did not finish is a failed run, its
+    table and report written and marked partial."""
     from testbed.experiment import runner
     from testbed.experiment.sweep import SWEEP_TABLE_TITLE, run_sweep, sweep_table
     from testbed.results.records import table
@@ -153,7 +155,8 @@ def _run_one(sweep, out: Path, options: dict) -> tuple[list[str], list[str], Pat
     if not sweep.is_grid:
         result = runner.run(sweep.cells[0].scenario, out, **options)
         print(table(result.summary))
-        return result.gate_failures, [], _report(out)
+        failed = [f"the run did not finish: {result.partial}"] if result.partial else []
+        return result.gate_failures, failed, _report(out)
     print(
         f"{sweep.name}: {len(sweep.cells)} runs into {out} (after an interruption, the "
         f"same command with --out {out} resumes)",
@@ -240,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             f"results: {out}"
             + (f"; report: {reports[0][1]}" if len(reports) == 1 and reports[0][1] else "")
         )
+        if len(failed_runs) == 1 and not any(s.is_grid for s in sweeps):
+            raise TestbedError(f"{failed_runs[0]} (results so far in {out}, marked partial)")
         if failed_runs:
             raise TestbedError(
                 f"{len(failed_runs)} runs failed (the same command with --out {out} retries "

@@ -13,7 +13,7 @@ from numba import njit
 __all__ = ["pack", "packed_size", "unpack"]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _pack(values, k, out):
     """Return the index of the first value that needs more than k bits, or -1."""
     limit = 1 << k
@@ -35,7 +35,7 @@ def _pack(values, k, out):
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _unpack(data, k, out):
     mask = (1 << k) - 1
     acc = 0

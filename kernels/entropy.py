@@ -7,7 +7,10 @@ shorter), the payload bit count, the payload, and a CRC32 of everything before i
 
 Decoding trusts nothing: the CRC is checked first, every field is bounded by what the
 blob can hold before anything is allocated (a symbol costs at least one bit, so the
-element count is at most the payload bits), and any failure is a `CorruptBlob`.
+element count is at most the payload bits), and any failure is a `CorruptBlob`. A caller
+that knows what it expects (shape, dtype, an element limit) says so: a blob that names
+anything else, or is longer than `max_blob_size` of that array, is refused before a
+byte is copied or a symbol decoded, so the blob cannot choose the work.
 """
 
 from __future__ import annotations
@@ -19,7 +22,15 @@ import numpy as np
 
 from kernels import bitpack, huffman
 
-__all__ = ["MAGIC", "VERSION", "CorruptBlob", "decode", "empirical_entropy", "encode"]
+__all__ = [
+    "MAGIC",
+    "VERSION",
+    "CorruptBlob",
+    "decode",
+    "empirical_entropy",
+    "encode",
+    "max_blob_size",
+]
 
 MAGIC = b"DC"
 VERSION = 1
@@ -83,9 +94,12 @@ def _dtype_code(dt: np.dtype) -> int:
 
 
 def _to_unsigned(a: np.ndarray, code: int) -> np.ndarray:
+    """The symbols in unsigned form, in memory of their own: the kernels run without the
+    GIL and size the payload from a histogram first, so a caller's thread changing its
+    array meanwhile must not reach them (a copy costs 2% of an encode)."""
     flat = np.ascontiguousarray(a.reshape(-1), dtype=_DTYPES[code].newbyteorder("="))
     if code == 0 or code == 2:
-        return flat
+        return flat.copy() if np.may_share_memory(flat, a) else flat
     # Offset binary: -128..127 -> 0..255 (resp. 16-bit), so the histogram stays dense.
     unsigned = np.dtype(np.uint8 if code == 1 else np.uint16)
     return flat.view(unsigned) ^ np.asarray(0x80 if code == 1 else 0x8000, unsigned)
@@ -224,12 +238,39 @@ def _parse(blob: bytes):
     return flags, dtype, tuple(shape), n, pos, end
 
 
-def decode(blob: bytes) -> np.ndarray:
-    """The array that `encode` was given; CorruptBlob for anything else."""
+def _expected(shape, dtype) -> tuple[tuple[int, ...] | None, int | None]:
+    """A caller's expectation normalised: (shape or None, dtype code or None)."""
+    want_shape = None if shape is None else tuple(int(d) for d in shape)
+    if want_shape is not None and (len(want_shape) > MAX_NDIM or min(want_shape, default=0) < 0):
+        raise ValueError(f"expected shape {want_shape} is not an array's shape")
+    return want_shape, None if dtype is None else _dtype_code(np.dtype(dtype))
+
+
+def decode(
+    blob: bytes | bytearray | memoryview,
+    *,
+    shape: tuple[int, ...] | None = None,
+    dtype=None,
+    max_symbols: int | None = None,
+) -> np.ndarray:
+    """The array that `encode` was given; CorruptBlob for anything else.
+
+    `shape`, `dtype` and `max_symbols` are what the caller expects: a blob whose header
+    names another shape or dtype, or more elements, is refused before anything of its
+    size is allocated or decoded, and with both shape and dtype a blob longer than
+    `max_blob_size` of them before it is even checksummed."""
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise TypeError(f"decode takes bytes, got {type(blob).__name__}")
+    want_shape, want_code = _expected(shape, dtype)
+    if want_shape is not None and dtype is not None:
+        bound = max_blob_size(want_shape, dtype)
+        if len(blob) > bound:
+            raise CorruptBlob(
+                f"blob of {len(blob)} bytes; an array of shape {want_shape} {np.dtype(dtype)} "
+                f"takes at most {bound}"
+            )
     try:
-        return _decode(bytes(blob))
+        return _decode(bytes(blob), want_shape, want_code, max_symbols)
     except CorruptBlob:
         raise
     except (ValueError, IndexError, OverflowError, MemoryError, struct.error) as exc:
@@ -238,8 +279,20 @@ def decode(blob: bytes) -> np.ndarray:
         raise CorruptBlob(f"malformed blob: {exc}") from exc
 
 
-def _decode(blob: bytes) -> np.ndarray:
+def _check_expected(dtype, shape, n, want_shape, want_code, max_symbols) -> None:
+    """The header against what the caller expects, before any allocation of size n."""
+    code = _DTYPES.index(dtype)
+    if want_code is not None and code != want_code:
+        raise CorruptBlob(f"blob holds {dtype}, expected {_DTYPES[want_code]}")
+    if want_shape is not None and shape != want_shape:
+        raise CorruptBlob(f"blob holds shape {shape}, expected {want_shape}")
+    if max_symbols is not None and n > max_symbols:
+        raise CorruptBlob(f"blob holds {n} elements, at most {max_symbols} expected")
+
+
+def _decode(blob: bytes, want_shape=None, want_code=None, max_symbols=None) -> np.ndarray:
     flags, dtype, shape, n, pos, end = _parse(blob)
+    _check_expected(dtype, shape, n, want_shape, want_code, max_symbols)
     code = flags & 0x03
     if n == 0:
         if pos != end:
@@ -274,6 +327,42 @@ def _decode(blob: bytes) -> np.ndarray:
         out ^= np.uint16(0x8000)
         out = out.view(np.int16)
     return out.reshape(shape)
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def max_blob_size(shape: tuple[int, ...], dtype, levels: int | None = None) -> int:
+    """The longest blob `encode` can produce for an array of this shape and dtype whose
+    values lie in at most `levels` consecutive integers (default: the whole dtype): the
+    bound a receiver states for its payloads.
+
+    Header and CRC as laid out; the dense length table of `levels` symbols at the widest
+    length the code can use (the sparse one is written only when shorter); a payload of
+    max(1, ceil(log2 levels)) bits per element, since the length-limited code is optimal
+    and a fixed-length code of that many bits is always within its limit."""
+    dt = np.dtype(dtype)
+    alphabet = 256 if _DTYPES[_dtype_code(dt)].itemsize == 1 else 65536
+    levels = alphabet if levels is None else int(levels)
+    if not 1 <= levels <= alphabet:
+        raise ValueError(f"levels must be in 1..{alphabet}, got {levels}")
+    dims, _ = _expected(shape, None)
+    assert dims is not None
+    head = _FIXED + sum(len(_varint(d)) for d in dims) + _CRC
+    n = 1
+    for d in dims:
+        n *= d
+    if n == 0:
+        return head
+    longest = max(1, min(huffman.default_limit(levels), levels - 1))
+    table = (
+        1
+        + len(_varint(alphabet - 1))
+        + len(_varint(levels))
+        + bitpack.packed_size(levels, longest.bit_length())
+    )
+    nbits = n * max(1, (levels - 1).bit_length())
+    return head + table + len(_varint(nbits)) + (nbits + 7) // 8
 
 
 def empirical_entropy(symbols: np.ndarray) -> float:

@@ -40,7 +40,7 @@ MAX_LIMIT = 16
 # --------------------------------------------------------------------------- histogram
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _histogram(symbols, alphabet_size):
     # Four interleaved uint32 tables for small alphabets: runs of equal symbols (skewed
     # data) would otherwise serialise on one counter's store-to-load forwarding. The
@@ -73,7 +73,7 @@ def _histogram(symbols, alphabet_size):
 
 def histogram(symbols: np.ndarray, alphabet_size: int | None = None) -> np.ndarray:
     """Counts (int64) of each symbol of a uint8/uint16 array; alphabet 256 or 65536."""
-    s = _as_symbols(symbols)
+    s = _private(_as_symbols(symbols), alphabet_size)
     a = alphabet_size or (256 if s.dtype == np.uint8 else 65536)
     if s.size and int(s.max()) >= a:
         raise ValueError(f"symbol {int(s.max())} outside an alphabet of {a}")
@@ -83,7 +83,7 @@ def histogram(symbols: np.ndarray, alphabet_size: int | None = None) -> np.ndarr
 # --------------------------------------------------------------------------- lengths
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _package_merge(w, limit):
     """Optimal code lengths under `limit` for ascending weights w (2 <= n <= 2**limit).
 
@@ -195,7 +195,7 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- encode
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _encoded_bits(counts, lengths):
     total = 0
     for s in range(counts.size):
@@ -208,15 +208,18 @@ def encoded_bits(counts: np.ndarray, lengths: np.ndarray) -> int:
     return int(_encoded_bits(np.asarray(counts, np.int64), np.asarray(lengths, np.uint8)))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _encode(symbols, table, max_len, out):
-    """Write the payload into out (payload bytes + 8 of slack); return bytes used.
+    """Write the payload into out (payload bytes + 8 of slack); return bytes used, or -1
+    where the symbols would need more room than out has.
 
     table[s] = code << 5 | length. Codes are combined in a small tree (pairs first) so
     that the accumulator's dependency chain is one shift and one OR per group instead
     of per symbol. After a flush at most 7 bits are pending, so a group of 4 codes of
     up to 14 bits (or 3 of up to 16) always fits the 64-bit accumulator, and the flush
-    stores eight bytes unconditionally (the slack absorbs the overshoot).
+    stores eight bytes unconditionally (the slack absorbs the overshoot): the caller
+    guarantees that the symbols are those whose bits sized out, and that nothing changes
+    them meanwhile (this runs without the GIL); the byte-wise tail checks out's end.
     """
     n = symbols.size
     g = 4 if max_len <= 14 else 3
@@ -265,11 +268,15 @@ def _encode(symbols, table, max_len, out):
         acc = (acc << ln) | (e >> five)
         nb += ln
         while nb >= np.uint64(8):
+            if p >= out.size:
+                return -1
             nb -= np.uint64(8)
             out[p] = np.uint8(acc >> nb)
             p += 1
         i += 1
     if nb > np.uint64(0):
+        if p >= out.size:
+            return -1
         out[p] = np.uint8(acc << (np.uint64(8) - nb))
         p += 1
     return p
@@ -299,15 +306,15 @@ def encode_with(
         return out[:0]
     max_len = int(lengths.max())
     used = _encode(symbols, _encode_table(lengths), max_len, out)
-    if used != nbytes:  # pragma: no cover - would mean nbits was wrong
-        raise AssertionError(f"encoder wrote {used} bytes, expected {nbytes}")
+    if used != nbytes:  # nbits was wrong, or another thread changed the symbols
+        raise ValueError(f"encoder needed {used} bytes, expected {nbytes} (-1: more than out)")
     return out[:nbytes]
 
 
 def encode(symbols: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, int]:
     """(payload uint8 array, payload bits) for uint8/uint16 symbols under code lengths."""
-    s = _as_symbols(symbols)
     ln = np.ascontiguousarray(lengths, dtype=np.uint8).reshape(-1)
+    s = _private(_as_symbols(symbols), ln.size)
     counts = _histogram(s, ln.size) if s.size and int(s.max()) < ln.size else None
     if s.size and (counts is None or np.any((counts > 0) & (ln == 0))):
         raise ValueError("a symbol has no code (length 0 or outside the table)")
@@ -403,7 +410,7 @@ def decode_table(lengths: np.ndarray) -> DecodeTable:
     return DecodeTable(table, pairs, bits, max_len, first, count, base, symbols)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _decode(data, table, pairs, bits, max_len, first, count, base, symbols, out):
     """Decode out.size symbols; return the bits consumed, or -1 on a bit pattern that is
     not a code.
@@ -531,3 +538,12 @@ def _as_symbols(symbols) -> np.ndarray:
     if s.dtype.kind != "u" or s.dtype.itemsize > 2:
         raise TypeError(f"symbols must be uint8 or uint16, got {s.dtype}")
     return np.ascontiguousarray(s.reshape(-1), dtype=s.dtype.newbyteorder("="))
+
+
+def _private(s: np.ndarray, alphabet: int | None) -> np.ndarray:
+    """The symbols themselves where every value of their dtype is inside the alphabet,
+    else a copy of them: the kernels index tables by symbol without the GIL, after one
+    check of the largest, and a caller's thread must not change them in between."""
+    if alphabet is None or alphabet >= (256 if s.dtype == np.uint8 else 65536):
+        return s
+    return s.copy()

@@ -31,7 +31,7 @@ __all__ = [
 # --------------------------------------------------------------------------- uniform
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _quantize_tensor(x, inv_scale, offset, qmax, out):
     half = np.float32(0.5)
     for i in range(x.size):
@@ -44,7 +44,7 @@ def _quantize_tensor(x, inv_scale, offset, qmax, out):
         out[i] = v
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _quantize_channels(x, inv_scale, offset, qmax, out):
     """x and out are (outer, channels, inner); inner == 1 is the channels-last case."""
     half = np.float32(0.5)
@@ -73,13 +73,13 @@ def _quantize_channels(x, inv_scale, offset, qmax, out):
                     out[a, c, b] = v
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _dequantize_tensor(q, scale, offset, out):
     for i in range(q.size):
         out[i] = np.float32(q[i]) * scale + offset
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _dequantize_channels(q, scale, offset, out):
     n0, nc, n2 = q.shape
     for a in range(n0):
@@ -197,7 +197,7 @@ def dequantize_uniform(q: np.ndarray, scale, offset, axis: int | None = None) ->
 _BLOCK = 2048
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _nearest_linear(x, thresholds, order, out):
     """Few centres: count the thresholds below each value, one threshold at a time over a
     block of values, so the inner loop is a branch-free vectorised compare-and-add."""
@@ -224,7 +224,7 @@ def _nearest_linear(x, thresholds, order, out):
                 o[i] = order[o[i]]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _nearest_bisect(x, thresholds, order, out):
     nm = thresholds.size
     for i in range(x.size):
@@ -240,7 +240,7 @@ def _nearest_bisect(x, thresholds, order, out):
         out[i] = order[lo]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _centre_values(idx, values, out):
     """Return the position of the first index outside the codebook, or -1."""
     k = values.size

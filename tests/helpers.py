@@ -81,10 +81,10 @@ def check_trained_weights(plugin, max_bytes: int) -> None:
     assert len(model) == len(plugin.build_stages())
 
 
-def start_edge(stderr=subprocess.DEVNULL) -> tuple[subprocess.Popen, int]:
+def start_edge(stderr=subprocess.DEVNULL, *extra: str) -> tuple[subprocess.Popen, int]:
     """The edge agent as a real process on a free loopback port, fashion_cnn preloaded,
     once it has said READY; its port. With `stderr=subprocess.PIPE` a failed start shows
-    the agent's error."""
+    the agent's error; `extra` are more options (its limits)."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -98,6 +98,7 @@ def start_edge(stderr=subprocess.DEVNULL) -> tuple[subprocess.Popen, int]:
             "fashion_cnn",
             "--threads",
             "1",
+            *extra,
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -14,11 +14,33 @@ import pytest
 from tests.mininet_utils import ROOT, write_scenario
 
 
-def cli(*args, user=None, timeout=300):
+def cli(*args, user=None, timeout=300, cwd=ROOT):
     command = [sys.executable, "run_scenario.py", *map(str, args), "--no-progress"]
     if user:
-        command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        command = as_user(user, command)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def as_user(user: int, command: list) -> list:
+    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *command]
+
+
+def readable_copy(folder: Path) -> Path:
+    """What a run needs up to its check for root, copied into `folder` open to every
+    user: the command, the packages, the plugins' code (not their weights). The
+    checkout itself may sit in a folder other users cannot enter (a clone under
+    `mktemp -d`, mode 700)."""
+    code = folder / "code"
+    code.mkdir()
+    shutil.copy2(ROOT / "run_scenario.py", code / "run_scenario.py")
+    no_cache = shutil.ignore_patterns("__pycache__")
+    for package in ("testbed", "kernels"):
+        shutil.copytree(ROOT / package, code / package, ignore=no_cache)
+    code_only = shutil.ignore_patterns("__pycache__", "*.pt", "*.npz", "*.png", "*.gz", "data")
+    shutil.copytree(ROOT / "plugins", code / "plugins", ignore=code_only)
+    for path in [code, *code.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o666)  # numba may write its cache beside
+    return code
 
 
 def test_list_offloaders_and_plugins():
@@ -68,14 +90,20 @@ def test_samples_override_must_be_positive(tmp_path):
     os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to drop to nobody"
 )
 def test_not_root_exits_3_with_the_fix():
-    closed = [p for p in (ROOT, *ROOT.parents) if not p.stat().st_mode & 0o001]
-    if closed:  # e.g. a clone inside `mktemp -d` (0700): user nobody cannot reach the code
-        pytest.skip(f"{closed[0]} is closed to other users; the non-root run cannot start")
     folder = Path(tempfile.mkdtemp(prefix="deepcod-nonroot-"))  # pytest's tmp is root-only
     try:
         folder.chmod(0o777)
+        code = readable_copy(folder)
+        probe = subprocess.run(
+            as_user(65534, [sys.executable, "-c", "import numpy, yaml"]),
+            cwd=code,
+            capture_output=True,
+            text=True,
+        )
+        if probe.returncode != 0:  # the interpreter itself sits where nobody can reach
+            pytest.skip(f"user nobody cannot run {sys.executable}: {probe.stderr.strip()[-200:]}")
         scenario = write_scenario(folder / "s.yaml")
-        proc = cli(scenario, "--out", folder / "out", user=65534)
+        proc = cli(scenario, "--out", folder / "out", user=65534, cwd=code)
         assert proc.returncode == 3, proc.stderr
         assert "root" in proc.stderr and "Traceback" not in proc.stderr
         assert not (folder / "out").exists()

@@ -178,6 +178,16 @@ def test_inconsistent_jobs_and_records_are_refused():
         RequestRecord.from_dict({**record().to_dict(), "status": "lost"})
     with pytest.raises(ContractError, match="missing key 'total_ms'"):
         RequestRecord.from_dict({k: v for k, v in record().to_dict().items() if k != "total_ms"})
+    with pytest.raises(ContractError, match="'total_ms': null exactly when"):
+        record(total_ms=None)
+    with pytest.raises(ContractError, match="'total_ms': null exactly when"):
+        record(status="not_run", error="edge lost")
+
+
+def test_a_request_not_run_has_no_measurement():
+    made = record(status="not_run", error="not run: edge lost", total_ms=None)
+    assert RequestRecord.from_json(made.to_json()) == made
+    assert made.to_dict()["total_ms"] is None
 
 
 def test_columns_and_phases_come_from_the_record():
@@ -187,14 +197,18 @@ def test_columns_and_phases_come_from_the_record():
     assert tuple(f"{phase}_ms" for phase in in_order.split()) == contract.PHASES
     assert set(contract.PHASES) <= set(keys)
     assert sorted(contract.REQUEST_COLUMNS) == sorted(
-        [k for k in keys if k != "stream"] + list(contract.COMPARISON_COLUMNS)
+        [k for k in keys if k != "stream"]
+        + list(contract.COMPARISON_COLUMNS)
+        + list(contract.FLAG_COLUMNS)
     )
     assert list(contract.REQUEST_COLUMNS) == results.REQUEST_COLUMNS
 
 
 def test_committed_requests_csv_keeps_its_columns():
-    header = (RESULTS / "lowbw" / "requests.csv").read_text().splitlines()[0]
-    assert header.split(",") == list(contract.REQUEST_COLUMNS)
+    """Columns may grow at the end, never move or change meaning."""
+    header = (RESULTS / "lowbw" / "requests.csv").read_text().splitlines()[0].split(",")
+    assert list(contract.REQUEST_COLUMNS[: len(header)]) == header
+    assert contract.REQUEST_COLUMNS[len(header) :] == contract.FLAG_COLUMNS
 
 
 def test_committed_files_read_back_unchanged():

@@ -87,7 +87,7 @@ def test_barrier_holds_until_every_device_arrived(tmp_path):
     assert sorted(i for i, _ in released) == [0, 1]
     assert all(arrived <= t < arrived + 1 for _, t in released)
     # the next offloader's barrier is a new one
-    with pytest.raises(RuntimeError, match=r"device\(s\) \[1\] of 2 did not arrive"):
+    with pytest.raises(TimeoutError, match=r"device\(s\) \[1\] of 2 did not arrive"):
         wait_barrier(tmp_path / "b", "1", 0, 2, timeout_s=0.1)
 
 

@@ -294,3 +294,86 @@ def test_deepcod_through_the_agents(tmp_path):
     assert uplink["deepcod"] < uplink["raw"] / 2, uplink
     assert all(float(r["encode_ms"]) > 0 for r in requests if r["offloader"] == "deepcod")
     assert float(rows["deepcod"]["accuracy_drop_pp"]) < 15  # see plugins/fashion_cnn/README.md
+
+
+def _run_edge_pid(device_job: Path) -> int | None:
+    """The edge agent of the run whose device agent reads `device_job`: the process
+    that carries the same run prefix in its environment."""
+    from testbed.emulation.stale import RUN_ENV, run_processes
+
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(device_job).encode() not in (proc / "cmdline").read_bytes():
+                continue
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        marker = next((e for e in environ if e.startswith(f"{RUN_ENV}=".encode())), None)
+        if marker is None:
+            continue
+        for pid in run_processes(marker.split(b"=", 1)[1].decode()):
+            with_edge = Path(f"/proc/{pid}/cmdline")
+            try:
+                if b"testbed.agents.edge" in with_edge.read_bytes():
+                    return pid
+            except OSError:
+                continue
+    return None
+
+
+def test_an_edge_killed_mid_run_leaves_a_partial_run_said_so_everywhere(tmp_path):
+    """SIGKILL the edge agent after a few requests: the request in flight is an error,
+    the rest `not_run`; summary.md, summary.csv and environment.json say partial; the
+    command exits 1 with one clear line, and no log holds a traceback."""
+    scenario = write_scenario(
+        tmp_path / "lost.yaml",
+        samples=15,
+        offloaders=["raw", "local"],
+        arrival={"process": "poisson", "rate_hz": 5},
+    )
+    out = tmp_path / "out"
+    command = [sys.executable, "run_scenario.py", str(scenario), "--out", str(out)]
+    proc = subprocess.Popen(
+        [*command, "--no-progress", "--skip-fidelity"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    records = out / "records.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if records.exists() and records.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.05)
+    edge = _run_edge_pid(out / "logs" / "device_job.json")
+    assert proc.poll() is None and edge is not None, proc.stderr.read() if proc.stderr else ""
+    os.kill(edge, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the run did not finish: the edge agent exited (status -9)")
+    assert "planned requests not run" in last and "marked partial" in last
+    assert "PARTIAL RUN:" in stdout  # the console table
+    rows = read_csv(out / "requests.csv")
+    statuses = [r["status"] for r in rows]
+    assert len(rows) == 30 and statuses.count("not_run") >= 15  # local never ran
+    lost = [r for r in rows if r["status"] == "error"]
+    assert all(r["error"].startswith("edge connection lost") for r in lost), lost
+    assert all(r["total_ms"] == "" for r in rows if r["status"] == "not_run")
+    summary = {r["offloader"]: r for r in read_csv(out / "summary.csv")}
+    assert {r["partial"] for r in summary.values()} == {"1"}
+    assert summary["local"]["not_run"] == "15" and summary["local"]["n"] == "0"
+    assert summary["local"]["p50_ms"] == "nan"  # no figure made up
+    text = (out / "summary.md").read_text()
+    assert "these results are partial (the edge agent exited (status -9)" in text
+    assert "0.00 ms" not in text
+    env = json.loads((out / "environment.json").read_text())
+    assert env["partial"] is True and env["requests_planned"] == 30
+    assert env["requests_run"] == statuses.count("ok") + statuses.count("error")
+    assert "PARTIAL" in (out / "report.md").read_text()
+    device_log = (out / "logs" / "device.log").read_text()
+    assert "Traceback" not in device_log
+    assert device_log.strip().splitlines()[-1].startswith("device agent: edge connection lost")
+    assert leftovers(env["run_prefix"]) == []

@@ -310,3 +310,89 @@ def test_valid_handmade_blob():
     # Four symbols 0,1,1,1 as lengths (1,1) and bits 0111 -> one payload byte 0x70.
     blob = seal(header(shape=(4,)) + b"\x01\x00\x02\xc0\x04\x70")
     np.testing.assert_array_equal(entropy.decode(blob), [0, 1, 1, 1])
+
+
+# --------------------------------------------------------------------------- expectations
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrays_to_code())
+def test_max_blob_size_bounds_every_blob(a):
+    blob = entropy.encode(a)
+    assert len(blob) <= entropy.max_blob_size(a.shape, a.dtype)
+    np.testing.assert_array_equal(entropy.decode(blob, shape=a.shape, dtype=a.dtype), a)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("levels", [1, 2, 3, 8, 200, 256, 257, 5000, 65536])
+def test_max_blob_size_is_tight_for_uniform_symbols(dtype, levels):
+    """Uniform symbols over `levels` consecutive values are the worst case the bound
+    assumes: their blob is within a few percent of it (and never above it)."""
+    full = 1 << (8 * np.dtype(dtype).itemsize)
+    if levels > full:
+        return
+    rng = np.random.default_rng(levels)
+    lo = np.iinfo(dtype).min + rng.integers(0, full - levels + 1)
+    for shape in [(1,), (5, 3), (1, 16, 7, 7), (20_000,)]:
+        a = (lo + rng.integers(0, levels, shape)).astype(dtype)
+        if levels > 1 and a.size > 4 * levels:  # every value present: the widest table
+            a.reshape(-1)[:levels] = lo + np.arange(levels)
+        size = len(entropy.encode(a))
+        bound = entropy.max_blob_size(shape, dtype, levels)
+        assert size <= bound
+        if a.size >= 4 * levels and levels & (levels - 1) == 0:  # a power of 2: tight
+            assert bound - size <= 0.02 * bound + 8, (shape, size, bound)
+
+
+def test_max_blob_size_of_empty_and_bad_arguments():
+    assert entropy.max_blob_size((0,), np.uint8) == len(entropy.encode(np.zeros(0, np.uint8)))
+    assert entropy.max_blob_size((), np.int16) >= len(entropy.encode(np.array(-1, np.int16)))
+    with pytest.raises(TypeError):
+        entropy.max_blob_size((3,), np.float32)
+    with pytest.raises(ValueError):
+        entropy.max_blob_size((3,), np.uint8, levels=257)
+    with pytest.raises(ValueError):
+        entropy.max_blob_size((-1,), np.uint8)
+
+
+@pytest.mark.parametrize(
+    "expect, message",
+    [
+        ({"shape": (4, 4)}, "shape"),
+        ({"dtype": np.int8}, "int8"),
+        ({"max_symbols": 15}, "at most 15"),
+        ({"shape": (16,), "dtype": np.uint16}, "uint16"),
+    ],
+)
+def test_decode_refuses_what_the_caller_does_not_expect(expect, message):
+    a = np.arange(16, dtype=np.uint8) % 3
+    blob = entropy.encode(a)
+    with pytest.raises(CorruptBlob, match=message):
+        entropy.decode(blob, **expect)
+    for ok in ({"shape": (16,)}, {"dtype": np.uint8}, {"max_symbols": 16}, {}):
+        np.testing.assert_array_equal(entropy.decode(blob, **ok), a)
+    np.testing.assert_array_equal(entropy.decode(blob, shape=[16], dtype=">u1"), a)
+
+
+def test_a_large_legal_blob_is_refused_before_any_work():
+    """The audit's blob: 64M one-bit symbols in 8 MB, sent where 784 were expected. It is
+    refused by its length (shape and dtype given) or its header (either alone), before
+    the 64 MB output is allocated or a symbol decoded: fast and with little memory."""
+    import time
+    import tracemalloc
+
+    blob = entropy.encode(np.zeros(1 << 26, np.uint8))
+    assert len(blob) > 8_000_000
+    for expect in (
+        {"shape": (1, 16, 7, 7), "dtype": np.uint8},
+        {"shape": (1, 16, 7, 7)},
+        {"max_symbols": 784},
+    ):
+        tracemalloc.start()
+        start = time.perf_counter()
+        with pytest.raises(CorruptBlob):
+            entropy.decode(blob, **expect)
+        took = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert took < 0.05 and peak < 1 << 20, (expect, took, peak)

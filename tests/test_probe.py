@@ -138,6 +138,23 @@ def test_udp_train_on_loopback():
     assert 0.35 < got["seconds"] < 1.0
 
 
+def test_udp_source_starts_at_the_given_time_and_reports_its_span():
+    """Trains started together begin at --start-at (CLOCK_MONOTONIC, shared by the
+    hosts), not while another probe process is still starting."""
+    sink, port = start_sink("udp-sink", "--timeout", "5", "--grace", "0.2")
+    start_at = time.monotonic() + 0.6
+    rc, sent = run(
+        *to_sink("udp-source", port, "--count", "50", "--interval-ms", "2"),
+        *("--start-at", f"{start_at:.6f}"),
+    )
+    assert rc == 0 and time.monotonic() >= start_at + 0.098
+    assert 0.098 <= sent["seconds"] < 0.5  # 49 intervals of 2 ms
+    rc, got = finish(sink)
+    assert rc == 0 and got["received"] == 50
+    first_delay_ms = got["delay_ms"]["min"]
+    assert first_delay_ms < 50  # stamped when sent, after the wait
+
+
 def test_udp_sink_ignores_foreign_datagrams():
     sink, port = start_sink("udp-sink", "--timeout", "5", "--grace", "0.2")
     garbage = send_garbage(port)
@@ -343,34 +360,42 @@ def test_loss_acceptance_agrees_with_clopper_pearson():
 # ---------------------------------------------------------------- compare
 
 CONF = {"bandwidth_mbps": 1.0, "delay_ms": 20.0, "jitter_ms": 2.0, "loss_pct": 1.0}
-# 64-byte probes at 1 Mbit/s: (64 + 42) * 8 bits = 0.848 ms on the wire
+# 64-byte probes at 1 Mbit/s: (64 + 42) * 8 bits = 0.848 ms on the wire; a rate train
+# that loses 1% on the wire arrives at 0.99 Mbit/s
 GOOD = {
-    "bandwidth_mbps": 0.955,
+    "bandwidth_mbps": 0.99,
+    "tcp_goodput_mbps": 0.955,
     "delay_ms": 20.9,
     "jitter_ms": 2.1,
     "loss_pct": 1.0,
     "probes": 1000,
     "probe_bytes": 64,
+    "rate_packets": 500,
 }
 
 
 def test_compare_passes_a_faithful_link():
     r = compare(CONF, GOOD, direction="uplink")
-    assert r["ok"] is True and r["skipped"] == []
+    assert r["ok"] is True and r["skipped"] == [] and r["not_judged"] == {}
     assert r["within_tolerance"] == dict.fromkeys(fidelity.KEYS, True)
-    assert math.isclose(r["expected"]["bandwidth_mbps"], 0.956)
+    assert r["configured"]["bandwidth_mbps"] == 1.0  # as configured, also under loss
+    assert math.isclose(r["expected"]["bandwidth_mbps"], 0.99)
+    assert math.isclose(r["expected"]["tcp_goodput_mbps"], 0.956)
     assert math.isclose(r["expected"]["delay_ms"], 20.0 + 0.848 + 0.5)
     assert r["measured"]["lost"] == 10
     line = summary_line(r)
-    assert line.startswith("uplink: 0.955/0.956 Mbit/s, delay 20.90/21.35 ms")
+    assert line.startswith("uplink: rate 0.990/0.990 Mbit/s, TCP 0.955/0.956 Mbit/s, delay 20.90/")
     assert line.endswith(" OK")
 
 
 @pytest.mark.parametrize(
     ("key", "good", "bad"),
     [
-        ("bandwidth_mbps", 0.92, 0.90),  # 5% of 0.956 is 0.0478
-        ("bandwidth_mbps", 0.99, 1.01),
+        # 0.99 expected; 12 of 505 lost is inside the 99% binomial range, then 5%
+        ("bandwidth_mbps", 0.93, 0.92),  # 1 x (1 - 12/505) x 0.95 = 0.9274
+        ("bandwidth_mbps", 1.04, 1.06),  # 1 x (1 - 0/505) x 1.05
+        ("tcp_goodput_mbps", 0.92, 0.90),  # 5% of 0.956 is 0.0478
+        ("tcp_goodput_mbps", 0.99, 1.01),
         ("delay_ms", 20.0, 19.8),  # ideal 20.848 - 1 ms
         ("delay_ms", 22.3, 22.4),  # ideal + 0.5 allowance + 1 ms = 22.348
         ("jitter_ms", 2.9, 3.1),  # max(1 ms, 25% of 2 ms)
@@ -386,13 +411,59 @@ def test_compare_each_key_passes_and_fails(key, good, bad):
     assert fail["within_tolerance"][key] is False and fail["ok"] is False
     others = [k for k in fidelity.KEYS if k != key]
     assert all(fail["within_tolerance"][k] for k in others)
-    assert summary_line(fail).endswith(f"FAIL ({key.split('_')[0]})")
+    assert summary_line(fail).endswith(f"FAIL ({fidelity.LABELS[key][0]})")
+
+
+def test_rate_check_fails_against_the_wrong_rate():
+    """What a 3 Mbit/s link with 2% loss delivers passes at 3 Mbit/s and fails when the
+    judge expects 4 or 2.5 Mbit/s: the rate check can fail."""
+    measured = {**GOOD, "bandwidth_mbps": 2.93, "rate_packets": 170, "loss_pct": 2.0}
+    conf = {**CONF, "bandwidth_mbps": 3.0, "loss_pct": 2.0}
+    assert compare(conf, measured)["within_tolerance"]["bandwidth_mbps"] is True
+    for wrong in (4.0, 2.5):
+        r = compare({**conf, "bandwidth_mbps": wrong}, measured)
+        assert r["within_tolerance"]["bandwidth_mbps"] is False and r["ok"] is False
+        assert "FAIL (rate" in summary_line(r)
+
+
+def test_rate_window_follows_where_loss_happens():
+    """The userspace element drops after the wire (rate x (1 - loss) arrives); netem
+    drops before its queue (the full rate arrives)."""
+    conf = {**CONF, "bandwidth_mbps": 10.0, "loss_pct": 10.0}
+    m = {
+        **GOOD,
+        "bandwidth_mbps": 9.0,
+        "tcp_goodput_mbps": 9.5,
+        "loss_pct": 10.0,
+        "rate_packets": 900,
+    }
+    wire = compare(conf, m)
+    assert math.isclose(wire["expected"]["bandwidth_mbps"], 9.0)
+    assert wire["within_tolerance"]["bandwidth_mbps"] is True
+    netem = compare(conf, m, loss_spends_rate=False)
+    assert netem["expected"]["bandwidth_mbps"] == 10.0
+    assert netem["within_tolerance"]["bandwidth_mbps"] is False
+    assert compare(conf, {**m, "bandwidth_mbps": 10.1}, loss_spends_rate=False)["ok"]
 
 
 def test_compare_jitter_tolerance_is_relative_for_large_jitter():
     conf = {**CONF, "jitter_ms": 10.0}
     assert compare(conf, {**GOOD, "jitter_ms": 12.4})["within_tolerance"]["jitter_ms"]
     assert not compare(conf, {**GOOD, "jitter_ms": 12.6})["within_tolerance"]["jitter_ms"]
+
+
+@pytest.mark.parametrize(
+    ("distribution", "std"), [("normal", 4.0), ("uniform", 4 / 3**0.5), ("pareto", 4 * 3**0.5)]
+)
+def test_jitter_is_written_as_configured_and_expected_as_its_std(distribution, std):
+    conf = {**CONF, "jitter_ms": 4.0, "jitter_distribution": distribution}
+    r = compare(conf, {**GOOD, "jitter_ms": std})
+    assert r["configured"]["jitter_ms"] == 4.0
+    assert r["configured"]["jitter_distribution"] == distribution
+    assert math.isclose(r["expected"]["jitter_ms"], std)
+    assert r["within_tolerance"]["jitter_ms"] is True
+    with pytest.raises(ValueError, match="jitter_distribution"):
+        compare({**conf, "jitter_distribution": "cauchy"}, GOOD)
 
 
 def test_compare_zero_loss_link_must_lose_nothing():
@@ -402,21 +473,33 @@ def test_compare_zero_loss_link_must_lose_nothing():
 
 
 def test_compare_tolerance_overrides_and_typos():
-    tight = compare(CONF, {**GOOD, "bandwidth_mbps": 0.93}, {"bandwidth_rel": 0.01})
+    tight = compare(CONF, {**GOOD, "bandwidth_mbps": 0.96}, {"bandwidth_rel": 0.01})
     assert tight["within_tolerance"]["bandwidth_mbps"] is False
     with pytest.raises(ValueError, match="unknown tolerance"):
         compare(CONF, GOOD, {"bandwith_rel": 0.1})
 
 
-def test_compare_skips_what_it_cannot_judge():
-    # unlimited bandwidth: no goodput expectation and no serialization time;
-    # no probe count: loss cannot be judged
+def test_compare_says_why_it_cannot_judge():
+    # no configured rate (a trace sets it): neither rate nor TCP; no probe count: no loss
     r = compare({"delay_ms": 5}, {"bandwidth_mbps": 900.0, "delay_ms": 5.2, "jitter_ms": 0.1})
-    assert r["skipped"] == ["bandwidth_mbps", "loss_pct"]
+    assert r["not_judged"] == {
+        "bandwidth_mbps": "no rate configured",
+        "tcp_goodput_mbps": "no rate configured",
+        "loss_pct": "no probe counts",
+    }
+    assert r["skipped"] == list(r["not_judged"])
     assert r["ok"] is True and math.isclose(r["expected"]["delay_ms"], 5.5)
-    assert "(not judged)" in summary_line(r, "downlink")
+    line = summary_line(r, "downlink")
+    assert "rate 900.0/- Mbit/s (not judged: no rate configured)" in line
+    # the measurement's own reason wins, and a measured value is still reported
+    why = {"tcp_goodput_mbps": "under loss TCP's goodput is its congestion control's"}
+    r = compare(CONF, {**GOOD, "tcp_goodput_mbps": 0.5, "not_judged": why})
+    assert r["ok"] is True and r["not_judged"] == why
+    assert r["measured"]["tcp_goodput_mbps"] == 0.5
+    assert "tcp_goodput_mbps" not in r["within_tolerance"]
     nothing = compare(CONF, {})
     assert nothing["ok"] is False and nothing["within_tolerance"] == {}
+    assert set(nothing["not_judged"]) == set(fidelity.KEYS)
 
 
 def test_measured_from_probe_output_feeds_compare():
@@ -426,9 +509,94 @@ def test_measured_from_probe_output_feeds_compare():
         "loss_pct": 1.0,
         "delay_ms": {"median": 20.9, "mean": 21.0, "p5": 18, "p95": 24, "std": 2.0},
     }
-    tcp = {"bytes": 1_195_000, "seconds": 10.0, "goodput_mbps": 0.956}
-    m = measured_from_probes(udp, tcp, probe_bytes=64)
+    tcp = {"bytes": 1_195_000, "goodput_mbps": 0.9, "steady_goodput_mbps": 0.956}
+    rate = {"received": 500, "rate": {"mbps": 0.99, "packets": 450, "seconds": 2.0}}
+    m = measured_from_probes(udp, tcp, probe_bytes=64, rate_sink=rate)
     assert m["lost"] == 10 and m["probes"] == 1000 and m["delay_ms"] == 20.9
+    assert m["bandwidth_mbps"] == 0.99 and m["rate_packets"] == 450
+    assert m["tcp_goodput_mbps"] == 0.956  # after the ramp, not the whole transfer's
     assert compare(CONF, m)["ok"] is True
-    failed_tcp = measured_from_probes(udp, {"error": "no connection", "goodput_mbps": None}, 64)
-    assert "bandwidth_mbps" in compare(CONF, failed_tcp)["skipped"]
+    failed = measured_from_probes(
+        {"error": "no probe received within 20 s", "expected": 0},
+        {"error": "no connection", "goodput_mbps": None},
+        64,
+        {"error": "no probe received within 20 s"},
+    )
+    r = compare(CONF, failed)
+    assert r["not_judged"]["tcp_goodput_mbps"] == "TCP probe failed: no connection"
+    assert r["not_judged"]["bandwidth_mbps"].startswith("rate probe failed: no probe")
+    assert r["not_judged"]["delay_ms"].startswith("delay probe failed")
+    assert r["ok"] is False
+
+
+# ---------------------------------------------------------------- rates from arrivals
+
+
+def arrivals(rate_mbps: float, sizes: list[int], t0_ns: int = 5_000_000) -> list[int]:
+    """Arrival times of back-to-back packets leaving a `rate_mbps` bottleneck."""
+    times, t = [], float(t0_ns)
+    for size in sizes:
+        t += (size + probe_packets.WIRE_OVERHEAD) * 8 / (rate_mbps * 1e6) * 1e9
+        times.append(round(t))
+    return times
+
+
+def test_delivery_rate_of_a_busy_bottleneck():
+    sizes = [1472] * 200
+    r = probe_packets.delivery_rate(arrivals(3.0, sizes), sizes, skip=20)
+    assert math.isclose(r["mbps"], 3.0, rel_tol=1e-4) and r["packets"] == 180
+
+
+def test_delivery_rate_under_loss_is_rate_times_delivered_share():
+    """Every 50th packet lost on the wire (2%): its slot passes, nothing arrives."""
+    sizes = [1000] * 1000
+    times = arrivals(8.0, sizes)
+    kept = [i for i in range(1000) if i % 50 != 7]
+    r = probe_packets.delivery_rate([times[i] for i in kept], [sizes[i] for i in kept], skip=10)
+    assert math.isclose(r["mbps"], 8.0 * 0.98, rel_tol=0.002)
+
+
+def test_delivery_rate_ignores_the_head_of_the_train():
+    """A token bucket's burst lets the first packets through at once: left out, they
+    do not count; counted, they would bend the rate."""
+    sizes = [1472] * 100
+    times = arrivals(2.0, sizes)
+    for i in range(3):  # a burst: the first three arrive together
+        times[i] = times[0]
+    assert math.isclose(
+        probe_packets.delivery_rate(times, sizes, skip=3)["mbps"], 2.0, rel_tol=1e-4
+    )
+    assert probe_packets.delivery_rate(times, sizes, skip=0)["mbps"] != pytest.approx(2.0, 1e-4)
+
+
+def test_delivery_rate_without_enough_packets():
+    assert probe_packets.delivery_rate([1, 2], [100, 100])["mbps"] is None
+    assert probe_packets.delivery_rate([5, 5, 5], [100] * 3)["mbps"] is None
+    assert probe_packets.delivery_rate([], [])["packets"] == 0
+
+
+def test_steady_rate_leaves_out_the_ramp():
+    """A transfer that ramps up for 0.5 s, then runs at 8 Mbit/s: whole-transfer goodput
+    shows the ramp, the second half shows the link."""
+    times = [i * 10_000_000 for i in range(101)]  # a read every 10 ms for 1 s
+    totals, total = [], 0
+    for i in range(101):
+        total += 10_000 if i >= 50 else 10_000 * i // 50  # 8 Mbit/s = 10 kB per 10 ms
+        totals.append(total)
+    r = probe_packets.steady_rate(times, totals, 0.5)
+    assert math.isclose(r["mbps"], 8.0) and r["from_s"] == 0.5 and r["seconds"] == 0.5
+    whole = (totals[-1] - totals[0]) * 8 / 1.0 / 1e6
+    assert whole < 6.5
+    assert probe_packets.steady_rate([1], [10], 0.5)["mbps"] is None
+
+
+def test_udp_sink_reports_the_arrival_rate():
+    sink = probe.UdpSink()
+    buf = bytearray(1000)
+    times = arrivals(4.0, [1000] * 100)
+    for seq, t in enumerate(times):
+        probe_packets.encode_probe(buf, probe_packets.KIND_PROBE, 1, seq, 100, t - 1_000_000)
+        sink.feed(memoryview(buf), t)
+    rate = sink.result()["rate"]
+    assert math.isclose(rate["mbps"], 4.0, rel_tol=1e-4)
+    assert rate["skipped_first"] == 10 and rate["packets"] == 90

@@ -9,6 +9,8 @@ import json
 import socket
 import struct
 import subprocess
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -219,3 +221,133 @@ def test_edge_never_unpickles(edge):
         sock.sendall(encode(MessageType.HELLO, evil))
         assert read_frame(sock).type == MessageType.ERROR
     assert json.loads(encode_json(MessageType.HELLO, {"a": 1})[16:]) == {"a": 1}
+
+
+# -- reading frames against limits ------------------------------------------------------
+
+
+def test_a_claimed_length_costs_nothing_until_its_bytes_arrive():
+    """The budget is charged as bytes arrive: a header claiming 60 MiB followed by 1 KiB
+    holds 1 KiB, and the truncated frame gives it back."""
+    a, b = pair()
+    budget = protocol.Budget(1024 * 1024)
+    a.sendall(HEADER.pack(b"DCOD", 1, 3, 0, 1, 60 * 1024 * 1024) + bytes(1024))
+    held = []
+
+    def admit(kind, offloader, length):
+        held.append(length)
+
+    def read() -> None:
+        with pytest.raises(protocol.TruncatedFrame):
+            read_frame(b, admit=admit, budget=budget)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.3)
+    assert budget.used == 1024  # only what arrived
+    a.close()
+    reader.join(5)
+    assert budget.used == 0 and held[0] == 60 * 1024 * 1024
+
+
+def test_budget_refuses_beyond_its_limit():
+    a, b = pair()
+    budget = protocol.Budget(100 * 1024)
+    a.sendall(encode(MessageType.REQUEST, bytes(200 * 1024)))
+    with pytest.raises(protocol.Refused) as refused:
+        read_frame(b, budget=budget)
+    assert refused.value.code == ErrorCode.BUSY and budget.used == 0
+
+
+def test_refused_frame_is_drained_and_the_stream_stays_in_step():
+    a, b = pair()
+
+    def admit(kind, offloader, length):
+        if kind == MessageType.REQUEST:
+            raise protocol.Refused(ErrorCode.NOT_READY, "no", drain=True)
+
+    a.sendall(encode(MessageType.REQUEST, bytes(5000)) + encode(MessageType.PING, b"hi"))
+    with pytest.raises(protocol.Refused) as refused:
+        read_frame(b, admit=admit)
+    assert refused.value.drained
+    assert read_frame(b, admit=admit).payload == b"hi"
+
+
+def test_frame_and_idle_deadlines():
+    a, b = pair()
+    with pytest.raises(protocol.IdleTimeout):
+        read_frame(b, idle_s=0.2, frame_s=0.5)
+    a.sendall(encode(MessageType.PING, b"12345678")[:20])  # a frame that never completes
+    start = time.monotonic()
+    with pytest.raises(protocol.FrameTimeout):
+        read_frame(b, idle_s=5, frame_s=0.5)
+    assert 0.4 < time.monotonic() - start < 2
+
+
+@pytest.mark.parametrize(
+    "text, depth",
+    [
+        (b"{}", 1),
+        (b'{"a": [1, {"b": "[[[{{"}]}', 3),
+        (b"7", 0),
+        (b'"\\"["', 0),
+        (b"[" * 9999, 9999),
+    ],
+)
+def test_json_depth_without_parsing(text, depth):
+    assert protocol.json_depth(text) == depth
+
+
+def test_deep_json_refused_before_parsing():
+    frame = protocol.Frame(MessageType.HELLO, 0, 0, b"[" * 60_000 + b"]" * 60_000)
+    with pytest.raises(ProtocolError, match="nested 60000 deep"):
+        frame.json()
+
+
+def test_edge_limits_table_in_the_design_doc():
+    """docs/design.md lists every limit of the edge agent with its default."""
+    from testbed.agents.edge_limits import markdown_rows
+    from tests.helpers import ROOT
+
+    design = (ROOT / "docs" / "design.md").read_text()
+    for row in markdown_rows():
+        assert row in design, f"docs/design.md lacks: {row}"
+
+
+def test_edge_refuses_frames_from_their_header(edge):
+    """A HELLO or REQUEST longer than its limit is refused before its payload is read;
+    within the drain limit the connection stays usable."""
+    with client(edge) as sock:
+        sock.sendall(HEADER.pack(b"DCOD", 1, 1, 0, 1, 10 * 1024 * 1024))  # HELLO, 10 MiB
+        code, text = decode_error(read_frame(sock).payload)
+        assert code == ErrorCode.BAD_HELLO and "at most" in text
+        with pytest.raises(protocol.ConnectionClosed):
+            read_frame(sock)
+    with client(edge) as sock:
+        assert hello(sock).type == MessageType.HELLO_OK
+        reply = request(sock, bytes(784 + 1000))
+        code, text = decode_error(reply.payload)
+        assert code == ErrorCode.BAD_PAYLOAD and "at most" in text
+        assert request(sock, bytes(784), 2).type == MessageType.RESULT  # drained: in step
+        sock.sendall(encode(MessageType.RESULT, b"x"))
+        assert decode_error(read_frame(sock).payload)[0] == ErrorCode.BAD_FRAME
+
+
+def test_hello_limits(edge):
+    with client(edge) as sock:
+        many = [{"name": "raw"}] * 33
+        code, text = decode_error(hello(sock, offloaders=many).payload)
+        assert code == ErrorCode.BAD_HELLO and "at most 32" in text
+        sock.sendall(encode(MessageType.HELLO, b"[" * 20_000 + b"]" * 20_000))
+        code, text = decode_error(read_frame(sock).payload)
+        assert code == ErrorCode.BAD_HELLO and "deep" in text
+        sock.sendall(encode_json(MessageType.HELLO, {"plugin": "mobilenet_v2", "offloaders": []}))
+        code, text = decode_error(read_frame(sock).payload)
+        assert code == ErrorCode.BAD_HELLO and "serves fashion_cnn" in text
+
+
+def test_a_refused_frame_is_answered_with_its_request_id(edge):
+    with client(edge) as sock:
+        assert hello(sock).type == MessageType.HELLO_OK
+        reply = request(sock, bytes(785), 77)
+        assert reply.type == MessageType.ERROR and reply.request == 77

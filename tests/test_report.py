@@ -815,3 +815,72 @@ def test_console_sweep_table_is_the_reports_pooled_statistics(sweep):
         )
         assert cell in row
         assert estimate_text(s.median) in text  # the report shows the same median
+
+
+# ------------------------------------------------- a run that lost its edge, stalls
+
+
+def lost_edge_run(folder: Path) -> str:
+    """A run folder as the runner writes it after losing the edge: raw ran 4 of 10
+    requests (one stalled 10 s, one failed), local none; returns summary.md's text."""
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i, (total, status) in enumerate(
+        [(40.0, "ok"), (10_042.0, "ok"), (45.0, "ok"), (12.0, "error")]
+    ):
+        records.append(
+            {"offloader": "raw", "request": i, "sample": i, "total_ms": total, "label": i % 10}
+            | {"bytes_up": 800, "bytes_down": 40, "prediction": i % 10, "status": status}
+            | dict.fromkeys(SHARES, 1.0)
+        )
+    for name, first in (("raw", 4), ("local", 0)):
+        for i in range(first, 10):
+            records.append(
+                {"offloader": name, "request": i, "sample": i, "total_ms": None}
+                | {"label": i % 10, "prediction": -1, "status": "not_run"}
+                | {"error": "not run: edge connection lost: reset by peer"}
+            )
+    stall = results.stall_thresholds(records, ["raw", "local"], "auto")
+    rows = results.complete_records(records, {i: i % 10 for i in range(10)}, stall=stall)
+    results.write_csv(folder / "requests.csv", rows, results.REQUEST_COLUMNS)
+    summary = results.summarize(rows, ["raw", "local"], 1.0, "accuracy", 1.0, {}, 10, True)
+    results.write_csv(folder / "summary.csv", summary, results.SUMMARY_COLUMNS)
+    scenario = {"name": "lost", "model": "fashion_cnn", "samples": 10, "seed": 1}
+    (folder / "resolved_scenario.yaml").write_text(yaml.safe_dump(scenario))
+    env = {
+        "link_backend": "htb+test",
+        "rtt_ms": None,
+        "partial": True,
+        "partial_reason": "the edge agent exited (status -9) mid-run; 16 of 20 not run",
+        "stall_ms": "auto",
+        "stall_thresholds_ms": stall,
+    }
+    (folder / "environment.json").write_text(json.dumps(env))
+    return summary_md.write(folder, rows, summary, env, "accuracy").read_text()
+
+
+def test_a_partial_run_says_so_and_counts_what_did_not_run(tmp_path):
+    text = lost_edge_run(tmp_path)
+    assert "round trip not measured." in text and "0.00 ms" not in text
+    assert "**The run did not finish: these results are partial (the edge agent exited" in text
+    assert "**PARTIAL RUN: 4 of 20 planned requests ran; 16 were not run.**" in text
+    assert "| 4 / 10 | 1 | 1 |" in text and "| 0 / 10 | 0 | 0 |" in text
+    assert "**Warning:** raw: 1 request(s) stalled, longer than 1000 ms" in text
+    assert "nan" not in text
+    report_text = report.write_report(tmp_path).read_text()
+    assert "- **PARTIAL: not every planned request ran** (the edge agent exited" in report_text
+    assert "the run did not finish: its results are partial (the edge agent exited" in (report_text)
+    assert "| not run | stalled |" in report_text
+    study = load.load_study(tmp_path)
+    raw = study.groups[0].offloaders["raw"]
+    assert (raw.n, raw.failed, raw.not_run, raw.stalled) == (3, 1, 6, 1)
+    assert raw.median.value == 45.0  # of the 3 ok requests; nothing of the 6 not run
+    assert study.groups[0].offloaders["local"].not_run == 10
+    assert "**Stalled requests:** raw: 1 of 4 took longer than the stall threshold" in (report_text)
+    assert "the longest 10042 ms" in report_text
+
+
+def test_a_whole_run_has_no_partial_or_stall_columns(tmp_path):
+    write_run(tmp_path, BASE)
+    text = report.write_report(tmp_path).read_text()
+    assert "not run" not in text and "PARTIAL" not in text and "Stalled" not in text

@@ -283,3 +283,93 @@ def test_paired_score_difference_between_offloaders():
     assert v.score_pairs == 4
     assert v.score_diff == stats.discordant_difference(2, 2, 0, 0)
     assert v.score_diff_text().startswith("+50.00 [")
+
+
+# ------------------------------------------------------- requests not run, stalled
+
+
+def lost_run():
+    """raw: 2 ok (one of them 10 s), one lost in flight, 3 never run; local: all 6 ran."""
+    reference = dict.fromkeys(range(6), 1)
+    records = [record("local", s, 5.0, 1, 1, bytes_up=0) for s in range(6)]
+    records += [record("raw", 0, 40.0, 1, 1), record("raw", 1, 10_042.0, 1, 1)]
+    records += [record("raw", 2, 12.0, -1, 1, status="error")]
+    for s in (3, 4, 5):
+        records.append({**record("raw", s, None, -1, 1, status="not_run"), "intended_ms": None})
+    return records, reference
+
+
+def test_requests_not_run_are_counted_but_in_no_statistic():
+    records, reference = lost_run()
+    rows = results.complete_records(records, reference, stall={"raw": 1000.0, "local": 1000.0})
+    assert [r["stalled"] for r in rows[6:9]] == [0, 1, 0]
+    for row in rows[9:]:  # nothing measured: blank, not 0
+        assert row["total_ms"] == row["uplink_ms"] == row["correct"] == row["stalled"] == ""
+        assert row["status"] == "not_run"
+    summary = {
+        s["offloader"]: s
+        for s in results.summarize(rows, ["local", "raw"], 1.0, "accuracy", planned=6, partial=True)
+    }
+    raw = summary["raw"]
+    assert (raw["n"], raw["failed"], raw["not_run"], raw["planned"]) == (2, 1, 3, 6)
+    assert raw["accuracy"] == pytest.approx(2 / 3)  # of the 3 that ran: never 2/6
+    assert raw["p50_ms"] == pytest.approx((40.0 + 10_042.0) / 2)
+    assert raw["stalled"] == 1 and raw["partial"] == 1
+    table = results.table(list(summary.values()))
+    assert "**Stalled requests** (longer than `stall_ms`, still in the figures): raw 1;" in table
+    assert "| 2 | 5041.0 |" in table and "| 3 / 6 | 1 | 1 |" in table
+    assert summary["local"]["not_run"] == 0 and summary["local"]["partial"] == 1
+    for column in ("planned", "not_run", "stalled", "partial"):
+        assert column in results.SUMMARY_COLUMNS
+
+
+def test_an_offloader_that_never_ran_has_no_figures_made_up():
+    records = [{**record("raw", s, None, -1, 1, status="not_run")} for s in range(3)]
+    rows = results.complete_records(records, dict.fromkeys(range(3), 1))
+    (raw,) = results.summarize(rows, ["raw"], 1.0, "accuracy", planned=3, partial=True)
+    assert raw["n"] == 0 and raw["not_run"] == 3 and raw["failed"] == 0
+    for key in ("p50_ms", "mean_bytes_up", "accuracy", "accuracy_drop_pp"):
+        assert math.isnan(raw[key]), key
+    table = results.table([raw])
+    row = table.splitlines()[2]
+    assert "nan" not in table and row.startswith("| raw | 0 | - | - | - | - | - | - | - |")
+    assert row.endswith("| 0 / 3 | 0 | 0 |")
+    assert "**PARTIAL RUN: 0 of 3 planned requests ran; 3 were not run.**" in table
+
+
+def test_the_console_table_of_a_whole_run_keeps_its_columns():
+    records, reference = lost_run()
+    whole = [r for r in records if r["status"] == "ok" and r["total_ms"] < 1000]
+    rows = results.complete_records(whole, reference)
+    table = results.table(results.summarize(rows, ["local", "raw"], 1.0, "accuracy"))
+    assert "ran / planned" not in table and "PARTIAL" not in table
+    assert table.splitlines()[0].endswith("| encode ms | choice |")
+
+
+def test_stall_thresholds_auto_fixed_and_off():
+    records = [record("raw", s, t, 1, 1) for s, t in enumerate([200.0, 300.0, 400.0])]
+    records += [record("local", s, 1.0, 1, 1) for s in range(3)]
+    auto = results.stall_thresholds(records, ["raw", "local", "jpeg"], "auto")
+    assert auto == {"raw": 3000.0, "local": 1000.0, "jpeg": 1000.0}  # 10 x median, >= 1 s
+    assert results.stall_thresholds(records, ["raw"], 250.0) == {"raw": 250.0}
+    assert results.stall_thresholds(records, ["raw"], None) == {}
+    rows = results.complete_records(records, dict.fromkeys(range(3), 1), stall={})
+    assert {r["stalled"] for r in rows} == {""}  # off: not judged
+
+
+def test_a_timeout_is_not_also_stalled():
+    records = [record("raw", 0, 30_000.0, -1, 1, status="timeout")]
+    (row,) = results.complete_records(records, {0: 1}, stall={"raw": 1000.0})
+    assert row["stalled"] == 0
+
+
+def test_a_partial_drop_is_against_the_reference_on_the_samples_that_ran():
+    """The unsplit model is right on samples 0-1 only; raw ran those and was right: no
+    drop, though the run's reference score (2 of 4) would say -50 points."""
+    records = [record("raw", s, 10.0, s, s) for s in (0, 1)]
+    reference = {0: 0, 1: 1, 2: 9, 3: 9}
+    rows = results.complete_records(records, reference)
+    (raw,) = results.summarize(rows, ["raw"], 0.5, "accuracy", planned=4, partial=True)
+    assert raw["accuracy"] == 1.0 and raw["accuracy_drop_pp"] == 0.0
+    (whole,) = results.summarize(rows, ["raw"], 0.5, "accuracy")
+    assert whole["accuracy_drop_pp"] == -50.0  # all planned ran: the run's reference

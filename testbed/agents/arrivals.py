@@ -36,7 +36,7 @@ def wait_barrier(folder: str | Path, name: str, index: int, count: int, timeout_
         if not missing:
             return
         if time.monotonic() > deadline:
-            raise RuntimeError(
+            raise TimeoutError(
                 f"start barrier {folder}/{name}.*: device(s) {missing} of {count} did not "
                 f"arrive within {timeout_s:.0f} s"
             )

@@ -22,7 +22,10 @@ from typing import Any, Self
 
 from testbed.errors import TestbedError
 
-STATUSES = ("ok", "error", "timeout")  # a request's outcomes
+# a request's outcomes: `not_run` is a request the device never started (the edge was
+# lost before it): it has no measurement and never enters a statistic
+STATUSES = ("ok", "error", "timeout", "not_run")
+NOT_RUN = "not_run"
 
 
 class ContractError(TestbedError, ValueError):
@@ -184,7 +187,9 @@ class RequestRecord(Contract):
     request: int  # id on the device's connection(s), unique in its run
     sample: int  # index into the test data
     label: int  # the sample's label
-    intended_ms: float  # intended start, after the offloader's first request's
+    # intended start, after the offloader's first request's (None: a closed-loop request
+    # not run, which never had one)
+    intended_ms: float | None
     queue_ms: float = _phase()  # how late the device started it (0 in closed loop)
     device_ms: float = _phase()
     encode_ms: float = _phase()
@@ -197,7 +202,7 @@ class RequestRecord(Contract):
     est_uplink_mbps: float | None  # the device's uplink estimate then (None: none yet)
     choice: str | None = _optional()  # JSON of an adaptive choice; absent: device failed
     stream: tuple[int, int, int] | None = _optional()  # port, offsets up and down; sent only
-    total_ms: float
+    total_ms: float | None  # None only for `not_run`: nothing was measured
     prediction: int | tuple[tuple[float, ...], ...]  # class (-1: none) or detector boxes
     status: str  # one of STATUSES
     error: str  # why, unless ok
@@ -205,6 +210,8 @@ class RequestRecord(Contract):
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ContractError(f"key 'status': {self.status!r} is not one of {STATUSES}")
+        if (self.total_ms is None) != (self.status == NOT_RUN):
+            raise ContractError("key 'total_ms': null exactly when the status is not_run")
 
 
 # the latency phases, in the order they happen (the report's breakdown)
@@ -212,8 +219,10 @@ PHASES = tuple(f.name for f in fields(RequestRecord) if f.metadata.get("phase"))
 RECORD_KEYS = tuple(f.name for f in fields(RequestRecord))  # records*.jsonl's, in order
 # added to a record by comparing its prediction with the unmodified model's
 COMPARISON_COLUMNS = ("correct", "agrees", "tp", "fp", "fn")
+# added by the runner: 1 where a request that ran took longer than the scenario's stall_ms
+FLAG_COLUMNS = ("stalled",)
 # requests.csv's columns in order: every record key but `stream` (bytes on the wire are
-# capture.csv's), and the comparison
+# capture.csv's), the comparison, and `stalled` (the runner's flag: above `stall_ms`)
 REQUEST_COLUMNS = (
     "offloader",
     "request",
@@ -241,6 +250,7 @@ REQUEST_COLUMNS = (
     "tp",
     "fp",
     "fn",
+    "stalled",
 )
 
 

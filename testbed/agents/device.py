@@ -19,6 +19,12 @@ replies' request ids.
 Latency is timed from the intended start, not from when the device got round to the
 request, so a device or edge that falls behind shows in `total_ms` (no coordinated
 omission); `queue_ms` is how late the device started the request (0 in closed loop).
+
+A lost edge. A connection that breaks fails the requests in flight on it (`error`, the
+reason in one line); the agent then reconnects once. When that fails too (the edge was
+killed, its host is gone, it refuses HELLO), the edge is lost: every request not yet
+started, of this offloader and the later ones, is recorded as `not_run` with the reason,
+and the agent exits with status 1 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -40,8 +46,15 @@ import numpy as np
 
 from testbed import offloaders
 from testbed.agents.arrivals import poisson_offsets_ms, wait_barrier
-from testbed.agents.contract import ContractError, DeviceJob, DeviceMeta, RequestRecord
-from testbed.agents.device_io import Connection, RecordWriter
+from testbed.agents.contract import (
+    NOT_RUN,
+    PHASES,
+    ContractError,
+    DeviceJob,
+    DeviceMeta,
+    RequestRecord,
+)
+from testbed.agents.device_io import Connection, EdgeLost, RecordWriter, lost_reason
 from testbed.agents.protocol import (
     HEADER,
     TIMING_STRUCT,
@@ -101,12 +114,48 @@ class Requests:
         self.uploads: list[tuple[int, float]] = []  # for the estimate, fed on this thread
         self.conn: Connection | None = None
         self.broken = self.closed = False
+        # taken out of `inflight` by the receiver, their records not yet handed to the
+        # writer: wait_idle waits for them too, so that close() never drops one
+        self.finishing = 0
+        self.lost = ""  # why the last connection broke (lost_reason), for EdgeLost
 
     def open(self) -> Connection:
-        conn = Connection(*self.address, self.hello, self.timeout_s)
+        """A new connection after its HELLO; EdgeLost where the edge cannot be reached."""
+        host, port = self.address
+        try:
+            conn = Connection(host, port, self.hello, self.timeout_s)
+        except (OSError, ConnectionClosed, ProtocolError) as exc:
+            raise EdgeLost(f"cannot reach the edge at {host}:{port}: {_why(exc)}") from None
+        except RuntimeError as exc:  # the edge refused the HELLO
+            raise EdgeLost(str(exc)) from None
         with self.cond:
             self.conn, self.broken = conn, False
+            self.lost = ""
         return conn
+
+    def ensure_edge(self) -> None:
+        """Reconnect once after a broken connection; EdgeLost, saying what broke it and
+        why reconnecting failed, where the edge is gone."""
+        with self.cond:
+            broken, lost = self.broken, self.lost
+        if not broken:
+            return
+        try:
+            self._connection()
+        except EdgeLost as exc:
+            raise EdgeLost(f"{lost}; {exc}" if lost else str(exc)) from None
+
+    def wait_until(self, deadline_ns: int) -> None:
+        """Sleep until `deadline_ns` (an open-loop start), reconnecting at once should the
+        connection break meanwhile, so that a lost edge is found without delay."""
+        while True:
+            left_ns = deadline_ns - time.monotonic_ns()
+            if left_ns <= 0:
+                return
+            with self.cond:
+                if not self.broken:
+                    self.cond.wait(left_ns / 1e9)
+            self.ensure_edge()
 
     def close(self) -> None:
         """The end, or an interruption: requests still in flight have no outcome and
@@ -164,7 +213,12 @@ class Requests:
             self._finish(request, record, result.prediction, "ok", "")
             return intended_ns
         frame = encode(MessageType.REQUEST, result.payload, offloader=index, request=request)
-        conn = self._connection()
+        try:
+            conn = self._connection()
+        except EdgeLost as exc:  # its device half ran: it failed, it is not `not_run`
+            record["total_ms"] = (time.monotonic_ns() - intended_ns) / 1e6
+            self._finish(request, record, None, "error", str(exc))
+            raise
         with self.cond:
             flight = InFlight(request, record, intended_ns, conn, len(frame), not self.inflight)
             record["stream"] = [conn.local_port, conn.sent, conn.received]
@@ -174,18 +228,18 @@ class Requests:
         try:
             conn.send(frame)  # a full socket buffer blocks here: the device waits, queue_ms
         except OSError as exc:
-            self._broke(conn, f"sending: {type(exc).__name__}: {exc}")
+            self._broke(conn, lost_reason(exc, conn.last_error))
         return intended_ns
 
     def wait_idle(self) -> None:
         """Until every request sent has its reply or has timed out."""
         with self.cond:
-            while self.inflight:
+            while self.inflight or self.finishing:
                 self.cond.wait(POLL_S)
                 self._expire(time.monotonic_ns())
                 for conn in {f.conn for f in self.inflight.values()}:
                     if conn.receiver is None or not conn.receiver.is_alive():
-                        self._broke(conn, "the receiver thread ended")
+                        self._broke(conn, "edge connection lost: its reader ended")
 
     def _connection(self) -> Connection:
         """The live connection, reopened after a failure (an error here ends the agent);
@@ -212,19 +266,22 @@ class Requests:
                 if readable:
                     offset = conn.received
                     self._reply(conn, conn.read(), offset)
-        except ConnectionClosed:
-            why = "the edge closed the connection"
-        except (ProtocolError, OSError, ValueError) as exc:  # ValueError: closed by us
-            why = f"{type(exc).__name__}: {exc}"
+        except (ConnectionClosed, ProtocolError, OSError, ValueError) as exc:
+            why = lost_reason(exc, conn.last_error)  # ValueError: closed by us (close())
         self._broke(conn, why)
 
     def _reply(self, conn: Connection, reply, offset: int) -> None:
         with self.cond:
             flight = self.inflight.get(reply.request)
             if flight is None or flight.conn is not conn:
-                log.info("dropped a reply to request %d (timed out before)", reply.request)
+                if reply.type == MessageType.ERROR:  # for no request: about the connection
+                    conn.last_error = decode_error(reply.payload)[1]
+                    log.warning("the edge sent ERROR: %s", conn.last_error)
+                else:
+                    log.info("dropped a reply to request %d (timed out before)", reply.request)
                 return
             del self.inflight[reply.request]
+            self.finishing += 1
         record = flight.record
         record["bytes_up"] = flight.nbytes
         record["bytes_down"] = HEADER.size + len(reply.payload)
@@ -253,7 +310,7 @@ class Requests:
         elif reply.type != MessageType.RESULT:
             status, error = "error", f"unexpected {reply.type.name} reply"
         record["total_ms"] = (reply.received_ns - flight.intended_ns) / 1e6
-        self._finish(flight.request, record, prediction, status, error)
+        self._finish(flight.request, record, prediction, status, error, taken=True)
 
     def _result_prediction(self, payload: bytes):
         """The prediction a RESULT carries after its timings; ValueError if malformed."""
@@ -268,10 +325,11 @@ class Requests:
             late = [f for f in self.inflight.values() if f.deadline_ns <= now_ns]
             for flight in late:
                 del self.inflight[flight.request]
+            self.finishing += len(late)
         for flight in late:
             flight.record["total_ms"] = (now_ns - flight.intended_ns) / 1e6
             message = f"no reply within {self.timeout_s} s"
-            self._finish(flight.request, flight.record, None, "timeout", message)
+            self._finish(flight.request, flight.record, None, "timeout", message, taken=True)
 
     def _broke(self, conn: Connection, why: str) -> None:
         """Fail what is in flight on `conn`; the next send opens a new connection."""
@@ -279,24 +337,34 @@ class Requests:
             lost = [f for f in self.inflight.values() if f.conn is conn]
             for flight in lost:
                 del self.inflight[flight.request]
+            self.finishing += len(lost)
             if conn is self.conn:
-                self.broken = True
+                self.broken, self.lost = True, why
         if lost:
             log.warning("connection lost with %d request(s) in flight: %s", len(lost), why)
         for flight in lost:
             flight.record["total_ms"] = (time.monotonic_ns() - flight.intended_ns) / 1e6
-            self._finish(flight.request, flight.record, None, "error", why)
+            self._finish(flight.request, flight.record, None, "error", why, taken=True)
         conn.close()
-
-    def _finish(self, request: int, record: dict, prediction, status: str, error: str) -> None:
-        if self.closed:
-            return
-        if self.writer.expects(request):  # a warm-up's is never written, so never made
-            recorded = -1 if prediction is None else predictions.to_record(self.plugin, prediction)
-            final = dict(record, prediction=recorded, status=status, error=error)
-            self.writer.complete(request, RequestRecord.from_dict(final))
         with self.cond:
-            self.cond.notify_all()
+            self.cond.notify_all()  # wakes wait_until: reconnect, or find the edge lost
+
+    def _finish(
+        self, request: int, record: dict, prediction, status: str, error: str, taken=False
+    ) -> None:
+        """Hand the request's record to the writer; `taken`: by the receiver, counted in
+        `finishing` until here."""
+        try:
+            if self.writer.expects(request) and not self.closed:  # warm-ups are never written
+                recorded = (
+                    -1 if prediction is None else predictions.to_record(self.plugin, prediction)
+                )
+                final = dict(record, prediction=recorded, status=status, error=error)
+                self.writer.complete(request, RequestRecord.from_dict(final))
+        finally:
+            with self.cond:
+                self.finishing -= taken
+                self.cond.notify_all()
 
     def _feed_estimate(self) -> None:
         with self.cond:
@@ -326,9 +394,8 @@ def run_offloader(
         intended_ns = None
         if offsets_ms is not None:
             intended_ns = origin_ns + round(offsets_ms[k] * 1e6)
-            delay_ns = intended_ns - time.monotonic_ns()
-            if delay_ns > 0:
-                time.sleep(delay_ns / 1e9)
+            requests.wait_until(intended_ns)
+        requests.ensure_edge()  # EdgeLost: this request and the rest are not run
         requests.writer.expect(request)
         record = dict(tags, request=request, sample=int(sample), label=int(labels[sample]))
         intended_ns = requests.issue(
@@ -339,6 +406,58 @@ def run_offloader(
             requests.wait_idle()
     requests.wait_idle()
     return request
+
+
+def first_request(job: DeviceJob, index: int) -> int:
+    """The id of offloader `index`'s first measured request: each offloader's warm-ups,
+    then its samples, take ids in turn from 1."""
+    return index * (job.warmup + len(job.samples)) + job.warmup + 1
+
+
+def not_run_records(job: DeviceJob, labels, started: set[int], why: str) -> list[RequestRecord]:
+    """A `not_run` record for every measured request of the job not in `started`; its
+    intended start where the open-loop schedule fixed one, else none."""
+    out = []
+    rate_hz = job.arrival.open_rate_hz
+    for index, spec in enumerate(job.offloaders):
+        offsets = None
+        if rate_hz is not None:
+            offsets = poisson_offsets_ms(
+                rate_hz, len(job.samples), job.seed, index, job.device_index
+            )
+        first = first_request(job, index)
+        for k, sample in enumerate(job.samples):
+            if first + k in started:
+                continue
+            fields = {
+                "offloader": spec.label,
+                "device": job.device_index,
+                "request": first + k,
+                "sample": sample,
+                "label": int(labels[sample]),
+                "intended_ms": None if offsets is None else float(offsets[k]),
+                **dict.fromkeys(PHASES, 0.0),  # no time spent in any phase
+                "bytes_up": 0,
+                "bytes_down": 0,
+                "est_uplink_mbps": None,
+                "total_ms": None,
+                "prediction": -1,
+                "status": NOT_RUN,
+                "error": f"not run: {why}",
+            }
+            out.append(RequestRecord.from_dict(fields))
+    return out
+
+
+def _why(exc: BaseException) -> str:
+    """An error of connecting in a few words: `connection refused`."""
+    if isinstance(exc, ConnectionClosed):
+        return "the edge closed the connection"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return f"{type(exc).__name__}: {exc}"
 
 
 def wait_for_limit(loaded: Path, cgroup: str, timeout_s: float = 60.0) -> None:
@@ -363,7 +482,6 @@ def main(argv: list[str] | None = None) -> int:
     except ContractError as exc:
         print(f"device agent: {exc}", file=sys.stderr)
         return exc.exit_status
-    rate_hz, device = job.arrival.open_rate_hz, job.device_index
 
     import torch
 
@@ -383,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     prepare_s = time.monotonic() - started
     estimate = LinkEstimate()
     switch_interval = sys.getswitchinterval()
+    lost = ""
     with open(job.records, "a", buffering=1) as out, sigterm_raises():
         requests = Requests(
             job.edge_host,
@@ -394,54 +513,77 @@ def main(argv: list[str] | None = None) -> int:
             plugin,
         )
         try:
-            conn = requests.open()
-            estimate.observe_rtt(conn.rtt_ms(job.pings))
-            for offloader, edge_half in zip(built, conn.described, strict=True):
-                offloader.connect(edge_half, estimate)
-            meta = DeviceMeta(
-                rtt_ms=estimate.rtt_ms,
-                offloaders=tuple(conn.described),
-                device_offloaders=tuple(o.describe() for o in built),
-                device_kernel_warmup_s=kernels_s,
-                device_prepare_s=prepare_s,
-                arrival=job.arrival,
-                device_index=device,
-            )
-            meta.write(job.meta)
+            start(requests, job, built, kernels_s, prepare_s)
             sys.setswitchinterval(SWITCH_INTERVAL_S)
-            request = 0
-            for index, (spec, offloader) in enumerate(zip(job.offloaders, built, strict=True)):
-                first = job.samples[0]
-                for _ in range(job.warmup):  # first calls pay allocation and JIT costs
-                    request += 1
-                    tags = {"offloader": spec.label, "request": request}
-                    requests.issue(offloader, index, request, data.inputs[first], tags)
-                    requests.wait_idle()
-                if job.barrier is not None:  # every device starts this offloader together
-                    timeout_s = job.timeout_s * 4 + 60
-                    wait_barrier(job.barrier, str(index), device, job.devices, timeout_s)
-                offsets = None
-                if rate_hz is not None:
-                    offsets = poisson_offsets_ms(rate_hz, len(job.samples), job.seed, index, device)
-                tags = {"offloader": spec.label, "device": device}
-                request = run_offloader(
-                    requests,
-                    offloader,
-                    index,
-                    data.inputs,
-                    job.samples,
-                    data.labels,
-                    request + 1,
-                    offsets,
-                    tags,
-                )
+            run_job(requests, job, built, data)
+        except EdgeLost as exc:
+            lost = str(exc)
         except (KeyboardInterrupt, Terminated) as exc:
             log.warning("interrupted: %s", type(exc).__name__)
             return 130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM
         finally:
             sys.setswitchinterval(switch_interval)
             requests.close()
-    return 0
+        if not lost:
+            return 0
+        missing = not_run_records(job, data.labels, requests.writer.announced, lost)
+        for record in missing:
+            out.write(record.to_json() + "\n")
+    print(f"device agent: {lost}; {len(missing)} requests not run", file=sys.stderr)
+    return 1
+
+
+def start(requests: Requests, job: DeviceJob, built: list, kernels_s, prepare_s: float) -> None:
+    """Connect, measure the round trip, hand each offloader its edge half's description
+    and write the DeviceMeta; EdgeLost where the edge cannot be reached."""
+    conn = requests.open()
+    try:
+        requests.estimate.observe_rtt(conn.rtt_ms(job.pings))
+    except (OSError, ConnectionClosed, ProtocolError) as exc:
+        raise EdgeLost(f"{lost_reason(exc)} (measuring the round trip)") from None
+    for offloader, edge_half in zip(built, conn.described, strict=True):
+        offloader.connect(edge_half, requests.estimate)
+    DeviceMeta(
+        rtt_ms=requests.estimate.rtt_ms,
+        offloaders=tuple(conn.described),
+        device_offloaders=tuple(o.describe() for o in built),
+        device_kernel_warmup_s=kernels_s,
+        device_prepare_s=prepare_s,
+        arrival=job.arrival,
+        device_index=job.device_index,
+    ).write(job.meta)
+
+
+def run_job(requests: Requests, job: DeviceJob, built: list, data) -> None:
+    """Every offloader's warm-ups (not recorded) and measured requests, in turn."""
+    rate_hz, device = job.arrival.open_rate_hz, job.device_index
+    for index, (spec, offloader) in enumerate(zip(job.offloaders, built, strict=True)):
+        first = job.samples[0]
+        for request in range(first_request(job, index) - job.warmup, first_request(job, index)):
+            tags = {"offloader": spec.label, "request": request}  # first calls pay JIT costs
+            requests.issue(offloader, index, request, data.inputs[first], tags)
+            requests.wait_idle()
+        if job.barrier is not None:  # every device starts this offloader together
+            timeout_s = job.timeout_s * 4 + 60
+            try:
+                wait_barrier(job.barrier, str(index), device, job.devices, timeout_s)
+            except TimeoutError as exc:  # another device stopped (lost the edge, most likely)
+                raise EdgeLost(str(exc)) from None
+        offsets = None
+        if rate_hz is not None:
+            offsets = poisson_offsets_ms(rate_hz, len(job.samples), job.seed, index, device)
+        tags = {"offloader": spec.label, "device": device}
+        run_offloader(
+            requests,
+            offloader,
+            index,
+            data.inputs,
+            job.samples,
+            data.labels,
+            first_request(job, index),
+            offsets,
+            tags,
+        )
 
 
 if __name__ == "__main__":

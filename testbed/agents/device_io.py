@@ -13,7 +13,10 @@ from collections import deque
 from testbed.agents.contract import RequestRecord
 from testbed.agents.protocol import (
     HEADER,
+    ConnectionClosed,
     MessageType,
+    ProtocolError,
+    TruncatedFrame,
     connect,
     decode_error,
     encode,
@@ -21,7 +24,34 @@ from testbed.agents.protocol import (
     read_frame,
 )
 
-__all__ = ["Connection", "RecordWriter"]
+__all__ = ["Connection", "EdgeLost", "RecordWriter", "lost_reason"]
+
+
+class EdgeLost(Exception):
+    """The edge cannot be reached any more (refused, gone, HELLO refused): the agent
+    stops, and the requests it did not start are recorded as `not_run`."""
+
+
+def lost_reason(exc: BaseException, last_error: str = "") -> str:
+    """One line saying why a connection to the edge ended, for a request's `error`:
+    `edge connection lost: reset by peer`. `last_error`: the message of an ERROR frame
+    the edge sent just before (it closes some connections after one)."""
+    if isinstance(exc, ConnectionClosed):
+        why = "closed by the edge"
+    elif isinstance(exc, ConnectionResetError):
+        why = "reset by peer"
+    elif isinstance(exc, BrokenPipeError):
+        why = "broken pipe (the edge closed it)"
+    elif isinstance(exc, TruncatedFrame):
+        why = f"closed mid-reply ({exc})"
+    elif isinstance(exc, TimeoutError):
+        why = "a reply stalled mid-frame (timed out)"
+    elif isinstance(exc, ProtocolError):
+        why = f"unreadable reply: {exc}"
+    else:
+        why = f"{type(exc).__name__}: {exc}"
+    after = f" after its ERROR: {last_error}" if last_error else ""
+    return f"edge connection lost: {why}{after}"
 
 
 class Connection:
@@ -34,6 +64,7 @@ class Connection:
         self.local_port = self.sock.getsockname()[1]
         self.sent = self.received = 0
         self.receiver: threading.Thread | None = None
+        self.last_error = ""  # an ERROR frame for no request in flight (lost_reason)
         try:
             self.send(encode_json(MessageType.HELLO, hello))
             reply = self.read()
@@ -87,11 +118,13 @@ class RecordWriter:
         self._order: deque[int] = deque()
         self._expected: set[int] = set()
         self._done: dict[int, RequestRecord] = {}
+        self.announced: set[int] = set()  # every request started: the rest were not run
 
     def expect(self, request: int) -> None:
         with self._lock:
             self._order.append(request)
             self._expected.add(request)
+            self.announced.add(request)
 
     def expects(self, request: int) -> bool:
         with self._lock:

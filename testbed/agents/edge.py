@@ -1,14 +1,18 @@
 """Edge agent: serves offloading requests over the wire protocol.
 
 Run inside the edge host: `python -m testbed.agents.edge --port 5000 [--preload PLUGIN]`.
-It prints `READY <port>` once listening. One thread per connection; a broken or
-hostile client gets an ERROR frame and loses only its own connection.
+It prints `READY <port>` once listening. One thread per connection, under a cap; every
+frame is judged from its header (type, length, the offloader's own bound) before its
+payload is read, stored only as its bytes arrive and within a memory budget, and must
+arrive within deadlines (`edge_limits.EdgeLimits`). A broken or hostile client gets an
+ERROR frame and loses only its frame or its own connection.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import signal
 import socket
@@ -16,14 +20,22 @@ import socketserver
 import sys
 import threading
 import time
+from collections import OrderedDict
+from typing import Any
 
 from testbed import offloaders
+from testbed.agents.edge_connections import Connection, Connections
+from testbed.agents.edge_limits import EdgeLimits, add_arguments, from_args
+from testbed.agents.log_budget import LogBudget
 from testbed.agents.protocol import (
     TIMING_STRUCT,
+    Budget,
     ConnectionClosed,
     ErrorCode,
+    IdleTimeout,
     MessageType,
     ProtocolError,
+    Refused,
     encode,
     encode_error,
     encode_json,
@@ -35,7 +47,6 @@ from testbed.models import plugins, predictions
 from testbed.offloaders.base import PhaseTimer, warm_kernels
 
 log = logging.getLogger("edge")
-IDLE_TIMEOUT_S = 300.0
 
 
 class ModelCache:
@@ -56,24 +67,79 @@ class ModelCache:
 class Session:
     """One device connection: its HELLO-configured offloaders and its frames."""
 
-    def __init__(self, sock: socket.socket, models: ModelCache) -> None:
+    def __init__(self, sock: socket.socket, agent: Agent, entry: Connection) -> None:
         self.sock = sock
-        self.models = models
+        self.agent = agent
+        self.limits = agent.limits
+        self.entry = entry
         self.offloaders: list = []
+        self.max_payloads: list[int] = []
 
     def serve(self) -> None:
+        limits = self.limits
         while True:
             try:
-                frame = read_frame(self.sock)
-            except ConnectionClosed:
+                frame = read_frame(
+                    self.sock,
+                    admit=self.admit,
+                    budget=self.agent.budget,
+                    idle_s=limits.idle_s,
+                    frame_s=limits.frame_s,
+                )
+            except (ConnectionClosed, IdleTimeout):
                 return
+            except Refused as exc:
+                log.warning("refused a frame: %s", exc)
+                answer = encode_error(exc.code, str(exc), request=exc.request)
+                if not self._send(answer) or not exc.drained:
+                    return
+                continue
             except ProtocolError as exc:
                 log.warning("closing connection: %s", exc)
-                self._send(encode_error(exc.code, str(exc)))
+                self._send(encode_error(exc.code, str(exc), request=exc.request))
                 return
-            if frame.type == MessageType.BYE:
+            self.entry.completed_frame()
+            try:
+                if frame.type == MessageType.BYE:
+                    return
+                reply = self.handle(frame)
+            finally:
+                self.agent.budget.give(len(frame.payload))
+            sent = self._send(reply)
+            self.entry.answered()
+            if not sent:
                 return
-            self._send(self.handle(frame))
+
+    def admit(self, kind: MessageType, offloader: int, length: int) -> None:
+        """A frame's header judged before a byte of its payload is read: a device sends
+        HELLO, REQUEST, PING and BYE, each no longer than its limit."""
+        limits = self.limits
+        drain = length <= limits.drain
+        if kind == MessageType.HELLO and length > limits.max_hello:
+            raise Refused(
+                ErrorCode.BAD_HELLO, f"HELLO of {length} bytes; at most {limits.max_hello}", drain
+            )
+        if kind == MessageType.PING and length > limits.max_ping:
+            raise Refused(
+                ErrorCode.BAD_FRAME, f"PING of {length} bytes; at most {limits.max_ping}", drain
+            )
+        if kind == MessageType.BYE and length:
+            raise Refused(ErrorCode.BAD_FRAME, "BYE with a payload", drain)
+        if kind == MessageType.REQUEST:
+            if not self.offloaders:
+                raise Refused(ErrorCode.NOT_READY, "REQUEST before HELLO", drain)
+            if offloader >= len(self.offloaders):
+                raise Refused(ErrorCode.BAD_PAYLOAD, f"no offloader #{offloader}", drain)
+            limit = self.max_payloads[offloader]
+            if length > limit:
+                name = self.offloaders[offloader].name
+                raise Refused(
+                    ErrorCode.BAD_PAYLOAD,
+                    f"{name} payload of {length} bytes; it accepts at most {limit}",
+                    drain,
+                )
+        if kind not in DEVICE_SENDS:
+            raise Refused(ErrorCode.BAD_FRAME, f"a device does not send {kind.name}")
 
     def handle(self, frame) -> bytes:
         try:
@@ -81,11 +147,7 @@ class Session:
                 return encode(MessageType.PONG, frame.payload, request=frame.request)
             if frame.type == MessageType.HELLO:
                 return self.hello(frame)
-            if frame.type == MessageType.REQUEST:
-                return self.request(frame)
-            return encode_error(
-                ErrorCode.BAD_FRAME, f"unexpected {frame.type.name}", request=frame.request
-            )
+            return self.request(frame)
         except ProtocolError as exc:
             return encode_error(exc.code, str(exc), request=frame.request)
         except Exception as exc:  # never let one request take the server down
@@ -95,28 +157,23 @@ class Session:
             )
 
     def hello(self, frame) -> bytes:
-        spec = frame.json()
         try:
-            plugin, model = self.models.get(str(spec["plugin"]))
-            built = []
-            for item in spec["offloaders"]:
-                name = str(item["name"])
-                params = offloaders.validate_params(name, dict(item.get("params", {})))
-                built.append(offloaders.get(name)(plugin, model, **params))
-            for offloader in built:  # e.g. stage profiles, sent back in the reply
-                offloader.prepare("edge")
-        except (KeyError, TypeError, ValueError, TestbedError) as exc:
+            spec = frame.json()
+            plugin_name, items = self.agent.check_hello(spec)
+            plugin, model = self.agent.models.get(plugin_name)
+            built = [
+                self.agent.offloaders.get(plugin, model, str(item["name"]), item.get("params", {}))
+                for item in items
+            ]
+            max_payloads = [int(offloader.max_payload()) for offloader in built]
+        except (KeyError, TypeError, ValueError, TestbedError, ProtocolError) as exc:
             return encode_error(ErrorCode.BAD_HELLO, f"bad HELLO: {type(exc).__name__}: {exc}")
-        self.offloaders = built
+        self.offloaders, self.max_payloads = built, max_payloads
         return encode_json(MessageType.HELLO_OK, {"offloaders": [o.describe() for o in built]})
 
     def request(self, frame) -> bytes:
-        if not self.offloaders:
-            raise ProtocolError(ErrorCode.NOT_READY, "REQUEST before HELLO")
-        if frame.offloader >= len(self.offloaders):
-            raise ProtocolError(ErrorCode.BAD_PAYLOAD, f"no offloader #{frame.offloader}")
         timer = PhaseTimer()
-        offloader = self.offloaders[frame.offloader]
+        offloader = self.offloaders[frame.offloader]  # admit() checked the index
         try:
             prediction = offloader.edge(frame.payload, timer)
         except ValueError as exc:
@@ -130,60 +187,171 @@ class Session:
         )
         return encode(MessageType.RESULT, result + encoded, frame.offloader, frame.request)
 
-    def _send(self, data: bytes) -> None:
-        with contextlib.suppress(OSError):
+    def _send(self, data: bytes) -> bool:
+        """False when the reply could not be sent whole: the peer would read the next one
+        from inside this frame, so the connection is closed."""
+        try:
+            self.sock.settimeout(self.limits.send_s)
             self.sock.sendall(data)
+        except OSError as exc:
+            log.info("closing connection: reply not sent (%s)", exc)
+            return False
+        return True
+
+
+DEVICE_SENDS = frozenset(
+    {MessageType.HELLO, MessageType.REQUEST, MessageType.PING, MessageType.BYE}
+)
+
+
+class OffloaderCache:
+    """Edge halves built once per (plugin, offloader, parameters) and shared between
+    connections (an edge half keeps no per-request state: docs/offloaders.md), so a HELLO
+    costs a lookup, not a construction and a profile; the least recently used beyond
+    `size` are dropped, so varied parameters cannot grow it without bound."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._built: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, plugin, model, name: str, params: Any):
+        if not isinstance(params, dict):
+            raise ValueError(f"offloader {name!r}: params must be an object")
+        params = offloaders.validate_params(name, dict(params))
+        key = (plugin.name, name, json.dumps(params, sort_keys=True, default=str))
+        with self._lock:
+            if key in self._built:
+                self._built.move_to_end(key)
+                return self._built[key]
+        offloader = offloaders.get(name)(plugin, model, **params)
+        offloader.prepare("edge")  # e.g. stage profiles, sent back in the reply
+        with self._lock:
+            self._built[key] = offloader
+            while len(self._built) > self.size:
+                self._built.popitem(last=False)
+        return offloader
+
+
+class Agent:
+    """What every connection shares: the models, the limits, the memory budget for
+    frames, the open connections and the plugins this edge serves."""
+
+    def __init__(self, limits: EdgeLimits, serves: tuple[str, ...] = ()) -> None:
+        self.limits = limits
+        self.models = ModelCache()
+        self.offloaders = OffloaderCache()
+        self.budget = Budget(limits.memory_budget)
+        self.connections = Connections(limits.max_connections)
+        self.serves = serves  # empty: any installed plugin
+
+    def check_hello(self, spec: dict) -> tuple[str, list]:
+        """(plugin name, offloader items) of a HELLO within the limits; ValueError else."""
+        plugin = spec["plugin"]
+        items = spec["offloaders"]
+        if not isinstance(plugin, str) or not isinstance(items, list):
+            raise ValueError('"plugin" must be a string and "offloaders" a list')
+        if self.serves and plugin not in self.serves:
+            raise ValueError(f"this edge serves {', '.join(self.serves)}, not {plugin!r}")
+        if len(items) > self.limits.max_offloaders:
+            raise ValueError(
+                f"{len(items)} offloaders; at most {self.limits.max_offloaders} in one HELLO"
+            )
+        if not all(isinstance(item, dict) for item in items):
+            raise ValueError("each offloader must be an object")
+        return plugin, items
 
 
 class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
+    block_on_close = False
 
-    def __init__(self, address, models: ModelCache) -> None:
-        self.models = models
+    def __init__(self, address, agent: Agent) -> None:
+        self.agent = agent
+        self.entries: dict[int, Connection] = {}
+        self.request_queue_size = agent.limits.backlog  # listen() in server_activate
         super().__init__(address, Handler)
 
     def server_bind(self) -> None:
         tune(self.socket)  # accepted connections inherit the congestion control
         super().server_bind()
 
+    def process_request(self, request, client_address) -> None:
+        """Under the connection cap a thread serves it; over it, a BUSY answer and close."""
+        entry = self.agent.connections.admit(request, f"{client_address[0]}:{client_address[1]}")
+        if entry is None:
+            log.warning(
+                "refused %s: all %d connections busy", client_address, len(self.agent.connections)
+            )
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                request.sendall(
+                    encode_error(ErrorCode.BUSY, "the edge is at its connection cap; try later")
+                )
+            self.shutdown_request(request)
+            return
+        self.entries[id(request)] = entry  # the handler's thread takes it
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread could be started: nothing must stay counted
+            self.entries.pop(id(request), None)
+            self.agent.connections.remove(entry)
+            raise
+
 
 class Handler(socketserver.BaseRequestHandler):
     server: Server
 
     def handle(self) -> None:
+        agent = self.server.agent
+        entry = self.server.entries.pop(id(self.request))
         tune(self.request)
-        self.request.settimeout(IDLE_TIMEOUT_S)
         try:
-            Session(self.request, self.server.models).serve()
-        except (TimeoutError, OSError) as exc:
+            Session(self.request, agent, entry).serve()
+        except OSError as exc:
             log.info("connection ended: %s", exc)
+        except Exception:  # a bug must end this connection only, and say where
+            log.exception("connection failed")
+        finally:
+            agent.connections.remove(entry)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--preload", action="append", default=[], help="plugin to load at start")
+    parser.add_argument(
+        "--preload",
+        action="append",
+        default=[],
+        help="plugin to load at start; given, the edge serves these plugins only",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        limits = from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s edge %(levelname)s %(message)s")
+    log.addFilter(LogBudget())
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = ModelCache()
+    agent = Agent(limits, serves=tuple(args.preload))
     try:
         # a broken third-party offloader is named here, not met by a request later
         seconds = warm_kernels(offloaders.get(name) for name in offloaders.names())
         if seconds is not None:
             log.info("kernels ready in %.2f s", seconds)
         for name in args.preload:
-            models.get(name)
+            agent.models.get(name)
     except TestbedError as exc:
         print(f"edge agent: {exc}", file=sys.stderr)
         return exc.exit_status
-    server = Server((args.host, args.port), models)
+    server = Server((args.host, args.port), agent)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"READY {server.server_address[1]}", flush=True)
     try:

@@ -20,16 +20,22 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
 import socket
 import struct
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 MAGIC = b"DCOD"
 VERSION = 1
 HEADER = struct.Struct("!4sBBHII")
 MAX_PAYLOAD = 64 * 1024 * 1024  # larger than any input or feature map we ship
 MAX_JSON = 1024 * 1024
+MAX_JSON_DEPTH = 8  # a HELLO nests 3 deep (object, offloader list, params)
 
 
 class MessageType(enum.IntEnum):
@@ -49,6 +55,7 @@ class ErrorCode(enum.IntEnum):
     BAD_HELLO = 3
     NOT_READY = 4  # REQUEST before a successful HELLO
     INTERNAL = 5
+    BUSY = 6  # refused for now (connection cap, memory budget); the connection is closed
 
 
 # RESULT: edge monotonic ns when the request's last byte arrived, decode ms,
@@ -66,6 +73,7 @@ class ProtocolError(Exception):
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+        self.request = 0  # the frame's request id where its header was read
 
 
 class ConnectionClosed(Exception):
@@ -79,6 +87,21 @@ class TruncatedFrame(ProtocolError):
         super().__init__(ErrorCode.BAD_FRAME, message)
 
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def json_depth(payload: bytes) -> int:
+    """How deep a JSON text nests arrays and objects, counted without parsing it (the
+    parser recurses, so a deep enough text is refused before it is parsed)."""
+    bare = np.frombuffer(_JSON_STRING.sub(b'""', payload), np.uint8)
+    steps = np.isin(bare, _OPENERS).astype(np.int32) - np.isin(bare, _CLOSERS)
+    return int(np.cumsum(steps).max(initial=0))
+
+
+_OPENERS = np.frombuffer(b"[{", np.uint8)
+_CLOSERS = np.frombuffer(b"]}", np.uint8)
+
+
 @dataclass
 class Frame:
     type: MessageType
@@ -87,9 +110,14 @@ class Frame:
     payload: bytes
     received_ns: int = 0  # CLOCK_MONOTONIC when the last byte arrived
 
-    def json(self) -> dict:
+    def json(self, max_depth: int = MAX_JSON_DEPTH) -> dict:
         if len(self.payload) > MAX_JSON:
             raise ProtocolError(ErrorCode.BAD_PAYLOAD, "JSON payload too large")
+        depth = json_depth(self.payload)
+        if depth > max_depth:
+            raise ProtocolError(
+                ErrorCode.BAD_PAYLOAD, f"JSON nested {depth} deep; at most {max_depth}"
+            )
         try:
             value = json.loads(self.payload.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -136,23 +164,147 @@ def parse_header(header: bytes) -> tuple[MessageType, int, int, int]:
     return kind, offloader, request, length
 
 
-def _recv_exact(sock: socket.socket, n: int, started: bool) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
-        if k == 0:
-            if got == 0 and not started:
-                raise ConnectionClosed()
-            raise TruncatedFrame(f"connection closed after {got} of {n} bytes of a frame")
-        got += k
-    return bytes(buf)
+CHUNK = 64 * 1024  # a payload is read, stored and charged this much at a time
 
 
-def read_frame(sock: socket.socket) -> Frame:
-    kind, offloader, request, length = parse_header(_recv_exact(sock, HEADER.size, False))
-    payload = _recv_exact(sock, length, True) if length else b""
+class Refused(ProtocolError):
+    """The frame's header is valid but the receiver will not take it (too long for its
+    message type or offloader, a budget spent). `drained`: its payload was read and
+    dropped without being stored, so the stream is still in step and the connection may
+    stay open; otherwise the connection must be closed after the ERROR answer."""
+
+    def __init__(self, code: ErrorCode, message: str, drain: bool = False) -> None:
+        super().__init__(code, message)
+        self.drain = drain
+        self.drained = False
+
+
+class FrameTimeout(ProtocolError):
+    """A frame that started did not complete within its deadline (a slow or stalled
+    sender); the connection is closed after the ERROR answer."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.BAD_FRAME, message)
+
+
+class IdleTimeout(Exception):
+    """No frame started within the idle deadline."""
+
+
+class Budget:
+    """Payload bytes held by frames that arrived and are not yet handled, across every
+    connection of an agent: `take` refuses beyond the limit, so memory is spent only on
+    bytes that arrived and never beyond the budget."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> None:
+        with self._lock:
+            if self.used + n > self.limit:
+                raise Refused(
+                    ErrorCode.BUSY,
+                    f"the edge holds {self.used} bytes of unhandled frames; its memory "
+                    f"budget is {self.limit}: try again later",
+                )
+            self.used += n
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used -= n
+
+
+# the largest payload a frame may claim given its header: raise Refused to refuse it
+Admit = Callable[[MessageType, int, int], None]
+
+
+class _Reader:
+    """Reads one frame from a socket against an idle deadline (until its first byte) and
+    a frame deadline (from its first byte to its last); None leaves the socket's own
+    timeout in force, as the device agent wants."""
+
+    def __init__(self, sock: socket.socket, idle_s: float | None, frame_s: float | None):
+        self.sock = sock
+        self.frame_s = frame_s
+        self.deadline: float | None = None
+        if idle_s is not None:
+            sock.settimeout(idle_s)
+
+    def started(self) -> None:
+        if self.frame_s is not None:
+            self.deadline = time.monotonic() + self.frame_s
+
+    def recv(self, n: int) -> bytes:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise FrameTimeout(f"frame not complete within {self.frame_s:g} s")
+            self.sock.settimeout(left)
+        try:
+            return self.sock.recv(n)
+        except TimeoutError:
+            if self.deadline is None and self.frame_s is not None:
+                raise IdleTimeout() from None
+            if self.deadline is not None:
+                raise FrameTimeout(f"frame not complete within {self.frame_s:g} s") from None
+            raise
+
+    def exact(self, n: int, started: bool, store: bool = True, budget: Budget | None = None):
+        """n bytes (b"" when not stored), read CHUNK at a time: a claimed length costs
+        nothing until its bytes arrive."""
+        buf = bytearray()
+        got = 0
+        try:
+            while got < n:
+                chunk = self.recv(min(n - got, CHUNK))
+                if not chunk:
+                    if got == 0 and not started:
+                        raise ConnectionClosed()
+                    raise TruncatedFrame(f"connection closed after {got} of {n} bytes of a frame")
+                if not started:
+                    started = True
+                    self.started()
+                got += len(chunk)
+                if store:
+                    if budget is not None:
+                        budget.take(len(chunk))
+                    buf += chunk
+        except BaseException:
+            if budget is not None:
+                budget.give(len(buf))
+            raise
+        return bytes(buf)
+
+
+def read_frame(
+    sock: socket.socket,
+    *,
+    admit: Admit | None = None,
+    budget: Budget | None = None,
+    idle_s: float | None = None,
+    frame_s: float | None = None,
+) -> Frame:
+    """One frame. `admit(type, offloader, length)` judges the header before a payload byte
+    is read; a `Refused` with `drain` has its payload read and dropped (never stored),
+    within the frame deadline. Stored payload bytes are taken from `budget` as they
+    arrive; the caller gives `len(frame.payload)` back once the frame is handled."""
+    reader = _Reader(sock, idle_s, frame_s)
+    kind, offloader, request, length = parse_header(reader.exact(HEADER.size, False))
+    try:
+        if admit is not None:
+            try:
+                admit(kind, offloader, length)
+            except Refused as refused:
+                if refused.drain and length:
+                    reader.exact(length, True, store=False)
+                refused.drained = refused.drain
+                raise
+        payload = reader.exact(length, True, budget=budget) if length else b""
+    except ProtocolError as exc:  # answered with the request's id, so the device can match it
+        exc.request = request
+        raise
     return Frame(kind, offloader, request, payload, time.monotonic_ns())
 
 

@@ -74,6 +74,9 @@ class Scenario:
     repeats: int = 1  # runs of a sweep cell, seeds seed, seed + 1, ... (testbed.config.sweep)
     test_data: Path | None = None  # a folder of images replacing the plugin's test set
     max_drop_pp: float = 1.0  # the accuracy bound of the comparisons (points)
+    # above it (ms) a request is flagged stalled: "auto" (10 x its offloader's median, at
+    # least 1000 ms), a number, or None (off)
+    stall_ms: float | str | None = "auto"
 
     def to_dict(self) -> dict:
         """The resolved scenario as plain YAML-safe data, in the input file's layout;
@@ -95,6 +98,7 @@ class Scenario:
             "max_drop_pp": self.max_drop_pp,
             "arrival": dict(self.arrival),
             "request_timeout_s": self.request_timeout_s,
+            "stall_ms": self.stall_ms,
             "devices": self.devices,
             "repeats": self.repeats,
             "device": {"cpu": self.device.cpu, "cpu_mode": self.device.cpu_mode},

@@ -80,6 +80,22 @@ class Arrival:
         return self.tagged(value, at, ctx)
 
 
+class StallMs:
+    """`stall_ms`: `auto` (10 x each offloader's median latency, at least 1 s), a number
+    of milliseconds, or null (off): requests slower than it are flagged `stalled`."""
+
+    allowed = "auto, a number of milliseconds > 0, or null (off)"
+
+    def __call__(self, value: Any, at: str, ctx: Context) -> Any:
+        if value is None or value == "auto":
+            return value
+        try:
+            return Num(gt=0)(value, at, ctx)
+        except Invalid as err:
+            hint = did_you_mean(value, ["auto"]) if isinstance(value, str) else err.hint
+            raise bad(at, value, self.allowed, hint) from None
+
+
 class Offloaders:
     """The offloaders to compare: a list of names or {name: NAME, PARAM: VALUE}, each
     resolved to {"name": NAME, "params": every parameter, defaults filled}. The
@@ -256,6 +272,8 @@ TOP = Record(
         "max_drop_pp": Field(Num(ge=0, le=100), 1.0),
         "arrival": Field(Arrival(), "closed"),
         "request_timeout_s": Field(Num(gt=0), 30),
+        # above it a request that ran is flagged `stalled` (testbed.results.records)
+        "stall_ms": Field(StallMs(), "auto"),
         "devices": Field(Int(ge=1, le=MAX_DEVICES), 1),
         "repeats": Field(Int(ge=1, le=1000), 1),
         "device": Field(_DEVICE, {}),

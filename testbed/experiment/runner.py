@@ -2,6 +2,11 @@
 
 The runner checks everything it can before it creates anything (plugin, weights,
 gates, features), so bad input never leaves a half-built network behind.
+
+A fault while the requests run (the edge agent exits, a device agent fails or stalls)
+does not lose what was measured: the run ends, its results are written and marked
+partial (`RunResult.partial`, `partial` in environment.json and summary.csv), and the
+command line says why with exit status 1.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import numpy as np
 import yaml
 
 from testbed import offloaders, programs
-from testbed.agents.contract import Arrival, DeviceJob, DeviceMeta, OffloaderJob
+from testbed.agents.contract import NOT_RUN, Arrival, DeviceJob, DeviceMeta, OffloaderJob
+from testbed.agents.edge_limits import EdgeLimits
 from testbed.cleanup import Terminated, sigterm_raises
 from testbed.config import gates
 from testbed.emulation import capture, stale
@@ -40,6 +46,9 @@ EDGE_PORT = 5000
 WARMUP_REQUESTS = 2  # per offloader, not recorded: first calls pay allocations and JIT
 PINGS = 5
 STARTUP_S = 300.0  # importing torch on a device at a few % of a core is slow
+# after the edge agent exits: how long the device agents get (beyond one connect timeout)
+# to record the requests they lost and did not run, and exit
+EDGE_LOST_GRACE_S = 30.0
 
 
 @dataclass
@@ -48,6 +57,7 @@ class RunResult:
     summary: list[dict]
     gate_failures: list[str] = field(default_factory=list)
     interrupted: bool = False
+    partial: str = ""  # why the run is partial (a fault, requests not run); "" when whole
 
 
 def offloader_labels(specs) -> list[str]:
@@ -155,6 +165,7 @@ def run(
     extra["kernel_warmup_s"] = kernels_s
     extra["device_cpu_mode"] = scenario.device.cpu_mode  # docs/scenarios.md, `device:`
     extra["cleanup_failures"] = ["teardown did not run"]
+    extra["fault"] = ""
     interrupted = False
     with sigterm_raises():
         try:
@@ -181,6 +192,7 @@ def run(
                 raise
             finally:
                 extra["interrupted"] = interrupted
+                extra["stall_ms"] = scenario.stall_ms
                 summary = _write_results(
                     out_dir,
                     [r for p in records_paths for r in results.read_records(p)],
@@ -191,6 +203,7 @@ def run(
                     extra,
                     predictions.comparer(plugin),
                     bounds=_bounds(scenario, labels),
+                    planned=len(indices) * scenario.devices,
                 )
     by_name = {row["offloader"]: row for row in summary}
     failed = []
@@ -198,7 +211,7 @@ def run(
         holds, filled = gates.evaluate(text, by_name)
         if not holds:
             failed.append(filled)
-    return RunResult(out_dir, summary, failed)
+    return RunResult(out_dir, summary, failed, partial=extra["partial_reason"])
 
 
 def _fidelity(topo, out_dir: Path, strict: bool) -> list[str]:
@@ -275,6 +288,18 @@ def records_name(device: int) -> str:
     return "records.jsonl" if device == 0 else f"records-d{device}.jsonl"
 
 
+def _edge_deadlines(scenario) -> list[str]:
+    """The edge's frame and idle deadlines, never shorter than this scenario needs: a
+    request's frame may take its whole timeout on a slow link, and an open-loop device
+    may wait many mean gaps between requests."""
+    frame_s = max(EdgeLimits.frame_s, scenario.request_timeout_s)
+    idle_s = EdgeLimits.idle_s
+    rate_hz = scenario.arrival.get("rate_hz")
+    if rate_hz:
+        idle_s = max(idle_s, 20 / rate_hz)
+    return ["--frame-s", f"{frame_s:g}", "--idle-s", f"{idle_s:g}"]
+
+
 def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool, bar) -> dict:
     cores = os.cpu_count() or 1
     edge_threads = max(1, min(cores, round(scenario.edge.cpu)))
@@ -288,6 +313,7 @@ def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool,
             plugin.name,
             "--threads",
             str(edge_threads),
+            *_edge_deadlines(scenario),
         ),
         "edge.log",
     )
@@ -340,34 +366,47 @@ def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool,
             limited=False,
         )
         devices.append((device, host, loaded, f"device{suffix}.log"))
-    for device, host, loaded, log_name in devices:
-        _enter_limit(topo, host, device, loaded, logs / log_name)
-    _follow(
-        devices,
-        edge,
-        [Path(j.records) for j, _ in jobs],
-        len(indices) * len(labels) * len(jobs),
-        scenario,
-        logs,
-        progress,
-        bar,
-    )
+    fault = ""
+    try:
+        for device, host, loaded, log_name in devices:
+            _enter_limit(topo, host, device, loaded, logs / log_name)
+        _follow(
+            devices,
+            edge,
+            [Path(j.records) for j, _ in jobs],
+            len(indices) * len(labels) * len(jobs),
+            scenario,
+            logs,
+            progress,
+            bar,
+        )
+    except TestbedError as exc:  # what ran is kept: the results say partial, and why
+        fault = str(exc)
     flows = traffic.stop() if traffic is not None else []
-    metas = [DeviceMeta.read(j.meta) for j, _ in jobs]
-    meta = metas[0]
     return {
-        "rtt_ms": meta.rtt_ms,
-        "device_rtt_ms": [m.rtt_ms for m in metas],
-        "offloaders": list(meta.offloaders),  # the edge halves' descriptions (edge profiles)
-        "device_offloaders": list(meta.device_offloaders),  # device profiles, calibration
-        "device_kernel_warmup_s": meta.device_kernel_warmup_s,
-        "device_prepare_s": meta.device_prepare_s,
+        "fault": fault,
+        **_device_metas([Path(j.meta) for j, _ in jobs]),
         "traffic": flows,
         "congestion_control": scenario.network.congestion_control,
         "congestion_control_scope": topo.congestion_scope,
         "namespace_default_congestion_control": topo.device.cmd(
             "sysctl -n net.ipv4.tcp_congestion_control"
         ).strip(),
+    }
+
+
+def _device_metas(paths: list[Path]) -> dict:
+    """What the device agents found before their requests (environment.json); a device
+    that never reached the edge wrote none, and its figures read None: not measured."""
+    metas = [DeviceMeta.read(p) for p in paths if p.exists()]
+    first = metas[0] if metas else None
+    return {
+        "rtt_ms": first.rtt_ms if first else None,
+        "device_rtt_ms": [m.rtt_ms for m in metas],
+        "offloaders": list(first.offloaders) if first else [],  # the edge halves' (profiles)
+        "device_offloaders": list(first.device_offloaders) if first else [],  # calibration
+        "device_kernel_warmup_s": first.device_kernel_warmup_s if first else None,
+        "device_prepare_s": first.device_prepare_s if first else None,
     }
 
 
@@ -386,12 +425,18 @@ def _follow(
         bar = tqdm(total=total, unit="req", desc=scenario.name, disable=not progress)
     try:
         while True:
+            if edge.poll() is not None:  # the devices record what they lost, then exit
+                _wait_exit([d for d, *_ in devices], scenario.request_timeout_s + EDGE_LOST_GRACE_S)
+                if any(d.returncode != 0 for d, *_ in devices):
+                    raise TestbedError(
+                        f"the edge agent exited (status {edge.returncode}) mid-run: "
+                        f"see {logs}/edge.log"
+                    )
             for device, _, _, log_name in devices:
                 if device.poll() is not None and device.returncode != 0:
-                    tail = (logs / log_name).read_text(errors="replace").strip().splitlines()
                     raise TestbedError(
                         f"the device agent failed (exit {device.returncode}): "
-                        + " | ".join(tail[-3:])
+                        + _last_words(logs / log_name)
                     )
             finished = all(device.poll() is not None for device, *_ in devices)
             count = sum(_count_lines(path) for path in records)
@@ -400,10 +445,6 @@ def _follow(
                 done, last_change, started = count, time.monotonic(), True
             if finished:
                 break
-            if edge.poll() is not None:
-                raise TestbedError(
-                    f"the edge agent exited ({edge.returncode}): see {logs}/edge.log"
-                )
             limit = stall_s if started else STARTUP_S
             if time.monotonic() - last_change > limit:
                 raise TestbedError(f"no request finished for {limit:.0f} s: see {logs}/device.log")
@@ -411,6 +452,22 @@ def _follow(
     finally:
         if own:
             bar.close()
+
+
+def _wait_exit(processes, timeout_s: float) -> None:
+    """Until every process has exited, or `timeout_s` (the teardown stops the rest)."""
+    deadline = time.monotonic() + timeout_s
+    while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _last_words(log_file: Path) -> str:
+    """A failed agent's own last line where it said why (`device agent: ...`), else the
+    last three lines of its log."""
+    tail = log_file.read_text(errors="replace").strip().splitlines()
+    if tail and tail[-1].startswith("device agent:"):
+        return tail[-1].removeprefix("device agent:").strip()
+    return " | ".join(tail[-3:])
 
 
 def _enter_limit(topo, host, device, loaded: Path, log_file: Path) -> None:
@@ -462,15 +519,22 @@ def _write_results(
     extra,
     compare=None,
     bounds=(results.DEFAULT_MAX_DROP_PP, {}),
+    planned: int | None = None,
 ):
-    """`bounds`: the scenario's max_drop_pp and each label's configured one."""
+    """`bounds`: the scenario's max_drop_pp and each label's configured one; `planned`:
+    requests per offloader the scenario asked for (None: those recorded)."""
     if (out_dir / "capture.pcap").exists():
         extra["capture"] = _capture_report(out_dir, records, labels)
     bound, configured = bounds
     extra["bounds"] = {"max_drop_pp": bound, "offloaders": configured}  # for the report
-    rows = results.complete_records(records, reference, compare)
+    _mark_partial(extra, records, planned * len(labels) if planned is not None else None)
+    stall = results.stall_thresholds(records, labels, extra.get("stall_ms"))
+    extra["stall_thresholds_ms"] = stall
+    rows = results.complete_records(records, reference, compare, stall)
     results.write_csv(out_dir / "requests.csv", rows, results.REQUEST_COLUMNS)
-    summary = results.summarize(rows, labels, reference_score, metric, bound, configured)
+    summary = results.summarize(
+        rows, labels, reference_score, metric, bound, configured, planned, extra["partial"]
+    )
     results.write_csv(out_dir / "summary.csv", summary, results.SUMMARY_COLUMNS)
     env = environment.collect(extra)
     (out_dir / "environment.json").write_text(json.dumps(env, indent=2, default=str))
@@ -478,3 +542,19 @@ def _write_results(
         results.write_csv(out_dir / "traffic.csv", extra["traffic"], results.TRAFFIC_COLUMNS)
     summary_md.write(out_dir, rows, summary, env, metric)
     return summary
+
+
+def _mark_partial(extra: dict, records: list[dict], planned: int | None) -> None:
+    """environment.json's account of how much of the run ran: `requests_planned`,
+    `requests_run` (not `not_run`), and `partial` with its reason where not all did."""
+    ran = sum(r.get("status") != NOT_RUN for r in records)
+    planned = len(records) if planned is None else planned
+    why = [extra.get("fault") or ""]
+    if extra.get("interrupted"):
+        why.append("interrupted")
+    if ran < planned:
+        why.append(f"{planned - ran} of {planned} planned requests not run")
+    reason = "; ".join(w for w in why if w)
+    extra.update(
+        requests_planned=planned, requests_run=ran, partial=bool(reason), partial_reason=reason
+    )

@@ -76,6 +76,8 @@ def run_sweep(sweep: Sweep, out: Path, progress: bool = True, **run_options) -> 
             status[cell.dirname] = "running"
             try:
                 run = runner.run(cell.scenario, cell_dir, progress=progress, bar=bar, **run_options)
+                if run.partial:  # its results are kept in its folder, marked partial
+                    raise TestbedError(f"the run did not finish: {run.partial}")
             except (ScenarioError, EnvironmentMissing):
                 status[cell.dirname] = "failed"
                 raise

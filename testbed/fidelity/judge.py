@@ -4,14 +4,23 @@ Pure functions on the JSON that `testbed.fidelity.probe` prints; no processes, n
 What a correct emulation should show differs from the configured numbers, so each
 key is compared with an *expected* value:
 
-- bandwidth_mbps: TCP goodput is 0.956 x the HTB rate (1448 payload bytes of each
-  1514-byte frame HTB counts, with TCP timestamps).
+- bandwidth_mbps: the link's rate, as a UDP train sent above it arrives (wire bits:
+  payload + 42 bytes of headers, what the shaper counts). A lost packet leaves a gap:
+  where loss takes the wire (the userspace element drops after serialization, as a
+  lossy radio link does) the train arrives at rate x (1 - loss), and that is compared,
+  with the binomial spread of the packets lost widening the window; netem drops
+  before its queue, so there the train arrives at the full rate.
+- tcp_goodput_mbps: TCP's goodput after its ramp is 0.956 x the rate (1448 payload
+  bytes of each 1514-byte frame, with TCP timestamps). Reported always; judged only
+  where it says something about the link (no loss, a fixed rate, a ramp that ends
+  before the measured half of the transfer), else not judged, with the reason.
 - delay_ms: configured one-way delay, plus the probe's serialization time at the
   configured rate (payload + 42 bytes of UDP/IP/Ethernet headers), plus a small
   processing allowance; processing can only add delay, so the allowance widens
   the window upwards only.
-- jitter_ms: the sample std of the one-way delay (the link element draws normal
-  jitter with sigma = jitter_ms).
+- jitter_ms: the sample std of the one-way delay: jitter_ms x JITTER_STD of its
+  distribution (normal sigma = jitter_ms, uniform +-jitter_ms, Pareto shape 3 with
+  mean excess jitter_ms; see emulation/link/impairments.py).
 - loss_pct: exact binomial: the lost count must lie where the two-sided 99%
   Clopper-Pearson interval for the observed count still contains the configured
   probability. That equals "each binomial tail at the configured loss keeps at
@@ -23,14 +32,24 @@ from __future__ import annotations
 import math
 from typing import Any
 
-KEYS = ("bandwidth_mbps", "delay_ms", "jitter_ms", "loss_pct")
+KEYS = ("bandwidth_mbps", "tcp_goodput_mbps", "delay_ms", "jitter_ms", "loss_pct")
+LABELS = {  # how summary_line names each key, and its unit
+    "bandwidth_mbps": ("rate", "Mbit/s"),
+    "tcp_goodput_mbps": ("TCP", "Mbit/s"),
+    "delay_ms": ("delay", "ms"),
+    "jitter_ms": ("jitter", "ms"),
+    "loss_pct": ("loss", "%"),
+}
+# standard deviation of the delay per unit of `jitter_ms`, by distribution
+JITTER_STD = {"normal": 1.0, "uniform": 1 / 3**0.5, "pareto": 3**0.5}
 GOODPUT_RATIO = 0.956
 HEADER_BYTES = 42  # UDP 8 + IPv4 20 + Ethernet 14: what HTB counts besides the payload
 DEFAULT_PROBE_BYTES = 64  # udp-source's default --size
 
 DEFAULT_TOLERANCE = {
     "goodput_ratio": GOODPUT_RATIO,
-    "bandwidth_rel": 0.05,  # |goodput - expected| <= 5% of expected
+    "bandwidth_rel": 0.05,  # |rate - expected| <= 5% of expected, beyond loss's spread
+    "goodput_rel": 0.05,  # |TCP goodput - expected| <= 5% of expected
     "delay_ms": 1.0,  # each side of the window
     "processing_ms": 0.5,  # userspace forwarding + timestamping, added on top
     "jitter_ms": 1.0,  # jitter passes within 1 ms OR within 25%
@@ -171,57 +190,54 @@ def _num(d: dict, key: str) -> float | None:
 
 
 def compare(
-    configured: dict, measured: dict, tolerance: dict | None = None, *, direction: str = ""
+    configured: dict,
+    measured: dict,
+    tolerance: dict | None = None,
+    *,
+    direction: str = "",
+    loss_spends_rate: bool = True,
 ) -> dict:
-    """Decides, key by key, whether a measured link behaves as configured.
+    """Decides, key by key (KEYS), whether a measured link behaves as configured.
 
-    `configured` and `measured` hold bandwidth_mbps, delay_ms, jitter_ms, loss_pct.
-    A configured delay/jitter/loss left out or None means 0; a configured
-    bandwidth left out, None or 0 means unlimited, and goodput is then not judged.
-    `measured` may also hold `probes` (probes sent, needed to judge loss),
-    `lost` (else derived from loss_pct) and `probe_bytes` (default 64).
-    A key with no measurement is listed in "skipped", not judged. `tolerance`
-    overrides entries of DEFAULT_TOLERANCE.
+    `configured` holds bandwidth_mbps, delay_ms, jitter_ms, jitter_distribution and
+    loss_pct as the scenario set them; delay/jitter/loss left out or None mean 0, a
+    bandwidth left out or None means none was configured (a trace sets the rate).
+    `measured` holds the KEYS measured (None: not measured), `probes` (probes sent,
+    needed to judge loss), `lost` (else derived from loss_pct), `probe_bytes` (default
+    64), `rate_packets` (the packets the rate was measured over) and `not_judged`
+    ({key: why}: what the measurement says cannot be judged). `loss_spends_rate`: lost
+    packets took their time on the wire (the userspace element; not netem).
+    `tolerance` overrides entries of DEFAULT_TOLERANCE.
 
-    Returns {"direction", "configured", "measured", "expected",
-    "bounds": {key: [lo, hi]}, "within_tolerance": {key: bool}, "skipped": [...],
-    "ok": all judged keys within, and at least one judged}.
+    Every key is judged or listed in "not_judged" with the reason ("skipped" lists
+    the same keys). Returns {"direction", "configured", "measured", "expected",
+    "bounds": {key: [lo, hi]}, "within_tolerance": {key: bool}, "skipped",
+    "not_judged", "ok": all judged keys within, and at least one judged}.
     """
-    unknown = set(tolerance or {}) - set(DEFAULT_TOLERANCE)
-    if unknown:
-        raise ValueError(
-            f"unknown tolerance keys {sorted(unknown)}; allowed: {sorted(DEFAULT_TOLERANCE)}"
-        )
-    tol = {**DEFAULT_TOLERANCE, **(tolerance or {})}
-
-    rate = _num(configured, "bandwidth_mbps")
-    if rate is not None and rate < 0:
-        raise ValueError(f"configured bandwidth_mbps must be >= 0, got {rate}")
-    rate = rate or None
-    conf: dict[str, Any] = {
-        "bandwidth_mbps": rate,
-        "delay_ms": _num(configured, "delay_ms") or 0.0,
-        "jitter_ms": _num(configured, "jitter_ms") or 0.0,
-        "loss_pct": _num(configured, "loss_pct") or 0.0,
-    }
+    tol = _tolerance(tolerance)
+    conf = _configured(configured)
     meas: dict[str, Any] = {key: _num(measured, key) for key in KEYS}
     probe_bytes = int(measured.get("probe_bytes") or DEFAULT_PROBE_BYTES)
-    probes = measured.get("probes")
+    why_not = dict(measured.get("not_judged") or {})
 
-    expected: dict = {}
+    expected: dict = dict.fromkeys(KEYS)
     bounds: dict = {}
-    within: dict = {}
-    skipped: list = []
-
-    if rate is not None:
-        expected["bandwidth_mbps"] = tol["goodput_ratio"] * rate
-        slack = tol["bandwidth_rel"] * expected["bandwidth_mbps"]
-        bounds["bandwidth_mbps"] = [
-            expected["bandwidth_mbps"] - slack,
-            expected["bandwidth_mbps"] + slack,
-        ]
+    rate = conf["bandwidth_mbps"]
+    if rate is None:
+        why_not.setdefault("bandwidth_mbps", "no rate configured")
+        why_not.setdefault("tcp_goodput_mbps", "no rate configured")
     else:
-        expected["bandwidth_mbps"] = None
+        packets = int(measured.get("rate_packets") or 0)
+        loss = conf["loss_pct"] / 100 if loss_spends_rate else 0.0
+        expected["bandwidth_mbps"], bounds["bandwidth_mbps"] = _rate_window(
+            rate, loss, packets, tol
+        )
+        expected["tcp_goodput_mbps"] = tol["goodput_ratio"] * rate
+        slack = tol["goodput_rel"] * expected["tcp_goodput_mbps"]
+        bounds["tcp_goodput_mbps"] = [
+            expected["tcp_goodput_mbps"] - slack,
+            expected["tcp_goodput_mbps"] + slack,
+        ]
 
     ideal = conf["delay_ms"]
     if rate is not None:
@@ -232,14 +248,13 @@ def compare(
         ideal + tol["processing_ms"] + tol["delay_ms"],
     ]
 
-    expected["jitter_ms"] = conf["jitter_ms"]
-    slack = max(tol["jitter_ms"], tol["jitter_rel"] * conf["jitter_ms"])
-    bounds["jitter_ms"] = [max(0.0, conf["jitter_ms"] - slack), conf["jitter_ms"] + slack]
+    std = conf["jitter_ms"] * JITTER_STD[conf["jitter_distribution"]]
+    expected["jitter_ms"] = std
+    slack = max(tol["jitter_ms"], tol["jitter_rel"] * std)
+    bounds["jitter_ms"] = [max(0.0, std - slack), std + slack]
 
     expected["loss_pct"] = conf["loss_pct"]
-    if not 0.0 <= conf["loss_pct"] <= 100.0:
-        raise ValueError(f"configured loss_pct must be in [0, 100], got {conf['loss_pct']}")
-    lost = None
+    probes, lost = measured.get("probes"), None
     if probes:
         probes = int(probes)
         k_lo, k_hi = loss_acceptance(conf["loss_pct"] / 100, probes, tol["loss_confidence"])
@@ -249,39 +264,111 @@ def compare(
         elif meas["loss_pct"] is not None:
             lost = round(meas["loss_pct"] / 100 * probes)
 
+    within: dict = {}
     for key in KEYS:
-        if meas[key] is None or key not in bounds:
-            skipped.append(key)
+        if key in why_not:
             continue
-        if key == "loss_pct":
+        if meas[key] is None or key not in bounds:
+            why_not[key] = "no probe counts" if key == "loss_pct" else "not measured"
+        elif key == "loss_pct":
             # on counts: no rounding of percentages (lost is known wherever loss_pct is)
             within[key] = lost is not None and k_lo <= lost <= k_hi
         else:
             lo, hi = bounds[key]
             within[key] = lo <= meas[key] <= hi
+    not_judged = {key: why_not[key] for key in KEYS if key in why_not}
 
     return {
         "direction": direction,
         "configured": conf,
-        "measured": {**meas, "probes": probes, "lost": lost, "probe_bytes": probe_bytes},
+        "measured": {
+            **meas,
+            "probes": probes,
+            "lost": lost,
+            "probe_bytes": probe_bytes,
+            "rate_packets": measured.get("rate_packets"),
+        },
         "expected": expected,
         "bounds": bounds,
         "within_tolerance": within,
-        "skipped": skipped,
+        "skipped": list(not_judged),
+        "not_judged": not_judged,
         "ok": bool(within) and all(within.values()),
     }
 
 
-def measured_from_probes(udp_sink: dict | None, tcp_sink: dict | None, probe_bytes: int) -> dict:
+def _tolerance(tolerance: dict | None) -> dict:
+    unknown = set(tolerance or {}) - set(DEFAULT_TOLERANCE)
+    if unknown:
+        raise ValueError(
+            f"unknown tolerance keys {sorted(unknown)}; allowed: {sorted(DEFAULT_TOLERANCE)}"
+        )
+    return {**DEFAULT_TOLERANCE, **(tolerance or {})}
+
+
+def _configured(configured: dict) -> dict:
+    """The configuration as the scenario set it, checked; absent impairments are 0."""
+    rate = _num(configured, "bandwidth_mbps")
+    if rate is not None and rate <= 0:
+        raise ValueError(f"configured bandwidth_mbps must be > 0, got {rate}")
+    distribution = configured.get("jitter_distribution") or "normal"
+    if distribution not in JITTER_STD:
+        raise ValueError(
+            f"configured jitter_distribution must be one of {sorted(JITTER_STD)}, "
+            f"got {distribution!r}"
+        )
+    conf: dict[str, Any] = {
+        "bandwidth_mbps": rate,
+        "delay_ms": _num(configured, "delay_ms") or 0.0,
+        "jitter_ms": _num(configured, "jitter_ms") or 0.0,
+        "jitter_distribution": distribution,
+        "loss_pct": _num(configured, "loss_pct") or 0.0,
+    }
+    if not 0.0 <= conf["loss_pct"] <= 100.0:
+        raise ValueError(f"configured loss_pct must be in [0, 100], got {conf['loss_pct']}")
+    return conf
+
+
+def _rate_window(rate: float, loss: float, packets: int, tol: dict) -> tuple[float, list]:
+    """Expected arrival rate of a train above `rate` that loses `loss` on the wire, and
+    its window: bandwidth_rel each side, beyond the 99% binomial spread of the lost
+    share among the `packets` the rate was measured over."""
+    expected = rate * (1 - loss)
+    lo_share = hi_share = 1 - loss
+    if loss > 0 and packets > 0:
+        sent = max(packets, round(packets / (1 - loss)))  # that crossed the bottleneck
+        k_lo, k_hi = loss_acceptance(loss, sent, tol["loss_confidence"])
+        lo_share, hi_share = 1 - k_hi / sent, 1 - k_lo / sent
+    rel = tol["bandwidth_rel"]
+    return expected, [rate * lo_share * (1 - rel), rate * hi_share * (1 + rel)]
+
+
+def measured_from_probes(
+    udp_sink: dict | None,
+    tcp_sink: dict | None,
+    probe_bytes: int,
+    rate_sink: dict | None = None,
+) -> dict:
     """Turns the sinks' JSON (testbed.fidelity.probe) into `compare`'s measured dict.
 
-    Delay is the median (robust to a rare scheduling hiccup in the probe
-    processes); jitter is the std of the delay.
+    Delay is the median (robust to a rare scheduling hiccup in the probe processes);
+    jitter is the std of the delay; the rate is the arrival rate of the rate train
+    (`rate_sink`); TCP's goodput is the one after its ramp. A sink that failed leaves
+    its keys unmeasured, its error the reason.
     """
     measured: dict = dict.fromkeys(KEYS)
     measured["probe_bytes"] = probe_bytes
+    why: dict = {}
+    if rate_sink and not rate_sink.get("error"):
+        rate = rate_sink.get("rate") or {}
+        measured["bandwidth_mbps"] = rate.get("mbps")
+        measured["rate_packets"] = rate.get("packets")
+    elif rate_sink:
+        why["bandwidth_mbps"] = f"rate probe failed: {rate_sink['error']}"
     if tcp_sink and not tcp_sink.get("error"):
-        measured["bandwidth_mbps"] = tcp_sink.get("goodput_mbps")
+        measured["tcp_goodput_mbps"] = tcp_sink.get("steady_goodput_mbps")
+    elif tcp_sink:
+        why["tcp_goodput_mbps"] = f"TCP probe failed: {tcp_sink['error']}"
     if udp_sink and udp_sink.get("expected"):
         delay = udp_sink.get("delay_ms") or {}
         measured["delay_ms"] = delay.get("median")
@@ -289,6 +376,11 @@ def measured_from_probes(udp_sink: dict | None, tcp_sink: dict | None, probe_byt
         measured["loss_pct"] = udp_sink.get("loss_pct")
         measured["probes"] = udp_sink["expected"]
         measured["lost"] = udp_sink["expected"] - udp_sink["received"]
+    elif udp_sink and udp_sink.get("error"):
+        for key in ("delay_ms", "jitter_ms", "loss_pct"):
+            why[key] = f"delay probe failed: {udp_sink['error']}"
+    if why:
+        measured["not_judged"] = why
     return measured
 
 
@@ -307,20 +399,20 @@ def _fmt(x: float | None) -> str:
 
 
 def summary_line(result: dict, direction: str | None = None) -> str:
-    """One line per direction, each value as measured/expected, then OK or what failed."""
+    """One line per direction, each value as measured/expected, then OK or what failed;
+    a key not judged says why."""
     name = direction or result.get("direction") or "link"
     m, e, within = result["measured"], result["expected"], result["within_tolerance"]
+    why = result.get("not_judged") or {}
 
-    def part(key: str, label: str, unit: str) -> str:
-        text = f"{label}{_fmt(m.get(key))}/{_fmt(e.get(key))} {unit}"
-        return text if key in within else f"{text} (not judged)"
+    def part(key: str) -> str:
+        label, unit = LABELS[key]
+        text = f"{label} {_fmt(m.get(key))}/{_fmt(e.get(key))} {unit}"
+        if key in within:
+            return text
+        return f"{text} (not judged: {why.get(key, 'not measured')})"
 
-    parts = [
-        part("bandwidth_mbps", "", "Mbit/s"),
-        part("delay_ms", "delay ", "ms"),
-        part("jitter_ms", "jitter ", "ms"),
-        part("loss_pct", "loss ", "%"),
-    ]
-    failed = [k.split("_")[0] for k in KEYS if within.get(k) is False]
+    parts = [part(key) for key in KEYS]
+    failed = [LABELS[k][0] for k in KEYS if within.get(k) is False]
     verdict = "OK" if result["ok"] else f"FAIL ({', '.join(failed) or 'nothing judged'})"
     return f"{name}: {', '.join(parts)} {verdict}"

@@ -6,6 +6,7 @@ as separate processes inside the Mininet hosts, started by the topology code:
 
     python -m testbed.fidelity.probe udp-sink   --port P [--duration S] [--timeout T] [--grace G]
     python -m testbed.fidelity.probe udp-source --host H --port P --count N --interval-ms I --size B
+                                                [--start-at T]
     python -m testbed.fidelity.probe tcp-sink   --port P [--timeout T] [--max-seconds S]
     python -m testbed.fidelity.probe tcp-source --host H --port P --seconds S
 
@@ -16,7 +17,11 @@ arguments, 128+signal when stopped by SIGTERM/SIGINT (the JSON holds what was
 measured so far and "terminated": true).
 
 One-way delay is measured directly: Mininet hosts share CLOCK_MONOTONIC, so the
-sender's time.monotonic_ns() in the probe compares with the receiver's.
+sender's time.monotonic_ns() in the probe compares with the receiver's. The link's rate
+is measured at the receiver too: udp-sink reports the rate at which a train arrived
+("rate", `probe_packets.delivery_rate`), which is the bottleneck's when the train was
+sent above it; tcp-sink reports goodput over the whole transfer and after TCP's ramp
+("steady_goodput_mbps", over the second half of the transfer).
 
 UDP probe datagram (big-endian), padded with zeros to the requested size:
 
@@ -55,8 +60,10 @@ from testbed.fidelity.probe_packets import (
     MAX_DATAGRAM,
     decode_probe,
     delay_stats,
+    delivery_rate,
     encode_probe,
     rounded,
+    steady_rate,
 )
 
 END_MARKERS = 3  # the marker may be lost like any probe
@@ -66,6 +73,9 @@ UDP_RCVBUF = 4 * 1024 * 1024  # so a burst is not dropped by the sink's own sock
 # Linux socket option: a per-datagram counter of datagrams the socket dropped,
 # so drops at the sink are not mistaken for link loss. Python has no constant.
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+RATE_SKIP_FRACTION = 0.1  # head of a train left out of its rate: it met an idle link
+STEADY_FROM = 0.5  # TCP goodput after its ramp: over the second half of the transfer
+TCP_TIMELINE_NS = 1_000_000  # tcp-sink keeps one (time, bytes) point per ms
 EXIT_OK, EXIT_ERROR = 0, 1
 
 
@@ -85,6 +95,15 @@ def _on_signal(signum: int, _frame: object) -> None:
 def _ignore_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _leave_realtime() -> None:
+    """Back to normal scheduling once measuring is done: the interpreter's exit takes
+    milliseconds, and as a SCHED_FIFO task it would hold a core from the link elements
+    and the sinks of trains still running (the probes start as realtime, see
+    OffloadTopology.popen)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 def _ready(port: int) -> None:
@@ -112,6 +131,8 @@ class UdpSink:
         self.count = 0
         self.seen = bytearray()  # one byte per sequence number, allocated once per train
         self.delays = array.array("q")
+        self.arrivals = array.array("q")  # receive times and sizes of the probes, in order
+        self.sizes = array.array("l")
         self.max_seq = -1
         self.reordered = 0
         self.duplicates = 0
@@ -143,6 +164,8 @@ class UdpSink:
             return True
         self.seen[seq] = 1
         self.delays.append(recv_ns - send_ns)
+        self.arrivals.append(recv_ns)
+        self.sizes.append(len(data))
         if seq < self.max_seq:
             self.reordered += 1  # arrived after a later-sent probe
         else:
@@ -170,7 +193,13 @@ class UdpSink:
             "end_marker": self.end_marker,
             "train": self.train,
             "seconds": rounded(span, 6),
+            "rate": self.rate(),
         }
+
+    def rate(self) -> dict:
+        """The train's arrival rate in wire Mbit/s, its head left out."""
+        skip = max(2, int(len(self.arrivals) * RATE_SKIP_FRACTION))
+        return {**delivery_rate(self.arrivals, self.sizes, skip), "skipped_first": skip}
 
 
 def _drops(ancdata: list) -> int | None:
@@ -244,11 +273,13 @@ def udp_source(args: argparse.Namespace, out: dict) -> int:
     family, sockaddr = _addr(args.host, args.port, socket.SOCK_DGRAM)
     sock = socket.socket(family, socket.SOCK_DGRAM)
     train = args.train if args.train is not None else int.from_bytes(os.urandom(4), "big")
-    state = {"sent": 0, "send_errors": 0, "late_max_ms": 0.0}
+    state = {"sent": 0, "send_errors": 0, "late_max_ms": 0.0, "seconds": 0.0}
     out["partial"] = lambda: {**state, "train": train}
     buf = bytearray(args.size)
     interval_ns = round(args.interval_ms * 1e6)
     try:
+        if args.start_at is not None:
+            _sleep_until(round(args.start_at * 1e9))
         # scheduled from one start time: a late send does not shift the ones after it
         start = time.monotonic_ns()
         for seq in range(args.count):
@@ -262,6 +293,7 @@ def udp_source(args: argparse.Namespace, out: dict) -> int:
                 state["sent"] += 1
             except OSError:
                 state["send_errors"] += 1  # e.g. ENOBUFS; the sink counts it as lost
+            state["seconds"] = (time.monotonic_ns() - start) / 1e9  # what a rate was sent in
         marker = bytearray(HEADER.size)
         end = start + args.count * interval_ns
         for i in range(END_MARKERS):
@@ -274,7 +306,12 @@ def udp_source(args: argparse.Namespace, out: dict) -> int:
     finally:
         sock.close()
     out.pop("partial")
-    out.update(state, train=train, late_max_ms=rounded(state["late_max_ms"]))
+    out.update(
+        state,
+        train=train,
+        late_max_ms=rounded(state["late_max_ms"]),
+        seconds=rounded(state["seconds"], 6),
+    )
     return EXIT_OK
 
 
@@ -285,16 +322,20 @@ def tcp_sink(args: argparse.Namespace, out: dict) -> int:
     family, sockaddr = _addr(args.bind, args.port, socket.SOCK_STREAM, passive=True)
     listener = set_congestion_control(socket.socket(family, socket.SOCK_STREAM))
     state: dict[str, Any] = {"bytes": 0, "first_ns": None, "last_ns": None, "first_chunk": 0}
+    reads, totals = array.array("q"), array.array("q")  # each read's time and bytes so far
 
     def result() -> dict:
         first, last = state["first_ns"], state["last_ns"]
         seconds = (last - first) / 1e9 if first is not None else None
         # the first read's bytes arrived before the clock started, so they do not count
         goodput = (state["bytes"] - state["first_chunk"]) * 8 / seconds / 1e6 if seconds else None
+        steady = steady_rate(reads, totals, STEADY_FROM)
         return {
             "bytes": state["bytes"],
             "seconds": rounded(seconds, 6),
             "goodput_mbps": rounded(goodput),
+            "steady_goodput_mbps": steady["mbps"],
+            "steady_from_s": steady["from_s"],
         }
 
     out["partial"] = result
@@ -336,6 +377,11 @@ def tcp_sink(args: argparse.Namespace, out: dict) -> int:
                 state["first_ns"], state["first_chunk"] = now, n
             state["last_ns"] = now
             state["bytes"] += n
+            if len(reads) >= 2 and now - reads[-2] < TCP_TIMELINE_NS:
+                reads[-1], totals[-1] = now, state["bytes"]  # thinned: bounded memory
+            else:
+                reads.append(now)
+                totals.append(state["bytes"])
         if error is None and state["bytes"] == 0:
             error = "connection closed without data"
     finally:
@@ -443,6 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out["error"] = f"{type(exc).__name__}: {exc}"
         code = EXIT_ERROR
     _ignore_signals()
+    _leave_realtime()
     emit(out)
     return code
 

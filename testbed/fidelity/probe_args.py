@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval-ms", type=_non_negative, required=True)
     p.add_argument("--size", type=_bounded_int(HEADER.size, MAX_DATAGRAM), default=64)
     p.add_argument("--train", type=_bounded_int(0, 2**32 - 1), default=None)
+    p.add_argument(
+        "--start-at",
+        type=_non_negative,
+        default=None,
+        help="CLOCK_MONOTONIC s to send the first probe at (hosts share the clock), so "
+        "that trains started together begin after every probe process is up",
+    )
 
     p = modes.add_parser("tcp-sink", help="receive one TCP stream; report goodput")
     p.add_argument("--port", type=_port, required=True, help="0 picks a free port")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from testbed.offloaders.base import Offloader
+from testbed.offloaders.base import Offloader, measured_once
 from testbed.offloaders.link_estimate import LinkEstimate
 from testbed.offloaders.params import Param
 from testbed.offloaders.split import Candidate, profile_stages
@@ -32,8 +32,13 @@ class AdaptiveSplit(Offloader):
         if side == "device":
             self.device_ms = profile_stages(self.plugin, self.model)
             self.calibrate()
-        else:
-            self.edge_ms = profile_stages(self.plugin, self.model)
+        else:  # the same for every offloader of this model: once per process
+            self.edge_ms = measured_once(
+                self.model, ("stages", self.plugin.name), self._profile_stages
+            )
+
+    def _profile_stages(self) -> list[float]:
+        return profile_stages(self.plugin, self.model)
 
     def connect(self, edge: dict[str, Any], link: LinkEstimate) -> None:
         self.edge_ms = list(edge.get("edge_stage_ms") or []) or None

@@ -8,10 +8,12 @@ their phases to a `PhaseTimer`, so the agents never need to know the family.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -87,6 +89,24 @@ def dilated() -> Iterator[Took]:
             if wake > now:
                 time.sleep((wake - now) / 1e9)
         took.ms = (time.monotonic_ns() - start) / 1e6
+
+
+_MEASURED: weakref.WeakKeyDictionary[Any, dict[Hashable, Any]] = weakref.WeakKeyDictionary()
+_MEASURING = threading.Lock()
+
+
+def measured_once(model, key: Hashable, measure: Callable[[], Any]) -> Any:
+    """`measure()` the first time `key` is asked of this model object in this process (at
+    this `DeviceClock` speed), a copy of that result after: an edge agent that builds many
+    offloaders of one plugin (a HELLO may name dozens) profiles its model once, not once
+    per offloader. One lock: concurrent HELLOs neither repeat the work nor disturb each
+    other's timings."""
+    key = (key, DeviceClock.share)
+    with _MEASURING:
+        done = _MEASURED.setdefault(model, {})
+        if key not in done:
+            done[key] = measure()
+        return copy.deepcopy(done[key])
 
 
 class PhaseTimer:
@@ -171,6 +191,20 @@ class Offloader(ABC):
     def edge(self, payload: bytes, timer: PhaseTimer) -> Any:
         """Edge half: phases `decode` and `edge`. Raise ValueError on a malformed payload."""
         raise NotImplementedError(f"{self.name} sends nothing to the edge")
+
+    def max_payload(self) -> int:
+        """The longest REQUEST payload, in bytes, that this offloader's edge half accepts,
+        from its plugin's shapes alone: the edge agent refuses a longer frame from its
+        header, before it reads or stores a byte of it (docs/design.md, "Limits").
+
+        This default allows the input or any stage's output as float32, plus 64 KiB for
+        headers; an offloader whose format has a tighter bound (an image, a coded feature
+        map) states that one instead."""
+        from testbed.offloaders.split import stage_shapes
+
+        shapes = [tuple(self.plugin.input_spec.shape), *stage_shapes(self.plugin)]
+        largest = max(int(np.prod(shape)) for shape in shapes)
+        return 4 * largest + 64 * 1024
 
     def calibrate(self) -> list[dict[str, Any]] | None:
         """Measure what the device half's choices cost in accuracy and bytes

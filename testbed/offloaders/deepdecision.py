@@ -40,7 +40,7 @@ from testbed.agents.protocol import HEADER
 from testbed.models import predictions
 from testbed.offloaders import register
 from testbed.offloaders.adaptive import PRIOR
-from testbed.offloaders.base import DeviceResult, Offloader, dilated
+from testbed.offloaders.base import DeviceResult, Offloader, dilated, measured_once
 from testbed.offloaders.calibration import Calibrator, max_drop
 from testbed.offloaders.image_codec import Jpeg
 from testbed.offloaders.link_estimate import LinkEstimate
@@ -49,6 +49,7 @@ from testbed.offloaders.pillow_codec import (
     calibration_identity,
     check_codec,
     image_input,
+    max_coded_size,
     open_image,
     planes,
     to_image,
@@ -121,13 +122,20 @@ class DeepDecision(Offloader):
         image.save(buffer, format="JPEG", quality=quality, **SAVE_OPTIONS)
         return buffer.getvalue()
 
+    def max_payload(self) -> int:
+        """The largest allowed size's JPEG bound (`pillow_codec.max_coded_size`)."""
+        return max(
+            max_coded_size(Jpeg.format, self.shape[0], height, width)
+            for width, height in self.allowed
+        )
+
     def decode(self, payload: bytes) -> tuple[float, np.ndarray]:
         """Payload -> (its scale, uint8 pixels upscaled to the plugin's shape); ValueError
         for anything but a JPEG of an allowed size and the expected mode."""
         what = f"{self.name} payload"
         height, width = self.shape[1:]
         image: Image.Image
-        with open_image(what, payload, Jpeg.format) as image:
+        with open_image(what, payload, Jpeg.format, self.max_payload()) as image:
             scale = self.allowed.get(image.size)
             if scale is None:
                 sizes = ", ".join(f"{w}x{h}" for w, h in self.allowed)
@@ -208,24 +216,30 @@ class DeepDecision(Offloader):
 
     def prepare(self, side: str) -> None:
         """Profiles taken on the host itself (its CPU share is what makes the options
-        differ): the whole model, and the codec work of each scale on that side."""
+        differ): the whole model, and the codec work of each scale on that side; the
+        edge's, the same for every deepdecision of this model, once per process."""
+        if side != "device":
+            key = ("deepdecision edge", self.plugin.name, tuple(self.sizes.items()))
+            profile = measured_once(self.model, key, self._edge_profile)
+            self.edge_model_ms, self.edge_decode_ms = profile
+            return
+        image = self._typical_image()
+        self.device_model_ms = self._model_ms(image)
+        options = self.calibrate()
+        self.encode_ms = {
+            o["scale"]: self._median_ms(lambda o=o: self.encode(image, o["scale"], o["quality"]))
+            for o in options
+        }
+
+    def _edge_profile(self) -> tuple[float, dict[float, float]]:
+        """(the whole model's ms, each scale's decode ms) on this host."""
         image = self._typical_image()
         model_ms = self._model_ms(image)
-        if side == "device":
-            options = self.calibrate()
-            self.device_model_ms = model_ms
-            self.encode_ms = {
-                o["scale"]: self._median_ms(
-                    lambda o=o: self.encode(image, o["scale"], o["quality"])
-                )
-                for o in options
-            }
-        else:
-            self.edge_model_ms = model_ms
-            self.edge_decode_ms = {}
-            for scale in self.sizes:
-                payload = self.encode(image, scale, 90)
-                self.edge_decode_ms[scale] = self._median_ms(lambda p=payload: self.decode(p))
+        decode_ms = {}
+        for scale in self.sizes:
+            payload = self.encode(image, scale, 90)
+            decode_ms[scale] = self._median_ms(lambda p=payload: self.decode(p))
+        return model_ms, decode_ms
 
     def connect(self, edge: dict[str, Any], link: LinkEstimate) -> None:
         self.edge_model_ms = edge.get("edge_model_ms")

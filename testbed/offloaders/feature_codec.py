@@ -27,8 +27,9 @@ the device took to quantize, tile and compress each split's features at `prepare
 small as fashion_cnn the codec costs the device about as much as the whole model, so the
 per-request choice is local on any network, and only a pinned split shows the codec.
 
-The edge treats the payload as untrusted: every header field is checked against the
-plugin's own shapes and this offloader's settings, and only the expected format is
+The edge treats the payload as untrusted: its length is bounded first (`max_payload`),
+every header field is checked against the plugin's own shapes and this offloader's
+settings, the ranges against `split.FEATURE_BOUND`, and only the expected format is
 opened, its size, mode and frame count checked before any pixel is decoded.
 """
 
@@ -53,8 +54,15 @@ from testbed.offloaders.adaptive import PRIOR, AdaptiveSplit
 from testbed.offloaders.base import DeviceResult, dilated
 from testbed.offloaders.calibration import Calibrator, max_drop
 from testbed.offloaders.params import Param
-from testbed.offloaders.pillow_codec import LADDER, calibration_identity, check_codec, is_quality
-from testbed.offloaders.split import Candidate, feature_shape, run_tail
+from testbed.offloaders.pillow_codec import (
+    LADDER,
+    calibration_identity,
+    check_codec,
+    check_size,
+    is_quality,
+    max_coded_size,
+)
+from testbed.offloaders.split import FEATURE_BOUND, Candidate, feature_shape, run_tail
 
 # split, bits, format id, C, H, W; then C float32 minima, C float32 maxima; then the image
 _HEADER = struct.Struct("<BBBHHH")
@@ -216,10 +224,21 @@ class FeatureCodec(AdaptiveSplit):
         header = _HEADER.pack(split, self.bits, _FORMAT_IDS[self.format], channels, height, width)
         return header + lo.tobytes() + hi.tobytes() + buffer.getvalue()
 
+    def split_max_payload(self, split: int) -> int:
+        """Header, ranges and `pillow_codec.max_coded_size` of the split's tiled image."""
+        channels, height, width = self.planes[split]
+        rows, cols = grid(channels, height, width)
+        image = max_coded_size(self.format, 1, rows * height, cols * width)
+        return _HEADER.size + 8 * channels + image
+
+    def max_payload(self) -> int:
+        return max(self.split_max_payload(split) for split in self.planes)
+
     def decode(self, payload: bytes) -> tuple[int, np.ndarray]:
         """Payload -> (split, de-quantized float32 features of the plugin's shape at it);
         ValueError for anything else, before anything large is allocated or decoded."""
         what = f"{self.name} payload"
+        check_size(what, payload, self.max_payload())
         if len(payload) < _HEADER.size:
             raise ValueError(f"{what} of {len(payload)} bytes is shorter than its header")
         split, bits, format_id, *shape = _HEADER.unpack_from(payload)
@@ -236,19 +255,20 @@ class FeatureCodec(AdaptiveSplit):
             )
         rows, cols = grid(channels, height, width)
         side = _HEADER.size + 8 * channels
-        body = len(payload) - side
-        pixels = rows * cols * height * width
-        if body <= 0:
+        if len(payload) <= side:
             raise ValueError(
                 f"{what} of {len(payload)} bytes ends within its {side} bytes of header and ranges"
             )
-        if body > 4 * pixels + 65_536:  # no codec output comes near this
-            raise ValueError(f"{what} carries {body} image bytes for {pixels} pixels")
+        check_size(f"{what} at split {split}", payload, self.split_max_payload(split))
         lo = np.frombuffer(payload, np.float32, channels, _HEADER.size)
         hi = np.frombuffer(payload, np.float32, channels, _HEADER.size + 4 * channels)
         with np.errstate(over="ignore", invalid="ignore"):
-            if not (np.isfinite(hi - lo).all() and (hi >= lo).all()):
-                raise ValueError(f"{what} has a channel range that is not finite and ordered")
+            bounded = (np.abs(lo) <= FEATURE_BOUND).all() and (np.abs(hi) <= FEATURE_BOUND).all()
+            if not (bounded and (hi >= lo).all()):
+                raise ValueError(
+                    f"{what} has a channel range that is not ordered and within "
+                    f"{FEATURE_BOUND:g} (split.FEATURE_BOUND)"
+                )
         try:
             with warnings.catch_warnings():  # a claimed size is refused below, exactly
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)

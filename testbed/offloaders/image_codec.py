@@ -7,9 +7,11 @@ whose accuracy drop on a calibration set from the train split stays within
 `max_drop_pp` (`testbed.offloaders.calibration`, cached on disk): a codec is then compared at the
 accuracy the scenario allows, not at an arbitrary setting that favours or hurts it.
 
-The edge treats the payload as untrusted network input: only the expected format's
-decoder is tried, and the header's size, mode and frame count are checked before any
-pixel is decoded, so a small payload cannot make the edge decode a huge image.
+The edge treats the payload as untrusted network input: a payload longer than
+`max_payload` (`pillow_codec.max_coded_size`) is refused before Pillow sees it, only the
+expected format's decoder is tried, and the header's size, mode and frame count are
+checked before any pixel is decoded, so a payload cannot make the edge decode a huge
+image nor parse megabytes of markers around a small one.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from testbed.offloaders.pillow_codec import (
     check_codec,
     image_input,
     is_quality,
+    max_coded_size,
     open_image,
     planes,
     to_image,
@@ -77,7 +80,7 @@ class ImageCodec(Offloader):
         """Payload -> uint8 pixels of the plugin's shape; ValueError for anything else."""
         what = f"{self.name} payload"
         channels, height, width = self.shape
-        with open_image(what, payload, self.format) as image:
+        with open_image(what, payload, self.format, self.max_payload()) as image:
             frames = getattr(image, "n_frames", 1)
             if frames != 1:
                 raise ValueError(f"{what} has {frames} frames, expected 1")
@@ -93,6 +96,11 @@ class ImageCodec(Offloader):
             except Exception as exc:
                 raise undecodable(what, payload, exc) from None
         return planes(pixels, self.shape, what)
+
+    def max_payload(self) -> int:
+        """`pillow_codec.max_coded_size` of the plugin's image (measured there)."""
+        channels, height, width = self.shape
+        return max_coded_size(self.format, channels, height, width)
 
     # ------------------------------------------------------------------- calibration
 

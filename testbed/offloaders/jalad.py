@@ -18,7 +18,14 @@ from testbed.offloaders.adaptive import PRIOR, AdaptiveSplit
 from testbed.offloaders.base import DeviceResult
 from testbed.offloaders.calibration import Calibrator
 from testbed.offloaders.params import Param
-from testbed.offloaders.split import Candidate, pack_coded, run_head, run_tail, unpack_coded
+from testbed.offloaders.split import (
+    Candidate,
+    max_coded_payload,
+    pack_coded,
+    run_head,
+    run_tail,
+    unpack_coded,
+)
 
 BITS = tuple(range(1, 9))
 
@@ -80,7 +87,14 @@ class JALAD(AdaptiveSplit):
             payload = pack_coded(best.split, best.bits, features)
         return DeviceResult(payload=payload, choice=choice)
 
+    def max_payload(self) -> int:
+        """Header and the worst 8-bit blob of the largest split: the edge accepts any bits
+        at any split point (the device's calibration is its own)."""
+        return max_coded_payload(self.plugin, self.plugin.split_points)
+
     def edge(self, payload, timer):
+        if len(payload) > self.max_payload():
+            raise ValueError(f"jalad payload of {len(payload)} bytes, at most {self.max_payload()}")
         with timer.phase("decode"):
             split, _, features = unpack_coded(self.plugin, payload, set(self.plugin.split_points))
         with timer.phase("edge"):

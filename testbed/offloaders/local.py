@@ -19,3 +19,10 @@ class Local(Offloader):
             logits = self.model(self.plugin.to_tensor(sample[None]))
             prediction = predictions.predict(self.plugin, logits)[0]
         return DeviceResult(prediction=prediction)
+
+    def max_payload(self) -> int:
+        """Nothing is sent."""
+        return 0
+
+    def edge(self, payload, timer):
+        raise ValueError(f"local sends nothing to the edge; got a payload of {len(payload)} bytes")

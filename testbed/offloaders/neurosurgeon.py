@@ -16,6 +16,7 @@ from testbed.offloaders.base import DeviceResult
 from testbed.offloaders.split import (
     Candidate,
     feature_shape,
+    max_float_payload,
     pack_features,
     run_head,
     run_tail,
@@ -55,6 +56,10 @@ class Neurosurgeon(AdaptiveSplit):
         with timer.phase("encode"):
             payload = pack_features(best.split, features)
         return DeviceResult(payload=payload, choice=choice)
+
+    def max_payload(self) -> int:
+        """The largest split's features as float32, or the raw input at split 0: exact."""
+        return max_float_payload(self.plugin, {0, *self.plugin.split_points})
 
     def edge(self, payload, timer):
         with timer.phase("decode"):

@@ -18,6 +18,33 @@ from testbed.errors import EnvironmentMissing, PluginError
 # the qualities "auto" tries, cheapest first
 LADDER = tuple(range(5, 101, 5))
 
+# Bytes allowed for a coded image's headers: JPEG's optimized Huffman tables, quantization
+# tables and markers, WebP's and PNG's chunks (q100 JPEG of a 1-7 pixel image: 234-290).
+HEADROOM = 2048
+
+
+def max_coded_size(format: str, channels: int, height: int, width: int) -> int:
+    """The longest payload a device's `format` image of this size may be: the edge refuses
+    a longer one before Pillow reads a byte of it.
+
+    JPEG and WebP: 2 bytes per pixel value, on the pixels padded to the codecs' 16x16
+    blocks, plus HEADROOM. Measured at quality 100 (Pillow 11, the offloaders' options),
+    uniform and binary noise, the worst content, reach at most 1.72 bytes per value (JPEG,
+    28x28 grayscale, headers included) and 1.36 (WebP); photos a third of that. PNG (the
+    feature tiles, grayscale): deflate's stored blocks, the worst case, add 5 bytes per
+    64 KiB to the filtered rows (one filter byte each), PNG 12 per chunk."""
+    if format == "PNG":
+        rows = height * (width * channels + 1)
+        return rows + rows // 256 + HEADROOM
+    padded = (-(-height // 16) * 16) * (-(-width // 16) * 16)
+    return 2 * channels * padded + HEADROOM
+
+
+def check_size(what: str, payload: bytes, limit: int) -> None:
+    """ValueError for a payload longer than `limit`: refused before any parsing."""
+    if len(payload) > limit:
+        raise ValueError(f"{what} of {len(payload)} bytes, at most {limit}")
+
 
 def is_quality(value: Any) -> bool:
     """A quality parameter: "auto" or an integer 1-100."""
@@ -69,11 +96,13 @@ def to_image(sample: np.ndarray) -> Image.Image:
     return Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
 
 
-def open_image(what: str, payload: bytes, format: str) -> Image.Image:
+def open_image(what: str, payload: bytes, format: str, limit: int) -> Image.Image:
     """An untrusted payload opened (header read, no pixel decoded) as an image of
-    `format`, the only decoder tried; ValueError for an empty payload or anything else."""
+    `format`, the only decoder tried; ValueError for an empty payload, one longer than
+    `limit` (before Pillow sees it) or anything else."""
     if not payload:
         raise ValueError(f"{what} is empty")
+    check_size(what, payload, limit)
     try:
         image = Image.open(io.BytesIO(payload), formats=[format])
     except Exception as exc:  # Pillow raises many kinds for foreign or damaged data

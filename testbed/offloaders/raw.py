@@ -20,10 +20,15 @@ class Raw(Offloader):
             payload = np.ascontiguousarray(sample, dtype=self.plugin.input_spec.dtype).tobytes()
         return DeviceResult(payload=payload)
 
+    def max_payload(self) -> int:
+        """Exactly the input's bytes."""
+        spec = self.plugin.input_spec
+        return int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize
+
     def edge(self, payload, timer):
         spec = self.plugin.input_spec
         dtype = np.dtype(spec.dtype)
-        expected = int(np.prod(spec.shape)) * dtype.itemsize
+        expected = self.max_payload()
         if len(payload) != expected:
             raise ValueError(f"raw payload of {len(payload)} bytes, expected {expected}")
         with timer.phase("decode"):

@@ -5,7 +5,9 @@ payload formats for features (float32 as they are, or k-bit codes entropy coded)
 Split point k means stages[:k] on the device and stages[k:] on the edge; k = 0 sends
 the raw input, k = len(stages) runs everything locally. Payloads carry their split
 (and bits), and the edge checks every field against the plugin's own stage shapes
-before it allocates or computes anything: a payload is untrusted network input.
+before it allocates or computes anything: a payload is untrusted network input. Its
+length is bounded by `max_float_payload` / `max_coded_payload` of the splits the edge
+accepts, and the features it yields are finite and within `FEATURE_BOUND`.
 """
 
 from __future__ import annotations
@@ -87,6 +89,49 @@ class Candidate:
 
 _FLOAT_HEADER = struct.Struct("<B")  # split
 _CODED_HEADER = struct.Struct("<BBff")  # split, bits, scale, offset
+MAX_BITS = 8  # coded features: 1..8 bits, uint8 codes
+
+# The largest feature magnitude an edge accepts. Trained networks' activations stay far
+# below it (fashion_cnn's and mobilenet_v2's below 1e3), and below it the tail's float32
+# arithmetic cannot overflow: a product of two features summed over 1e8 terms (a matrix
+# product, a variance) stays under 1e38, float32's largest being 3.4e38. Beyond it, or
+# NaN/Inf, a tail answers garbage (class 0) instead of an error.
+FEATURE_BOUND = 1e15
+
+
+def _raw_bytes(plugin) -> int:
+    return int(np.prod(plugin.input_spec.shape)) * np.dtype(plugin.input_spec.dtype).itemsize
+
+
+def max_float_payload(plugin, splits) -> int:
+    """The longest `pack_features` payload at any of these splits (exact: it has one size
+    per split)."""
+    sizes = [
+        _raw_bytes(plugin) if split == 0 else 4 * int(np.prod(feature_shape(plugin, split)))
+        for split in splits
+    ]
+    return _FLOAT_HEADER.size + max(sizes)
+
+
+def max_coded_payload(plugin, splits) -> int:
+    """The longest `pack_coded` payload at any of these splits: its header and the
+    entropy blob of the worst case, MAX_BITS-bit codes spread evenly."""
+    from kernels import entropy
+
+    return _CODED_HEADER.size + max(
+        entropy.max_blob_size(feature_shape(plugin, split), np.uint8, 1 << MAX_BITS)
+        for split in splits
+    )
+
+
+def check_features(values: np.ndarray, what: str) -> np.ndarray:
+    """Features from the network: finite and within FEATURE_BOUND, else ValueError."""
+    with np.errstate(invalid="ignore"):
+        if not np.isfinite(values).all():
+            raise ValueError(f"{what} holds NaN or infinite values")
+        if values.size and float(np.abs(values).max()) > FEATURE_BOUND:
+            raise ValueError(f"{what} holds values beyond {FEATURE_BOUND:g}")
+    return values
 
 
 def pack_features(split: int, features: np.ndarray) -> bytes:
@@ -114,7 +159,7 @@ def unpack_features(plugin, payload: bytes, allowed: set[int]) -> tuple[int, np.
     values = np.frombuffer(body, dtype=dtype).reshape(shape).copy()  # torch wants it writable
     if split == 0:
         return 0, plugin.to_tensor(values[None])[0].numpy()
-    return split, values
+    return split, check_features(values, f"features payload at split {split}")
 
 
 def pack_coded(split: int, bits: int, features: np.ndarray) -> bytes:
@@ -135,15 +180,21 @@ def unpack_coded(plugin, payload: bytes, allowed: set[int]) -> tuple[int, int, n
     split, bits, scale, offset = _CODED_HEADER.unpack_from(payload)
     if split not in allowed:
         raise ValueError(f"coded payload at split {split}; this offloader uses {sorted(allowed)}")
-    if not 1 <= bits <= 8 or not (np.isfinite(scale) and np.isfinite(offset) and scale > 0):
+    if not 1 <= bits <= MAX_BITS or not (np.isfinite(scale) and np.isfinite(offset) and scale > 0):
         raise ValueError(f"coded payload with bits {bits}, scale {scale}, offset {offset}")
+    top = offset + scale * ((1 << bits) - 1)  # float64: the dequantized range's far end
+    if max(abs(offset), abs(top)) > FEATURE_BOUND:
+        raise ValueError(
+            f"coded payload with scale {scale:g}, offset {offset:g}: its values reach "
+            f"{top:g}, beyond {FEATURE_BOUND:g}"
+        )
+    shape = feature_shape(plugin, split)
     try:
-        codes = entropy.decode(payload[_CODED_HEADER.size :])
+        codes = entropy.decode(
+            memoryview(payload)[_CODED_HEADER.size :], shape=shape, dtype=np.uint8
+        )
     except entropy.CorruptBlob as exc:
         raise ValueError(f"coded payload: {exc}") from None
-    shape = feature_shape(plugin, split)
-    if codes.shape != shape or codes.dtype != np.uint8:
-        raise ValueError(f"coded payload of shape {codes.shape}, expected {shape} uint8")
     if codes.size and int(codes.max()) >= 1 << bits:
         raise ValueError(f"coded payload has a code above {bits} bits")
     return split, bits, quantize.dequantize_uniform(codes, scale, offset)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from testbed.agents.contract import PHASES
+from testbed.agents.contract import NOT_RUN, PHASES
 from testbed.errors import ScenarioError
 from testbed.results import records, roles, stats
 from testbed.results.formatting import device_order, is_number, short_names, value_text
@@ -36,7 +36,8 @@ RECORDED_METRICS = {
 
 @dataclass
 class Cell:
-    """One run folder, parsed."""
+    """One run folder, parsed. `rows`: the requests that ran; `not_run`: those recorded as
+    never started (the edge was lost), which enter no statistic."""
 
     folder: Path
     rows: list[dict]
@@ -45,6 +46,23 @@ class Cell:
     order: list[str]
     scenario: dict
     environment: dict
+    not_run: list[dict] = field(default_factory=list)
+
+    def not_run_count(self, label: str) -> int:
+        """`label`'s planned requests that did not run: summary.csv's count (which also
+        holds those an interruption left unrecorded), else the `not_run` rows."""
+        recorded = (self.summary.get(label) or {}).get("not_run", math.nan)
+        if math.isfinite(recorded):
+            return int(recorded)
+        return sum(r["offloader"] == label for r in self.not_run)
+
+    @property
+    def partial(self) -> str:
+        """Why the run is partial ("" where it finished), as the runner recorded it."""
+        env = self.environment
+        if env.get("partial"):
+            return str(env.get("partial_reason") or "partial")
+        return "interrupted" if env.get("interrupted") else ""
 
     @property
     def bound(self) -> float:
@@ -73,7 +91,7 @@ class OffloaderStats:
 
     name: str
     totals: np.ndarray
-    failed: int
+    failed: int  # ran and failed (error, timeout)
     median: stats.Estimate
     p95: float
     mean_bytes_up: float
@@ -84,6 +102,9 @@ class OffloaderStats:
     phases: dict[str, np.ndarray]
     per_device: dict[str, np.ndarray] = field(default_factory=dict)
     drop_ci: stats.Estimate = stats.NAN  # the drop (points) with its interval (`_drop_ci`)
+    not_run: int = 0  # planned but never started
+    stalled: int = 0  # ran longer than the run's stall threshold (requests.csv `stalled`)
+    slowest_stalled_ms: float = math.nan
 
     @property
     def std(self) -> float:
@@ -208,7 +229,8 @@ def read_run(folder: Path) -> Cell:
     lacking = [c for c in ("offloader", "total_ms", "status") if c not in columns]
     if lacking:
         raise ScenarioError(f"{path}: not a requests.csv (no column {', '.join(lacking)})")
-    rows = [_parse_row(row) for row in raw_rows]
+    parsed = [_parse_row(row) for row in raw_rows]
+    rows = records.ran(parsed)
     summary, order = {}, []
     summary_path = folder / "summary.csv"
     if summary_path.is_file():
@@ -228,6 +250,7 @@ def read_run(folder: Path) -> Cell:
         order=order,
         scenario=_read_mapping(folder / "resolved_scenario.yaml", yaml.safe_load, yaml.YAMLError),
         environment=_read_mapping(folder / "environment.json", json.loads, json.JSONDecodeError),
+        not_run=[r for r in parsed if r.get("status") == NOT_RUN],
     )
 
 
@@ -304,6 +327,7 @@ def _group_stats(group: Group, study: Study) -> dict[str, OffloaderStats]:
         score = _mean([c.summary[name].get("accuracy") for c in present])
         drop_pp = _mean([c.summary[name].get("accuracy_drop_pp") for c in present])
         score_ci = _score_ci(rows, study.metric, score)
+        stalled = [r["total_ms"] for r in rows if r.get("stalled") == 1]
         out[name] = OffloaderStats(
             name=name,
             totals=totals,
@@ -321,6 +345,9 @@ def _group_stats(group: Group, study: Study) -> dict[str, OffloaderStats]:
                 d: stats.finite(v)
                 for d, v in sorted(per_device.items(), key=lambda item: device_order(item[0]))
             },
+            not_run=sum(c.not_run_count(name) for c in group.cells),
+            stalled=len(stalled),
+            slowest_stalled_ms=max(stalled, default=math.nan),
         )
     return out
 

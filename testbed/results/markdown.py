@@ -66,6 +66,12 @@ def header(study: Study, title: str | None) -> list[str]:
     interrupted = [c.folder.name for c in cells if c.environment.get("interrupted")]
     if interrupted:
         lines.append(f"- **Interrupted (partial) runs:** {', '.join(interrupted)}")
+    partial = [c for c in cells if c.environment.get("partial") and c.folder.name]
+    if partial:
+        named = "; ".join(
+            f"{c.folder.name}: {c.partial}" if study.kind == "sweep" else c.partial for c in partial
+        )
+        lines.append(f"- **PARTIAL: not every planned request ran** ({named})")
     lines += [
         "",
         f"Latency statistics use completed requests (status ok); failed requests count in "
@@ -114,7 +120,7 @@ def warnings_section(study: Study) -> list[str]:
             where = f" in {study.label(worst)} ({over})"
         drops = {name: worst.offloaders[name].drop_pp}
         lines += records.bound_warnings(drops, worst.bound, worst.cells[0].configured, where)
-    lines += _over_warnings(study) + _bimodal_warnings(study)
+    lines += _over_warnings(study) + _bimodal_warnings(study) + _stall_warnings(study)
     return ["## Warnings", "", *(f"- {line}" for line in lines), ""] if lines else []
 
 
@@ -155,6 +161,26 @@ def _bimodal_warnings(study: Study) -> list[str]:
     return lines
 
 
+def _stall_warnings(study: Study) -> list[str]:
+    """A line per offloader and cell-group with stalled requests (requests.csv
+    `stalled`: longer than the run's `stall_ms`): something held them."""
+    lines = []
+    for group in study.groups:
+        limits = group.cells[0].environment.get("stall_thresholds_ms") or {}
+        for name, s in group.offloaders.items():
+            if s.stalled:
+                where = f" in {study.label(group)}" if study.axes else ""
+                limit = limits.get(name)
+                above = f" (`stall_ms`: {ms(limit)} ms)" if limit is not None else ""
+                lines.append(
+                    f"**Stalled requests:** {name}{where}: {s.stalled} of "
+                    f"{s.n + s.failed} took longer than the stall threshold{above}, the "
+                    f"longest {ms(s.slowest_stalled_ms)} ms: something held them (a "
+                    "stopped edge, a stalled link); see `stalled` in requests.csv."
+                )
+    return lines
+
+
 def _broken(group: Group, name: str) -> bool:
     drops = {name: group.offloaders[name].drop_pp}
     return bool(records.bound_warnings(drops, group.bound, group.cells[0].configured))
@@ -188,6 +214,9 @@ def latency_tables(study: Study) -> list[str]:
     head += ["mean bytes up", f"{score} % [95% CI]", *(["agreement %"] * both)]
     head += ["drop pp [95% CI]", "within bound"]
     head += ["failed"]
+    counts = any(s.not_run or s.stalled for g in study.groups for s in g.offloaders.values())
+    if counts:  # only where there is something to count: older reports keep their bytes
+        head += ["not run", "stalled"]
     for group in study.groups:
         if study.axes:
             size = len(group.cells)
@@ -207,6 +236,7 @@ def latency_tables(study: Study) -> list[str]:
                 _drop_text(s.drop_ci),
                 _yes(s.drop_pp, group.within(name), group.over(name)),
                 str(s.failed),
+                *([str(s.not_run), str(s.stalled)] if counts else []),
             ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")

@@ -1,7 +1,12 @@
 """Per-request records and their per-offloader summary (the results contract).
 
 A request that failed or timed out stays in requests.csv with its status, and
-counts as a wrong prediction in `accuracy`, so failures can never raise accuracy.
+counts as a wrong prediction in `accuracy`, so failures can never raise accuracy. A
+request `not_run` (the edge was lost before it started) has no measurement: its
+timings are blank, and it enters no statistic; the summary counts it (`planned`,
+`not_run`) and marks the run `partial`. A request that ran longer than the scenario's
+`stall_ms` is flagged `stalled` (requests.csv) and counted (summary.csv): it stays in
+the statistics, since its latency was measured, but it says something held it.
 
 For a detection plugin (`testbed.models.predictions`) a request `agrees` when its boxes match
 the unmodified model's on the original input one to one (no false positive, no false
@@ -61,10 +66,32 @@ SUMMARY_COLUMNS = [
     "p50_queue_ms",
     "precision",
     "recall",
+    "planned",
+    "not_run",
+    "stalled",
+    "partial",
 ]
 DEFAULT_MAX_DROP_PP = 1.0  # the scenario's default bound (Scenario.max_drop_pp)
 # what a choice says about the request's configuration (the rest is prediction)
 CHOICE_KEYS = ("split", "bits", "scale", "quality", "mode")
+# stall_ms: auto: a request is stalled above STALL_FACTOR x its offloader's median latency
+# (ok requests), and never below STALL_FLOOR_MS (docs/scenarios.md, `stall_ms`)
+STALL_FACTOR = 10.0
+STALL_FLOOR_MS = 1000.0
+# what a request that never ran has none of: blank in requests.csv
+UNMEASURED = (
+    *contract.PHASES,
+    "total_ms",
+    "bytes_up",
+    "bytes_down",
+    "prediction",
+    "correct",
+    "agrees",
+    "tp",
+    "fp",
+    "fn",
+    "stalled",
+)
 
 
 TRAFFIC_COLUMNS = [
@@ -103,15 +130,47 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
+def ran(rows: list[dict]) -> list[dict]:
+    """The requests that ran (any status but `not_run`): what statistics are made of."""
+    return [r for r in rows if r.get("status") != contract.NOT_RUN]
+
+
+def stall_thresholds(
+    records: list[dict], labels: list[str], setting: float | str | None
+) -> dict[str, float]:
+    """Label -> the latency (ms) above which its requests are stalled: the scenario's
+    `stall_ms`, or under `auto` STALL_FACTOR x the median of its ok requests (at least
+    STALL_FLOOR_MS); empty where the setting is None (off)."""
+    if setting is None:
+        return {}
+    if setting != "auto":
+        return dict.fromkeys(labels, float(setting))
+    out = {}
+    for label in labels:
+        totals = [r["total_ms"] for r in records if r["offloader"] == label and r["status"] == "ok"]
+        median = float(np.median(totals)) if totals else 0.0
+        out[label] = max(STALL_FLOOR_MS, STALL_FACTOR * median)
+    return out
+
+
 def complete_records(
-    records: list[dict], reference: dict, compare: Callable[[Any, Any], Comparison] | None = None
+    records: list[dict],
+    reference: dict,
+    compare: Callable[[Any, Any], Comparison] | None = None,
+    stall: dict[str, float] | None = None,
 ) -> list[dict]:
     """Add `correct` and `agrees` (with the unsplit model's prediction on the sample) and,
     for detection, `tp`/`fp`/`fn`: `compare` is the plugin's (`predictions.comparer`;
-    None: a classifier's equality)."""
+    None: a classifier's equality). `stall`: label -> the threshold of `stalled` (1 where
+    a request that ran took longer; blank where none is set). A `not_run` request's
+    measurements are blank."""
     compare = compare or (lambda prediction, ref: Comparison(agrees=prediction == ref))
     out = []
     for record in records:
+        if record.get("status") == contract.NOT_RUN:
+            row = {column: record.get(column, "") for column in REQUEST_COLUMNS}
+            out.append({**row, **dict.fromkeys(UNMEASURED, "")})
+            continue
         row = {column: record.get(column, "") for column in REQUEST_COLUMNS}
         ok = record.get("status") == "ok"
         prediction, label = record.get("prediction", -1), record.get("label", -1)
@@ -123,6 +182,9 @@ def complete_records(
         row["reference_correct"] = int(label >= 0 and _same_class(ref, label))
         for key in ("tp", "fp", "fn"):
             row[key] = "" if getattr(found, key) is None else getattr(found, key)
+        threshold = (stall or {}).get(row["offloader"])
+        answered = record.get("status") != "timeout"  # a timeout is its own verdict
+        row["stalled"] = "" if threshold is None else int(answered and row["total_ms"] > threshold)
         out.append(row)
     return out
 
@@ -141,6 +203,8 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def _fmt(value):
+    if value is None:  # not measured: blank
+        return ""
     if isinstance(value, list | tuple):  # a detection's boxes
         return json.dumps(value, separators=(",", ":"))
     return f"{value:.4f}" if isinstance(value, float) else value
@@ -153,20 +217,27 @@ def summarize(
     metric: str,
     max_drop_pp: float = DEFAULT_MAX_DROP_PP,
     configured: dict[str, float] | None = None,
+    planned: int | None = None,
+    partial: bool = False,
 ) -> list[dict]:
     """One row per offloader; `accuracy` is agreement with the unsplit model where the
     plugin's metric is agreement (no labels); `agreement` is that in every case.
     `drop_lo_pp`/`drop_hi_pp`: the drop's 95% interval (`drop_interval`); `over_bound`: 1
     where all of it lies above the bound (`over`); `configured`: label -> the bound an
-    offloader was configured with."""
+    offloader was configured with. Only requests that ran are counted in the statistics;
+    `planned`: requests per offloader the scenario asked for (None: those recorded), the
+    rest `not_run`; `partial`: the run did not finish (1 on every row)."""
     score_key = "correct" if metric == "accuracy" else "agrees"
     summary = []
     for name in order:
-        mine = [r for r in rows if r["offloader"] == name]
+        recorded = [r for r in rows if r["offloader"] == name]
+        mine = ran(recorded)
         ok = [r for r in mine if r["status"] == "ok"]
         totals = np.array([float(r["total_ms"]) for r in ok])
         score = stats.wilson(sum(int(r[score_key]) for r in mine), len(mine))
-        drop = (reference_score - score.value) * 100
+        wanted = len(recorded) if planned is None else planned
+        base = _reference_of(mine, len(mine) == wanted, reference_score, metric)
+        drop = (base - score.value) * 100
         drop_ci = drop_interval(mine, metric, drop, score)
         bound = min(max_drop_pp, (configured or {}).get(name, math.inf))
         summary.append(
@@ -178,7 +249,7 @@ def summarize(
                 "std_ms": stats.std(totals),
                 "p95_ms": _pct(totals, 95),
                 "p99_ms": _pct(totals, 99),
-                "mean_bytes_up": float(np.mean([r["bytes_up"] for r in ok])) if ok else 0.0,
+                "mean_bytes_up": float(np.mean([r["bytes_up"] for r in ok])) if ok else math.nan,
                 "accuracy": score.value,
                 "accuracy_lo": score.low,
                 "accuracy_hi": score.high,
@@ -197,6 +268,10 @@ def summarize(
                 # open loop: how late the device started requests (0 in closed loop)
                 "p50_queue_ms": _pct(_column(ok, "queue_ms"), 50),
                 **_pooled(mine),
+                "planned": wanted,
+                "not_run": wanted - len(mine),
+                "stalled": sum(r.get("stalled") == 1 for r in mine),
+                "partial": int(partial),
             }
         )
     raw = next((s for s in summary if s["offloader"] == "raw"), None)
@@ -205,6 +280,17 @@ def summarize(
             if row["p50_ms"] > 0:
                 row["speedup_vs_raw"] = raw["p50_ms"] / row["p50_ms"]
     return summary
+
+
+def _reference_of(mine: list[dict], whole: bool, score: float, metric: str) -> float:
+    """The unsplit model's score to measure a drop against: the run's, unless requests
+    did not run; then its own on the samples that ran (each request carries it as
+    `reference_correct`), so a partial run's drop compares like with like."""
+    if whole or metric != "accuracy" or not mine:
+        return score
+    if not all("reference_correct" in r for r in mine):
+        return score
+    return sum(r["reference_correct"] for r in mine) / len(mine)
 
 
 # ------------------------------------------------------------ matched accuracy
@@ -316,6 +402,7 @@ def matched_lines(
     """summary.md's matched-accuracy part: the bound, each proposed offloader's (DeepCOD's)
     comparisons (claimed only against offloaders that lose at least as much accuracy), and
     the warnings. `proposed`: their labels (`testbed.results.roles`); None: by label."""
+    rows = ran(rows)
     drops = {s["offloader"]: s["accuracy_drop_pp"] for s in summary}
     lines = [
         f"Accuracy bound: {bound_pp:g} points of drop (`max_drop_pp`); within it: "

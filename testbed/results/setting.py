@@ -24,7 +24,7 @@ ENDED, STOPPED, FAILED = "ended", "stopped at the run's end", "failed"
 IPERF3_INTERRUPT = "interrupt - the "
 DIRECTIONS = ("uplink", "downlink")
 # fidelity.json's per-direction fields the verdict names
-FIDELITY_FIELDS = ("bandwidth_mbps", "delay_ms", "jitter_ms", "loss_pct")
+FIDELITY_FIELDS = ("bandwidth_mbps", "tcp_goodput_mbps", "delay_ms", "jitter_ms", "loss_pct")
 
 
 def setting_section(study: Study) -> list[str]:
@@ -148,8 +148,7 @@ def fidelity_lines(cells: list[Cell]) -> list[str]:
             lines.append(f"  - {direction}: {NOT_RECORDED}")
             continue
         off = [(c, d) for c, d in results if not d.get("ok", False)]
-        skipped = sorted({s for _, d in results for s in d.get("skipped") or []})
-        note = f" ({', '.join(skipped)} not judged)" if skipped else ""
+        note = _not_judged(d for _, d in results)
         if not off:
             where = f" in all {len(results)} cells" if len(results) > 1 else ""
             lines.append(f"  - {direction}: OK{where}{note}")
@@ -161,6 +160,21 @@ def fidelity_lines(cells: list[Cell]) -> list[str]:
             f"cell{'s' * (len(results) > 1)}**{note}: {names}{more}"
         )
     return lines
+
+
+def _not_judged(directions) -> str:
+    """ " (key not judged: why; ...)" over the cells, their reasons where recorded
+    (`not_judged`), the names alone in older files (`skipped`)."""
+    reasons: dict[str, str] = {}
+    for d in directions:
+        for key in d.get("skipped") or []:
+            reasons.setdefault(key, "")
+        for key, why in (d.get("not_judged") or {}).items():
+            reasons[key] = str(why)
+    if not reasons:
+        return ""
+    parts = [f"{key} not judged{': ' + why if why else ''}" for key, why in sorted(reasons.items())]
+    return f" ({'; '.join(parts)})"
 
 
 def _off_fields(direction: dict) -> str:
@@ -195,7 +209,10 @@ def recorded_warnings(cells: list[Cell]) -> list[str]:
         for flow in env.get("traffic") or []:
             if isinstance(flow, dict) and flow_status(flow)[0] == FAILED:
                 found.append(f"{where}competing flow {flow.get('flow', '?')} {flow_text(flow)}")
-        if env.get("interrupted"):
+        if env.get("partial"):
+            why = env.get("partial_reason") or "interrupted"
+            found.append(f"{where}the run did not finish: its results are partial ({why})")
+        elif env.get("interrupted"):
             found.append(f"{where}the run was interrupted: its results are partial")
     if not found:
         return ["- Warnings the runs recorded: none"]

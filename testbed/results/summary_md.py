@@ -35,10 +35,10 @@ def write(
     lines += [*records.matched_lines(rows, summary, bound, configured, proposed, metric), ""]
     if metric != "accuracy":
         lines.append(SCORE_NOTES.get(metric, SCORE_NOTES["agreement"]))
-    lines.append(
-        f"Link backend: {environment['link_backend']}; "
-        f"round trip {environment.get('rtt_ms', 0):.2f} ms."
-    )
+    rtt = environment.get("rtt_ms")
+    rtt_text = f"{rtt:.2f} ms" if isinstance(rtt, int | float) else "not measured"
+    lines.append(f"Link backend: {environment['link_backend']}; round trip {rtt_text}.")
+    lines += stall_lines(summary, environment)
     if environment.get("traffic"):
         lines += ["", "Competing traffic (achieved):", ""]
         for flow in environment["traffic"]:
@@ -49,8 +49,26 @@ def write(
     if environment.get("fidelity"):
         lines += ["", "Link fidelity (measured/expected):", ""]
         lines += [f"- {line}" for line in environment["fidelity"]]
-    if environment.get("interrupted"):
+    if environment.get("partial"):
+        why = environment.get("partial_reason") or "interrupted"
+        lines += ["", f"**The run did not finish: these results are partial ({why}).**"]
+    elif environment.get("interrupted"):
         lines.append("**The run was interrupted: these results are partial.**")
     path = out_dir / "summary.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def stall_lines(summary: list[dict], environment: dict) -> list[str]:
+    """A warning per offloader with stalled requests (requests.csv `stalled`)."""
+    limits = environment.get("stall_thresholds_ms") or {}
+    lines = []
+    for s in summary:
+        count = s.get("stalled") or 0
+        if count and s["offloader"] in limits:
+            lines.append(
+                f"**Warning:** {s['offloader']}: {count} request(s) stalled, longer than "
+                f"{limits[s['offloader']]:.0f} ms (`stall_ms`: "
+                f"{environment.get('stall_ms')}); see `stalled` in requests.csv."
+            )
+    return ["", *lines, ""] if lines else []

@@ -130,10 +130,20 @@ class BottleNetOffloader(Offloader):
             logits = self.model[self.split :](features)
         return predictions.predict(self.plugin, logits)[0]
 
+    def max_payload(self) -> int:
+        """Header and the blob of the codes' shape, its k-bit codes spread evenly."""
+        from kernels import entropy
+
+        return HEADER.size + entropy.max_blob_size(self.code_shape, np.uint8, 1 << self.bits)
+
     def unpack(self, payload: bytes) -> np.ndarray:
         """The codes, after checking everything: the payload is untrusted network input."""
         from kernels import entropy
 
+        if len(payload) > self.max_payload():
+            raise ValueError(
+                f"bottlenet payload of {len(payload)} bytes, at most {self.max_payload()}"
+            )
         if len(payload) < HEADER.size:
             raise ValueError(f"bottlenet payload of {len(payload)} bytes, shorter than its header")
         split, bits = HEADER.unpack_from(payload)
@@ -143,14 +153,11 @@ class BottleNetOffloader(Offloader):
                 f"split {self.split} with {self.bits} bits"
             )
         try:
-            codes = entropy.decode(payload[HEADER.size :])
+            codes = entropy.decode(
+                memoryview(payload)[HEADER.size :], shape=self.code_shape, dtype=np.uint8
+            )
         except entropy.CorruptBlob as exc:
             raise ValueError(f"bottlenet payload: {exc}") from None
-        if codes.shape != self.code_shape or codes.dtype != np.uint8:
-            raise ValueError(
-                f"bottlenet payload of {codes.dtype} codes of shape {codes.shape}, expected "
-                f"uint8 of shape {self.code_shape}"
-            )
         if codes.size and int(codes.max()) >= 1 << self.bits:
             raise ValueError(f"bottlenet payload has a code above {self.bits} bits")
         return codes

@@ -90,16 +90,23 @@ class DeepCODOffloader(Offloader):
             payload = entropy.encode(indices)
         return DeviceResult(payload=payload)
 
+    def max_payload(self) -> int:
+        """The blob of the measurements' shape, its centre indices spread evenly."""
+        from kernels import entropy
+
+        return entropy.max_blob_size(self.shape, np.uint8, len(self.codebook.centres))
+
     def edge(self, payload, timer):
         from kernels import entropy, quantize
 
+        limit = self.max_payload()
+        if len(payload) > limit:
+            raise ValueError(f"deepcod payload of {len(payload)} bytes, at most {limit}")
         with timer.phase("decode"), torch.inference_mode():
             try:
-                indices = entropy.decode(payload)
+                indices = entropy.decode(payload, shape=self.shape, dtype=np.uint8)
             except entropy.CorruptBlob as exc:
                 raise ValueError(f"deepcod payload: {exc}") from None
-            if indices.shape != self.shape or indices.dtype != np.uint8:
-                raise ValueError(f"deepcod payload of shape {indices.shape}, expected {self.shape}")
             if indices.size and int(indices.max()) >= len(self.codebook.centres):
                 raise ValueError("deepcod payload names a centre that does not exist")
             y = quantize.centre_values(indices, self.codebook)
