@@ -133,23 +133,30 @@ def test_nothing_left_after_a_clean_run(small_run):
     assert leftovers(prefix) == []
 
 
-@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_interrupted_run_cleans_up(tmp_path, sig, status):
-    scenario = write_scenario(tmp_path / "long.yaml", samples=2000, offloaders=["raw"])
-    out = tmp_path / "out"
+def start_run(scenario, out, *options: str, records: int, timeout_s: float):
+    """`run_scenario.py` started in the background, once it has written `records`
+    records (or ended, or `timeout_s` passed): for tests that interrupt a run."""
     proc = subprocess.Popen(
-        [sys.executable, "run_scenario.py", str(scenario), "--out", str(out), "--no-progress"],
+        [sys.executable, "run_scenario.py", str(scenario), "--out", str(out), *options],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    records = out / "records.jsonl"
-    deadline = time.monotonic() + 180
+    written = out / "records.jsonl"
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
-        if records.exists() and records.read_text().count("\n") >= 10:
+        if written.exists() and written.read_text().count("\n") >= records:
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_run_cleans_up(tmp_path, sig, status):
+    scenario = write_scenario(tmp_path / "long.yaml", samples=2000, offloaders=["raw"])
+    out = tmp_path / "out"
+    proc = start_run(scenario, out, "--no-progress", records=10, timeout_s=180)
     assert proc.poll() is None, proc.stderr.read()
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
@@ -332,20 +339,7 @@ def test_an_edge_killed_mid_run_leaves_a_partial_run_said_so_everywhere(tmp_path
         arrival={"process": "poisson", "rate_hz": 5},
     )
     out = tmp_path / "out"
-    command = [sys.executable, "run_scenario.py", str(scenario), "--out", str(out)]
-    proc = subprocess.Popen(
-        [*command, "--no-progress", "--skip-fidelity"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    records = out / "records.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if records.exists() and records.read_text().count("\n") >= 3:
-            break
-        time.sleep(0.05)
+    proc = start_run(scenario, out, "--no-progress", "--skip-fidelity", records=3, timeout_s=300)
     edge = _run_edge_pid(out / "logs" / "device_job.json")
     assert proc.poll() is None and edge is not None, proc.stderr.read() if proc.stderr else ""
     os.kill(edge, signal.SIGKILL)

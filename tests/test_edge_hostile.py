@@ -373,31 +373,22 @@ def test_slowloris_beyond_the_cap(edge):
     }, record.outcomes
 
 
-def test_image_bombs(edge):
-    record, measured = under_attack(edge, image_bombs)
+@pytest.mark.parametrize(
+    "attack, answers, frames",
+    [
+        (image_bombs, {"BAD_PAYLOAD"}, 3),
+        (hello_bombs, {"BAD_HELLO"}, 3),
+        (entropy_bombs, {"BAD_PAYLOAD"}, 2),
+        (bad_numbers, {"BAD_PAYLOAD"}, 2),
+    ],
+    ids=lambda v: v.__name__ if callable(v) else None,
+)
+def test_bombs_are_refused_cheaply(edge, attack, answers, frames):
+    """Each hostile frame is answered with its refusal, for under 0.3 s of the agent's CPU."""
+    record, measured = under_attack(edge, attack)
     check(edge, measured, record)
-    assert record.frames >= 3 and set(record.outcomes) == {"BAD_PAYLOAD"}, record.outcomes
+    assert record.frames >= frames and set(record.outcomes) == answers, record.outcomes
     assert measured.attack_cpu_s / record.frames < 0.3
-
-
-def test_hello_bombs(edge):
-    record, measured = under_attack(edge, hello_bombs)
-    check(edge, measured, record)
-    assert record.frames >= 3 and set(record.outcomes) == {"BAD_HELLO"}, record.outcomes
-    assert measured.attack_cpu_s / record.frames < 0.3
-
-
-def test_entropy_bombs(edge):
-    record, measured = under_attack(edge, entropy_bombs)
-    check(edge, measured, record)
-    assert record.frames >= 2 and set(record.outcomes) == {"BAD_PAYLOAD"}, record.outcomes
-    assert measured.attack_cpu_s / record.frames < 0.3
-
-
-def test_bad_numbers(edge):
-    record, measured = under_attack(edge, bad_numbers)
-    check(edge, measured, record)
-    assert record.frames >= 2 and set(record.outcomes) == {"BAD_PAYLOAD"}, record.outcomes
 
 
 def test_a_peer_that_never_reads_is_closed(edge):

@@ -101,7 +101,10 @@ class Plugin(ABC):
         """Raw inputs (batch) -> float tensor for stages[0]. Default: scale to [0, 1]."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(inputs)).float()
+        array = np.ascontiguousarray(inputs)
+        if not array.flags.writeable:  # a payload from the wire: torch warns on read-only
+            array = array.copy()
+        x = torch.from_numpy(array).float()
         return (x - self.input_spec.low) / (self.input_spec.high - self.input_spec.low)
 
     def load_model(self):
