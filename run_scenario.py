@@ -32,6 +32,11 @@ def parse_args(argv):
         "--strict", action="store_true", help="fail when a link is off its configuration"
     )
     parser.add_argument(
+        "--loopback",
+        action="store_true",
+        help="the agents on 127.0.0.1 without Mininet: no root, NO link shaping (docs/edge.md)",
+    )
+    parser.add_argument(
         "--cleanup-stale",
         action="store_true",
         help="remove what runs killed outright (SIGKILL) left behind, and nothing else",
@@ -41,6 +46,12 @@ def parse_args(argv):
         action="store_true",
         help="check the scenario or sweep and print what would run and a rough duration; "
         "starts nothing, needs no root",
+    )
+    parser.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run a sweep's cells on a Ray cluster (HEAD:6379, auto), one per emulation "
+        "slot; `local` (or local:N) starts one on this machine for this command",
     )
     parser.add_argument("--list-plugins", action="store_true", help="list model plugins")
     parser.add_argument(
@@ -131,7 +142,7 @@ def cleanup_stale() -> None:
         print("no stale runs")
 
 
-def check(sweeps, fidelity: bool) -> int:
+def check(sweeps, fidelity: bool, loopback: bool = False) -> int:
     """`--check`: every cell checked as a run would, what would run, a rough duration."""
     import os
 
@@ -139,7 +150,9 @@ def check(sweeps, fidelity: bool) -> int:
 
     plans = dry_run.check(sweeps, fidelity=fidelity)
     print(dry_run.describe(sweeps, plans))
-    if os.geteuid() != 0:
+    if loopback:
+        print("note: with --loopback the run needs no root and shapes no link", file=sys.stderr)
+    elif os.geteuid() != 0:
         print("note: the run itself needs root (Mininet); this check did not", file=sys.stderr)
     return 0
 
@@ -200,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     from testbed.errors import GateFailed, ScenarioError, TestbedError
 
     honour_sigint()
+    cluster = None
     try:
         if args.list_plugins:
             list_plugins()
@@ -219,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ScenarioError(f"--samples: got {args.samples}; allowed: an integer >= 1")
             sweeps = [s.with_samples(args.samples) for s in sweeps]
         if args.check:
-            return check(sweeps, fidelity=not args.skip_fidelity)
+            return check(sweeps, fidelity=not args.skip_fidelity, loopback=args.loopback)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         name = sweeps[0].name if len(sweeps) == 1 else args.scenario.stem
         out = args.out or Path("results") / f"{name}-{stamp}"
@@ -228,7 +242,16 @@ def main(argv: list[str] | None = None) -> int:
             "fidelity": not args.skip_fidelity,
             "strict": args.strict,
             "capture": args.capture,
+            "loopback": args.loopback,
         }
+        if args.ray:  # connected (or started) once for every document
+            from testbed.experiment.cluster import Cluster
+
+            single = [s.name for s in sweeps if not s.is_grid]
+            if single:
+                raise ScenarioError(f"--ray runs sweeps; {single[0]} is a single run: drop --ray")
+
+            cluster = options["cluster"] = Cluster(args.ray).__enter__()
         failures, failed_runs, reports = [], [], []
         for sweep in sweeps:  # a file of several documents: OUT/<name>/ each
             where = out / sweep.name if len(sweeps) > 1 else out
@@ -262,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print("terminated: cleaned up", file=sys.stderr)
         return 143
+    finally:
+        if cluster is not None:  # `--ray local`: the cluster it started, stopped
+            cluster.__exit__(None, None, None)
 
 
 if __name__ == "__main__":

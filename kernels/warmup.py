@@ -33,6 +33,7 @@ def warmup() -> float:
     for dtype in (np.uint8, np.int8, np.uint16, np.int16):
         a = (np.arange(40) % 7).astype(dtype)
         entropy.decode(entropy.encode(a))
+        entropy.decode(entropy.encode(a, coder="ans"))  # the choice may not take it here
         entropy.decode(entropy.encode(a[:1]))
     for dtype, k in ((np.uint8, 3), (np.uint16, 12)):
         v = (np.arange(20) % 5).astype(dtype)

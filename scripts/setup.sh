@@ -41,9 +41,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # requirements.lock pins every package, torch's own dependencies included; torch is
 # the CPU build 2.13.0 (a wheel on disk here; see README for other machines).
-.venv/bin/pip install -q --disable-pip-version-check -c requirements.lock -e ".[test]"
+.venv/bin/pip install -q --disable-pip-version-check -c requirements.lock -e ".[test,cluster]"
 .venv/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt
-.venv/bin/python -c "import torch, numba, mininet.net, netfilterqueue, yaml, scapy" \
+.venv/bin/python -c "import torch, numba, mininet.net, netfilterqueue, yaml, scapy, ray" \
   || { echo "setup: the virtual environment is broken" >&2; exit 3; }
 echo "$want" > "$stamp"
 echo "setup: ok"

@@ -69,3 +69,40 @@ def test_fashion_lowbw_holds_its_gates(tmp_path):
     rows = {r["offloader"]: r for r in read_csv(out / "summary.csv")}
     assert list(rows) == list(MAIN_JOB_OFFLOADERS)
     assert all(r["n"] == "40" for r in rows.values())
+
+
+def test_adaptive_deepcod_through_the_agents(tmp_path):
+    """Adaptive DeepCOD over fashion_cnn's three shipped ratios: the whole model on a
+    full core takes about a millisecond, far below the 20 ms round trip, so every
+    decision is local and every third request a probe that offloads the fastest ratio;
+    the edge decodes each probe's ratio from its first byte."""
+    scenario = write_scenario(
+        tmp_path / "adaptive_deepcod.yaml",
+        samples=12,
+        offloaders=[
+            {
+                "name": "deepcod",
+                "ratios": [0.1, 0.25, 1],
+                "max_drop_pp": 100,
+                "calibration_samples": 20,
+                "probe_every": 2,
+            }
+        ],
+    )
+    out = tmp_path / "out"
+    proc = run_cli(scenario, "--out", out, "--skip-fidelity")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [r for r in read_csv(out / "requests.csv") if r["offloader"] == "deepcod"]
+    assert len(rows) == 12 and all(r["status"] == "ok" for r in rows), rows
+    choices = [json.loads(r["choice"]) for r in rows]
+    kinds = ["probe" if c.get("probe") else c.get("mode") for c in choices]
+    assert kinds.count("probe") >= 3 and kinds.count("local") >= 6, kinds
+    for row, choice in zip(rows, choices, strict=True):
+        if choice.get("probe"):
+            assert choice["ratio"] in (0.1, 0.25, 1.0) and int(row["bytes_up"]) > 16
+            assert float(row["decode_ms"]) > 0
+        else:
+            assert choice["mode"] == "local" and int(row["bytes_up"]) == 0
+    env = json.loads((out / "environment.json").read_text())
+    edge = env["offloaders"][0]
+    assert set(edge["edge_ms"]) == {"0.1", "0.25", "1"}

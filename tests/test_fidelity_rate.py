@@ -8,6 +8,7 @@ The Mininet tests measure one topology (uplink 3 Mbit/s with 2% loss, downlink 8
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import pytest
@@ -140,3 +141,55 @@ def test_rate_says_why_it_cannot_be_judged():
     assert "sent only" in measure.rate_not_judged(link, plan, slow)
     fast = {"source": {"sent": plan[0], "seconds": 0.5}, "sink": {}}
     assert measure.rate_not_judged(link, plan, fast) is None
+
+
+def test_a_bursty_trace_leaves_jitter_unjudged_and_an_even_one_judged(tmp_path):
+    """Recorded cellular traces wait tens of ms for an opportunity: their spread is not
+    an emulation fault; a trace of evenly spaced opportunities stays judged."""
+    from testbed.emulation.link.trace import load_trace
+
+    even = tmp_path / "even.up"
+    even.write_text("\n".join(str(t) for t in range(1, 101)) + "\n")
+    bursty = tmp_path / "bursty.up"
+    # 50 opportunities in the first 5 ms, then a 995 ms outage
+    bursty.write_text("\n".join(str(1 + t // 10) for t in range(50)) + "\n1000\n")
+    assert measure.trace_jitter_not_judged(load_trace(even)) is None
+    mean, std = measure.opportunity_wait_ms(load_trace(even))
+    assert mean == pytest.approx(0.5) and std == pytest.approx(math.sqrt(1 / 3 - 1 / 4))
+    reason = measure.trace_jitter_not_judged(load_trace(bursty))
+    assert reason is not None and "delivery gaps" in reason
+    assert measure.trace_jitter_not_judged(None) is None
+
+
+def test_a_bursty_trace_widens_only_the_delays_upper_bound(tmp_path):
+    from testbed.config.scenario import load_scenario
+
+    bursty = tmp_path / "bursty.up"
+    bursty.write_text("\n".join(str(1 + t // 10) for t in range(50)) + "\n1000\n")
+    even = tmp_path / "even.up"
+    even.write_text("\n".join(str(t) for t in range(1, 101)) + "\n")
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "model: fashion_cnn\nnetwork:\n  trace: {uplink: bursty.up, downlink: even.up}\n"
+        "  uplink: {delay_ms: 20}\n  downlink: {delay_ms: 20}\n"
+    )
+    network = load_scenario(path).network
+    up = measure._trace_tolerance(network, "uplink")
+    down = measure._trace_tolerance(network, "downlink")
+    assert down == {"processing_ms": 1.5, "jitter_ms": 2.0}  # 1 ms spacing
+    mean_wait, _ = measure.opportunity_wait_ms(load_trace_of(bursty))
+    assert mean_wait > 400 and up["processing_ms"] == pytest.approx(0.5 + mean_wait)
+    # the configured delay is still the floor: a missing delay fails as before
+    result = judge.compare(
+        {"bandwidth_mbps": None, "delay_ms": 20, "jitter_ms": 0, "loss_pct": 0},
+        {"delay_ms": 5.0, "jitter_ms": 3.0, "loss_pct": 0.0, "probes": 100, "not_judged": {}},
+        up,
+    )
+    assert result["within_tolerance"]["delay_ms"] is False and not result["ok"]
+    assert result["bounds"]["delay_ms"][0] == pytest.approx(19.0)
+
+
+def load_trace_of(path):
+    from testbed.emulation.link.trace import load_trace
+
+    return load_trace(path)

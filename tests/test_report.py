@@ -884,3 +884,15 @@ def test_a_whole_run_has_no_partial_or_stall_columns(tmp_path):
     write_run(tmp_path, BASE)
     text = report.write_report(tmp_path).read_text()
     assert "not run" not in text and "PARTIAL" not in text and "Stalled" not in text
+
+
+def test_the_environment_line_names_the_edge_device():
+    from testbed.results.markdown import _environment_text
+
+    cpu = _environment_text({"kernel": "6.1", "edge_device": {"device": "cpu"}})
+    assert cpu == "kernel 6.1, edge on cpu"
+    gpu = _environment_text(
+        {"edge_device": {"device": "cuda", "gpu": "H200", "driver": "570.1", "torch_cuda": "12.8"}}
+    )
+    assert gpu == "edge on cuda (H200, driver 570.1, CUDA 12.8)"
+    assert "edge on" not in _environment_text({"kernel": "6.1"})

@@ -432,3 +432,107 @@ def test_player_stops_promptly_and_reraises_callback_errors():
     assert failed.wait(2)
     with pytest.raises(RuntimeError, match="tc failed"):
         player.stop()
+
+
+# ------------------------------------------------------------ gzip and real traces
+
+CELLULAR = TRACES / "cellular"
+
+
+def test_gzip_traces_load_like_plain_ones_and_errors_name_the_file(tmp_path):
+    import gzip
+
+    text = b"\n0\r\n 3 \n3\n\n3\n10\n"
+    path = tmp_path / "t.up.gz"
+    path.write_bytes(gzip.compress(text))
+    assert load_trace(path).opportunities.tolist() == [0, 3, 3, 3, 10]
+    path.write_bytes(gzip.compress(b"1\n5\n3\n"))
+    with pytest.raises(ScenarioError, match=rf"^{path}: line 3: .*less than"):
+        load_trace(path)
+    for damaged in (b"not gzip at all", gzip.compress(b"1\n2\n" * 100)[:-12]):
+        path.write_bytes(damaged)
+        with pytest.raises(ScenarioError, match=rf"^{path}: not a readable gzip file"):
+            load_trace(path)
+    plain = tmp_path / "plain.up"  # the name decides: a plain file is read as text
+    plain.write_bytes(text)
+    assert len(load_trace(plain)) == 5
+
+
+def test_a_gzip_bomb_is_refused_while_streaming(tmp_path, monkeypatch):
+    """The limit applies to the decompressed text, and reading stops at it: 256 MB of
+    text in a small file is refused after about MAX_FILE_BYTES, never held whole."""
+    import gzip
+
+    path = tmp_path / "bomb.up.gz"
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        block = b"1\n" * (1 << 19)  # 1 MB
+        for _ in range(256):
+            out.write(block)
+    assert path.stat().st_size < 2_000_000
+    monkeypatch.setattr(trace_mod, "MAX_FILE_BYTES", 20_000_000)
+    read = []
+
+    class Counting(gzip.GzipFile):
+        def read(self, size=-1):
+            assert size > 0  # never "all of it"
+            data = super().read(size)
+            read.append(len(data))
+            return data
+
+    monkeypatch.setattr(trace_mod.gzip, "GzipFile", Counting)
+    with pytest.raises(ScenarioError, match="decompresses to more than 20000000 bytes"):
+        load_trace(path)
+    assert 20_000_000 < sum(read) <= 20_000_000 + (1 << 20)
+
+
+def cellular_table() -> dict[str, tuple[str, str, str]]:
+    """The README's rows: trace -> (uplink mean, downlink mean, durations)."""
+    rows = {}
+    for line in (CELLULAR / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 4:
+            rows[cells[0].strip("`")] = (cells[1], cells[2], cells[3])
+    return rows
+
+
+def test_cellular_traces_are_committed_compressed_with_their_figures():
+    table = cellular_table()
+    assert sorted(table) == [
+        "ATT-LTE-driving-2016",
+        "TMobile-LTE-short",
+        "Verizon-EVDO-driving",
+        "Verizon-LTE-short",
+    ]
+    assert (CELLULAR / "SOURCE-README.txt").read_text().count("Winstein") == 1
+    for name, (up_text, down_text, durations) in table.items():
+        up = load_trace(CELLULAR / f"{name}.up.gz")
+        down = load_trace(CELLULAR / f"{name}.down.gz")
+        assert up_text == f"{up.mean_rate_mbps():.3f} Mbit/s"
+        assert down_text == f"{down.mean_rate_mbps():.3f} Mbit/s"
+        assert durations == f"{up.period_ms / 1000:.1f} s / {down.period_ms / 1000:.1f} s"
+    total = sum(p.stat().st_size for p in CELLULAR.glob("*.gz"))
+    assert total < 1_000_000  # 4 MB of text
+
+
+def test_cellular_import_is_deterministic(tmp_path):
+    """The importer on a small source folder: a .gz per trace, byte-identical when run
+    again, the source note copied, and a bad trace refused with its line."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "x.up").write_text("1\n1\n5\n")
+    (source / "x.down").write_text("2\n4\n")
+    (source / "SOURCE-README.txt").write_text("from Winstein et al.\n")
+    script = [sys.executable, str(ROOT / "scripts" / "import_cellular_traces.py"), str(source)]
+    made = []
+    for out in (tmp_path / "a", tmp_path / "b"):
+        proc = subprocess.run([*script, "--out", str(out)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert "| `x` | 7.200 Mbit/s | 6.000 Mbit/s | 0.0 s / 0.0 s |" in proc.stdout
+        made.append({p.name: p.read_bytes() for p in out.iterdir()})
+    assert made[0] == made[1]
+    assert sorted(made[0]) == ["SOURCE-README.txt", "x.down.gz", "x.up.gz"]
+    assert load_trace(tmp_path / "a" / "x.up.gz").opportunities.tolist() == [1, 1, 5]
+    (source / "x.up").write_text("5\n1\n")
+    proc = subprocess.run([*script, "--out", str(tmp_path / "c")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "x.up: line 2:" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -36,9 +36,10 @@ class Normalize(nn.Module):
 
     def __init__(self, mean=MEAN, std=STD):
         super().__init__()
-        # Plain tensors, not buffers: constants of the architecture, not weights to load.
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1)
+        # Non-persistent buffers: constants of the architecture, not weights to load
+        # (the state dict stays as trained), yet moved with the model to the edge's device.
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1), False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1), False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std

@@ -1,7 +1,8 @@
 """Edge agent: serves offloading requests over the wire protocol.
 
-Run inside the edge host: `python -m testbed.agents.edge --port 5000 [--preload PLUGIN]`.
-It prints `READY <port>` once listening. One thread per connection, under a cap; every
+Run inside the edge host: `python -m testbed.agents.edge --port 5000 [--preload PLUGIN]
+[--device cpu|cuda|auto]`. It prints `READY <port>` once listening, its preloaded models
+placed on the device and warmed up (docs/edge.md). One thread per connection, under a cap; every
 frame is judged from its header (type, length, the offloader's own bound) before its
 payload is read, stored only as its bytes arrive and within a memory budget, and must
 arrive within deadlines (`edge_limits.EdgeLimits`). A broken or hostile client gets an
@@ -44,13 +45,23 @@ from testbed.agents.protocol import (
 )
 from testbed.errors import TestbedError
 from testbed.models import plugins, predictions
-from testbed.offloaders.base import PhaseTimer, warm_kernels
+from testbed.offloaders.base import (
+    EDGE_DEVICES,
+    EdgeDevice,
+    PhaseTimer,
+    resolve_edge_device,
+    synchronize,
+    to_edge,
+    warm_kernels,
+)
 
 log = logging.getLogger("edge")
+MODEL_WARMUP = 3  # passes of each model at load: CUDA's context, kernels and allocator
 
 
 class ModelCache:
-    """Loads each plugin's model once and shares it between connections."""
+    """Loads each plugin's model once, on the edge's device (`EdgeDevice`), warmed up,
+    and shares it between connections."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -60,8 +71,35 @@ class ModelCache:
         with self._lock:
             if name not in self._models:
                 plugin = plugins.get(name)
-                self._models[name] = (plugin, plugin.load_model())
+                model = plugin.load_model().to(EdgeDevice.torch())
+                warm_up(plugin, model)
+                self._models[name] = (plugin, model)
             return self._models[name]
+
+
+def warm_up(plugin, model, passes: int = MODEL_WARMUP) -> None:
+    """A few passes of the whole model on a zero input, so that the first request pays
+    neither the GPU's start (context, kernel loading, memory pool) nor the CPU's first-call
+    allocations; each offloader's own networks are warmed by the device's unrecorded
+    warm-up requests (runner.WARMUP_REQUESTS)."""
+    import numpy as np
+    import torch
+
+    spec = plugin.input_spec
+    x = np.full((1, *spec.shape), spec.low, dtype=spec.dtype)
+    times = []
+    with torch.inference_mode():
+        for _ in range(passes):
+            started = time.perf_counter()
+            model(to_edge(plugin.to_tensor(x)))
+            synchronize()
+            times.append((time.perf_counter() - started) * 1e3)
+    log.info(
+        "%s on %s: warm-up passes %s ms",
+        plugin.name,
+        EdgeDevice.name,
+        ", ".join(f"{t:.1f}" for t in times),
+    )
 
 
 class Session:
@@ -225,6 +263,7 @@ class OffloaderCache:
                 self._built.move_to_end(key)
                 return self._built[key]
         offloader = offloaders.get(name)(plugin, model, **params)
+        offloader.place(EdgeDevice.torch())  # its own networks; the model is placed already
         offloader.prepare("edge")  # e.g. stage profiles, sent back in the reply
         with self._lock:
             self._built[key] = offloader
@@ -328,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         help="plugin to load at start; given, the edge serves these plugins only",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--device",
+        choices=EDGE_DEVICES,
+        default="cpu",
+        help="where the edge halves run (auto: cuda where a GPU is usable, else cpu)",
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
@@ -342,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     agent = Agent(limits, serves=tuple(args.preload))
     try:
+        EdgeDevice.set(resolve_edge_device(args.device))
+        log.info("edge halves run on %s", _describe_device())
         # a broken third-party offloader is named here, not met by a request later
         seconds = warm_kernels(offloaders.get(name) for name in offloaders.names())
         if seconds is not None:
@@ -361,6 +408,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _describe_device() -> str:
+    import torch
+
+    if EdgeDevice.name != "cuda":
+        return EdgeDevice.name
+    return f"cuda ({torch.cuda.get_device_name()}, CUDA {torch.version.cuda})"
 
 
 if __name__ == "__main__":

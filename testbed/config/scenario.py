@@ -45,6 +45,8 @@ class NetworkSpec:
 class HostSpec:
     cpu: float  # share of ONE core: 0.2 is a fifth of a core, 2.0 two cores
     cpu_mode: str = "cfs"  # the device's is a scenario key (schema.CPU_MODES); the edge's cfs
+    # the edge's is a scenario key (schema.EDGE_DEVICES, docs/edge.md); the device's the CPU
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,10 @@ class Scenario:
             "devices": self.devices,
             "repeats": self.repeats,
             "device": {"cpu": self.device.cpu, "cpu_mode": self.device.cpu_mode},
-            "edge": {"cpu": self.edge.cpu},
+            # device only where not the default: the scenarios (and sweep cells' digests)
+            # of runs made before the key existed stay what they were
+            "edge": {"cpu": self.edge.cpu}
+            | ({"device": self.edge.device} if self.edge.device != "cpu" else {}),
             "network": network,
             "traffic": [dict(t) for t in self.traffic],
             "offloaders": [

@@ -36,6 +36,7 @@ from testbed.config.validation import (
 )
 from testbed.emulation.link.settings import LinkSpec, default_of, settings_of
 from testbed.models import plugins as plugin_registry
+from testbed.offloaders.base import EDGE_DEVICES
 
 MAX_CPU = float(os.cpu_count() or 1)  # cpu shares are of ONE core; at most every core
 MAX_DEVICES = 32  # device hosts on one switch (addresses 10.0.0.20 + i)
@@ -94,6 +95,18 @@ class StallMs:
         except Invalid as err:
             hint = did_you_mean(value, ["auto"]) if isinstance(value, str) else err.hint
             raise bad(at, value, self.allowed, hint) from None
+
+
+class EdgeDeviceChoice(Choice):
+    """`edge.device`: cpu, cuda or auto; `gpu` (a common guess) is pointed at cuda."""
+
+    def __init__(self) -> None:
+        super().__init__(*EDGE_DEVICES)
+
+    def __call__(self, value: Any, at: str, ctx: Context) -> Any:
+        if isinstance(value, str) and value.lower() in ("gpu", "cuda:0", "nvidia"):
+            raise bad(at, value, self.allowed, "write cuda for an NVIDIA GPU")
+        return super().__call__(value, at, ctx)
 
 
 class Offloaders:
@@ -232,6 +245,8 @@ _HOST = Record({"cpu": Field(Num(gt=0, le=MAX_CPU), 1.0)})
 # piece of device work to its CPU time / share; `cfs` is a CFS quota on its host's cgroup
 CPU_MODES = ("dilate", "cfs")
 _DEVICE = Record({**_HOST.fields, "cpu_mode": Field(Choice(*CPU_MODES), CPU_MODES[0])})
+# where the edge halves run (docs/edge.md): auto is cuda where a GPU is usable, else cpu
+_EDGE = Record({**_HOST.fields, "device": Field(EdgeDeviceChoice(), "cpu")})
 _WINDOW = {
     "direction": Field(Choice("up", "down"), "up"),
     "start_s": Field(Num(ge=0), 0),
@@ -277,7 +292,7 @@ TOP = Record(
         "devices": Field(Int(ge=1, le=MAX_DEVICES), 1),
         "repeats": Field(Int(ge=1, le=1000), 1),
         "device": Field(_DEVICE, {}),
-        "edge": Field(_HOST, {}),
+        "edge": Field(_EDGE, {}),
         "network": Field(
             Record(
                 {

@@ -29,7 +29,7 @@ import numpy as np
 from testbed import offloaders
 from testbed.config.sweep import Cell, Sweep
 from testbed.emulation.link.trace import load_trace
-from testbed.errors import ScenarioError
+from testbed.errors import ScenarioError, TestbedError
 from testbed.experiment.runner import (
     WARMUP_REQUESTS,
     check_gates,
@@ -38,6 +38,7 @@ from testbed.experiment.runner import (
 )
 from testbed.models import plugins
 from testbed.models.plugin_api import check_plugin
+from testbed.offloaders.base import resolve_edge_device
 
 SETUP_S = 30.0  # hosts, links, agents importing torch, kernels loaded
 FIDELITY_S = 10.0  # probes and a TCP goodput per direction (testbed.fidelity.measure)
@@ -100,6 +101,10 @@ def _check_cell(cell: Cell, checked: _Checked, fidelity: bool) -> CellPlan:
     check_gates(scenario, labels)
     for path in (scenario.network.trace or {}).values():
         load_trace(path)
+    try:  # `edge: {device: cuda}` where there is none: the run's exit 3, told now
+        resolve_edge_device(scenario.edge.device)
+    except TestbedError as exc:
+        raise type(exc)(f"{scenario.source}: {exc}") from None
     plugin, model = checked.plugin(scenario.model)
     for spec in scenario.offloaders:
         key = (scenario.model, spec.name, repr(sorted(spec.params.items())))

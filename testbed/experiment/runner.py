@@ -3,6 +3,10 @@
 The runner checks everything it can before it creates anything (plugin, weights,
 gates, features), so bad input never leaves a half-built network behind.
 
+`loopback=True` (`run_scenario.py --loopback`, docs/edge.md) starts the agents on
+127.0.0.1 without Mininet: no root, and nothing of the scenario's network applied, which
+the console, environment.json, summary.md and report.md say.
+
 A fault while the requests run (the edge agent exits, a device agent fails or stalls)
 does not lose what was measured: the run ends, its results are written and marked
 partial (`RunResult.partial`, `partial` in environment.json and summary.csv), and the
@@ -30,6 +34,7 @@ from testbed.cleanup import Terminated, sigterm_raises
 from testbed.config import gates
 from testbed.emulation import capture, stale
 from testbed.emulation.link.trace import load_trace
+from testbed.emulation.loopback import LoopbackTopology
 from testbed.emulation.topology import OffloadTopology, check_environment, stop_process, wait_ready
 from testbed.emulation.traffic.run import TrafficRun
 from testbed.errors import ScenarioError, TestbedError
@@ -37,7 +42,7 @@ from testbed.experiment import environment
 from testbed.fidelity import measure
 from testbed.models import plugins, predictions
 from testbed.models.plugin_api import check_plugin
-from testbed.offloaders.base import warm_kernels
+from testbed.offloaders.base import resolve_edge_device, warm_kernels
 from testbed.results import records as results
 from testbed.results import summary_md
 
@@ -119,15 +124,29 @@ def run(
     strict: bool = False,
     capture: bool = False,
     bar=None,
+    loopback: bool = False,
 ) -> RunResult:
-    """`bar`: a tqdm bar to advance (a sweep's, shared by its cells) instead of a new one."""
+    """`bar`: a tqdm bar to advance (a sweep's, shared by its cells) instead of a new one;
+    `loopback`: the agents on 127.0.0.1 without Mininet (the module's docstring)."""
     labels = offloader_labels(scenario.offloaders)
     check_gates(scenario, labels)
     for path in (scenario.network.trace or {}).values():
         load_trace(path)  # a malformed trace is bad input: refused before anything starts
-    check_environment()
-    for prefix, items in stale.clean_all().items():  # runs killed outright earlier
-        print(f"removed {len(items)} leftovers of killed run {prefix}", file=sys.stderr)
+    try:
+        edge_device = resolve_edge_device(scenario.edge.device)
+    except TestbedError as exc:  # cuda without a GPU: exit 3, the file named
+        raise type(exc)(f"{scenario.source}: {exc}") from None
+    if loopback:
+        if capture:
+            raise ScenarioError("--capture needs the Mininet topology; --loopback has no link")
+        if strict:
+            raise ScenarioError(
+                "--strict judges the emulated link; --loopback applies none (drop one of them)"
+            )
+    else:
+        check_environment()
+        for prefix, items in stale.clean_all().items():  # runs killed outright earlier
+            print(f"removed {len(items)} leftovers of killed run {prefix}", file=sys.stderr)
     plugin = plugins.get(scenario.model)
     check_plugin(plugin)
     model = plugin.load_model()
@@ -156,8 +175,14 @@ def run(
     for path in records_paths:
         path.unlink(missing_ok=True)
 
-    topo = OffloadTopology(scenario, workdir=logs)
+    topo: OffloadTopology | LoopbackTopology
+    topo = LoopbackTopology(scenario, logs) if loopback else OffloadTopology(scenario, logs)
     extra: dict = {"run_prefix": topo.prefix, "seed": scenario.seed, "samples": indices.tolist()}
+    extra["edge_device"] = environment.edge_device(scenario.edge.device, edge_device)
+    extra["loopback"] = loopback
+    extra["warnings"] = loopback_warnings(scenario, fidelity) if loopback else []
+    for line in extra["warnings"]:
+        _say(f"WARNING: {line}", bar)
     extra["metric"] = plugin.metric  # the report reads it rather than guessing it back
     # who is compared with whom (testbed.results.roles): each class declares its role
     roles = [offloaders.get(spec.name).role for spec in scenario.offloaders]
@@ -171,11 +196,13 @@ def run(
         try:
             topo.start()
             extra["link_backend"] = topo.backend.label if topo.backend else None
-            if fidelity:
+            if fidelity and not loopback:
                 extra["fidelity"] = _fidelity(topo, out_dir, strict)
             if capture:
                 _start_capture(topo, out_dir / "capture.pcap", logs)
-            extra.update(_agents(scenario, plugin, topo, indices, labels, logs, progress, bar))
+            extra.update(
+                _agents(scenario, plugin, topo, indices, labels, logs, progress, bar, edge_device)
+            )
             extra["trace_players"] = {
                 d: {"rate_changes": p.calls, "skipped": p.skipped, "max_late_ms": p.max_late_ms}
                 for d, p in topo.players.items()
@@ -212,6 +239,33 @@ def run(
         if not holds:
             failed.append(filled)
     return RunResult(out_dir, summary, failed, partial=extra["partial_reason"])
+
+
+def loopback_warnings(scenario, fidelity: bool) -> list[str]:
+    """What a loopback run did not do of its scenario, said on the console and recorded
+    (environment.json `warnings`, which summary.md and report.md show)."""
+    lines = [
+        "loopback mode: the agents ran on 127.0.0.1 without Mininet, and the scenario's "
+        "network (bandwidth, delay, jitter, loss, queue"
+        + (", trace" if scenario.network.trace else "")
+        + ", congestion control) was NOT applied: latencies are this machine's loopback, "
+        "not the scenario's link",
+        "loopback mode: no CPU quota: the edge ran unlimited"
+        + (
+            "; the device's share was emulated by dilation (cpu_mode: dilate)"
+            if scenario.device.cpu_mode == "dilate"
+            else "; the device too (cpu_mode: cfs needs the Mininet hosts' cgroups)"
+        ),
+    ]
+    if fidelity:
+        lines.append("loopback mode: the link check (fidelity) was skipped: there is no link")
+    if scenario.traffic:
+        flows = len(scenario.traffic)
+        lines.append(
+            f"loopback mode: the competing traffic ({flows} flow{'s' * (flows != 1)}) "
+            "was not started"
+        )
+    return lines
 
 
 def _fidelity(topo, out_dir: Path, strict: bool) -> list[str]:
@@ -300,24 +354,31 @@ def _edge_deadlines(scenario) -> list[str]:
     return ["--frame-s", f"{frame_s:g}", "--idle-s", f"{idle_s:g}"]
 
 
-def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool, bar) -> dict:
+def _agents(
+    scenario, plugin, topo, indices, labels, logs: Path, progress: bool, bar, edge_device="cpu"
+) -> dict:
+    """`edge_device`: where the edge halves run (resolved: cpu or cuda)."""
     cores = os.cpu_count() or 1
     edge_threads = max(1, min(cores, round(scenario.edge.cpu)))
+    loopback = isinstance(topo, LoopbackTopology)
+    # loopback: a free port on 127.0.0.1 only (other runs and services share the machine)
+    where = ["--host", topo.edge.IP(), "--port", "0"] if loopback else ["--port", str(EDGE_PORT)]
     edge = topo.popen(
         topo.edge,
         programs.command(
             "edge-agent",
-            "--port",
-            str(EDGE_PORT),
+            *where,
             "--preload",
             plugin.name,
             "--threads",
             str(edge_threads),
+            "--device",
+            edge_device,
             *_edge_deadlines(scenario),
         ),
         "edge.log",
     )
-    wait_ready(edge, "edge agent", timeout_s=STARTUP_S)
+    port = int(wait_ready(edge, "edge agent", timeout_s=STARTUP_S).split()[1])
     barrier = logs / "barrier"  # several devices start each offloader together
     if scenario.devices > 1:
         barrier.mkdir(exist_ok=True)
@@ -334,7 +395,7 @@ def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool,
             ),
             samples=tuple(indices.tolist()),
             edge_host=topo.edge.IP(),
-            edge_port=EDGE_PORT,
+            edge_port=port,
             timeout_s=scenario.request_timeout_s,
             threads=max(1, min(cores, round(scenario.device.cpu))),
             warmup=WARMUP_REQUESTS,
@@ -347,12 +408,12 @@ def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool,
             records=str(logs.parent / records_name(i)),
             meta=str(logs / f"device_meta{suffix}.json"),
             loaded=str(loaded),
-            cgroup=host.name,
+            cgroup=None if loopback else host.name,  # no quota to wait for in loopback
             dilate_share=scenario.device.cpu if scenario.device.cpu_mode == "dilate" else None,
         )
         job.write(logs / f"device_job{suffix}.json", indent=1)
         jobs.append((job, loaded))
-    traffic = TrafficRun(topo) if scenario.traffic else None
+    traffic = TrafficRun(topo) if scenario.traffic and not loopback else None
     if traffic is not None:
         traffic.start()
     # loaded outside the CPU limit, then moved in before it profiles or sends anything
@@ -368,8 +429,8 @@ def _agents(scenario, plugin, topo, indices, labels, logs: Path, progress: bool,
         devices.append((device, host, loaded, f"device{suffix}.log"))
     fault = ""
     try:
-        for device, host, loaded, log_name in devices:
-            _enter_limit(topo, host, device, loaded, logs / log_name)
+        for proc, host, loaded, log_name in devices if not loopback else []:
+            _enter_limit(topo, host, proc, loaded, logs / log_name)
         _follow(
             devices,
             edge,

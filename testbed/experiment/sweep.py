@@ -3,7 +3,8 @@ combined summary.
 
 Each cell is a whole run in its own folder (one topology, torn down before the next);
 a finished cell leaves `cell.json`, so a re-run into the same folder skips it (resume
-after Ctrl-C).
+after Ctrl-C). With a cluster (testbed.experiment.cluster) the cells run as Ray tasks,
+one per machine, and their folders come back here: the bookkeeping is the same.
 """
 
 from __future__ import annotations
@@ -43,8 +44,11 @@ def finished(cell_dir: Path, cell: Cell) -> bool:
     return state.get("status") == "done" and state.get("digest") == cell.digest()
 
 
-def run_sweep(sweep: Sweep, out: Path, progress: bool = True, **run_options) -> SweepResult:
-    """Run every unfinished cell in turn; one progress bar for the whole sweep."""
+def run_sweep(
+    sweep: Sweep, out: Path, progress: bool = True, cluster=None, **run_options
+) -> SweepResult:
+    """Run every unfinished cell in turn; one progress bar for the whole sweep. With a
+    connected `cluster` (testbed.experiment.cluster.Cluster), on its emulation slots."""
     from tqdm import tqdm
 
     from testbed.experiment import runner
@@ -63,8 +67,11 @@ def run_sweep(sweep: Sweep, out: Path, progress: bool = True, **run_options) -> 
             f"in {out}, skipped",
             file=sys.stderr,
         )
-    total = sum(c.scenario.samples * len(c.scenario.offloaders) * c.scenario.devices for c in todo)
     _write_state(out, sweep, status)
+    if cluster is not None:
+        _run_on_cluster(sweep, todo, out, status, result, progress, run_options)
+        return _finish(out, sweep, result)
+    total = sum(c.scenario.samples * len(c.scenario.offloaders) * c.scenario.devices for c in todo)
     with tqdm(total=total, unit="req", desc=sweep.name, disable=not progress) as bar:
         for cell in todo:
             cell_dir = out / "cells" / cell.dirname
@@ -95,12 +102,70 @@ def run_sweep(sweep: Sweep, out: Path, progress: bool = True, **run_options) -> 
             status[cell.dirname] = "done"
             _write_cell(cell_dir, cell, "done", gate_failures=run.gate_failures)
             _write_state(out, sweep, status)
+    return _finish(out, sweep, result)
+
+
+def _finish(out: Path, sweep: Sweep, result: SweepResult) -> SweepResult:
     result.summary = combined_summary(out, sweep)
     for cell in sweep.cells:
         state = _read_cell(out / "cells" / cell.dirname)
         for gate in state.get("gate_failures", []):
             result.gate_failures.append(f"[{cell.dirname}] {gate}")
     return result
+
+
+def _run_on_cluster(
+    sweep: Sweep, todo: list[Cell], out: Path, status: dict, result: SweepResult, progress, options
+) -> None:
+    """The unfinished cells as Ray tasks; each folder that comes back replaces the
+    cell's, with the cell.json and sweep.json of a local sweep (and the host it ran on)."""
+    from tqdm import tqdm
+
+    from testbed.experiment import cluster
+
+    with tqdm(total=len(todo), unit="cell", desc=sweep.name, disable=not progress) as bar:
+
+        def say(text: str) -> None:
+            bar.write(text, file=sys.stderr)
+
+        def finish(cell: Cell, outcome, attempts: int) -> None:
+            cell_dir = out / "cells" / cell.dirname
+            if cell_dir.exists():
+                shutil.rmtree(cell_dir)
+            error = outcome.error
+            if outcome.folder:
+                try:
+                    cluster.unpack_folder(outcome.folder, cell_dir)
+                except TestbedError as exc:
+                    error = str(exc)
+                    shutil.rmtree(cell_dir, ignore_errors=True)
+                    outcome.status = "failed"
+            where = {"host": outcome.host, "attempts": attempts}
+            if outcome.status == "done":
+                status[cell.dirname] = "done"
+                gates = list(outcome.gate_failures)
+                _write_cell(cell_dir, cell, "done", gate_failures=gates, **where)
+                say(f"cell {cell.dirname} done on {outcome.host} in {outcome.seconds:.0f} s")
+            else:
+                status[cell.dirname] = "failed"
+                result.failed_cells.append(f"{cell.dirname}: {error}")
+                _write_cell(cell_dir, cell, "failed", error=error, **where)
+                say(f"cell {cell.dirname} failed: {error}")
+            _write_state(out, sweep, status)
+            bar.update(1)
+
+        for cell in todo:
+            status[cell.dirname] = "queued"
+        _write_state(out, sweep, status)
+        try:
+            cluster.run_cells(todo, options, finish, say)
+        except BaseException:
+            for cell in todo:
+                if status[cell.dirname] in ("queued", "running"):
+                    status[cell.dirname] = "interrupted"
+            raise
+        finally:
+            _write_state(out, sweep, status)
 
 
 def _read_cell(cell_dir: Path) -> dict:

@@ -48,6 +48,103 @@ class DeviceClock:
         cls.cpu_ns = time.thread_time_ns if threads <= 1 else time.process_time_ns
 
 
+EDGE_DEVICES = ("cpu", "cuda", "auto")  # scenario `edge: {device:}` (docs/edge.md)
+
+
+class EdgeDevice:
+    """Where this process runs edge halves: "cpu", or "cuda" where the edge agent was told
+    so (scenario `edge: {device:}`, docs/edge.md). Process-wide, like DeviceClock, and set
+    once by the edge agent before it loads a model; the runner, the device agent and most
+    tests keep "cpu", where placing a tensor costs nothing. Tests may set "meta", a device
+    that checks placement (an op mixing it with CPU tensors fails, as with cuda) on
+    machines without a GPU."""
+
+    name: str = "cpu"
+
+    @classmethod
+    def set(cls, name: str) -> None:
+        cls.name = name
+
+    @classmethod
+    def torch(cls):
+        import torch
+
+        return torch.device(cls.name)
+
+
+def cuda_missing() -> str:
+    """Why this machine cannot run the edge on CUDA ("" where it can)."""
+    import torch
+
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is a CPU-only build"
+    if not torch.cuda.is_available():
+        return (
+            f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU: no driver, "
+            "no device, or CUDA_VISIBLE_DEVICES hides it"
+        )
+    return ""
+
+
+def resolve_edge_device(requested: str) -> str:
+    """`cpu`, `cuda` or `auto` -> the device the edge runs on: `auto` is cuda where a GPU
+    is usable, else cpu. `cuda` without one is an environment to fix (exit 3), said
+    before anything starts."""
+    from testbed.errors import EnvironmentMissing, ScenarioError
+
+    if requested not in EDGE_DEVICES:
+        raise ScenarioError(f"edge device: got {requested!r}; allowed: {', '.join(EDGE_DEVICES)}")
+    if requested == "cpu":
+        return "cpu"
+    why = cuda_missing()
+    if requested == "auto":
+        return "cpu" if why else "cuda"
+    if why:
+        raise EnvironmentMissing(
+            f"edge.device is cuda, but {why}; use `edge: {{device: cpu}}` (or auto, which "
+            "falls back to the CPU)"
+        )
+    return "cuda"
+
+
+def to_edge(x):
+    """A tensor (or numpy array) on the edge's device, for an edge half's networks: a
+    payload's tensors are placed at decode. No copy where it is already there (the CPU)."""
+    import torch
+
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    return x.to(EdgeDevice.name)
+
+
+def to_host(output):
+    """A model's output (a tensor, or tuples, lists and dicts of them) in host memory, for
+    `predictions` (numpy, .item()). A meta tensor (tests) has no values: zeros of its
+    shape stand in."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        if output.device.type == "cpu":
+            return output
+        if output.is_meta:
+            return torch.zeros(output.shape, dtype=output.dtype)
+        return output.cpu()
+    if isinstance(output, tuple | list):
+        return type(output)(to_host(o) for o in output)
+    if isinstance(output, dict):
+        return {k: to_host(v) for k, v in output.items()}
+    return output
+
+
+def synchronize() -> None:
+    """Wait for the work queued on the edge's GPU: CUDA runs asynchronously, so a phase
+    timed without it would end before its kernels do."""
+    if EdgeDevice.name == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def dilated_ns(cpu_ns: int, wall_ns: int, share: float | None) -> int:
     """The wall time a piece of work takes on the emulated device: its CPU time / share,
     or its own wall time where that is longer (it waited on something besides the CPU)."""
@@ -76,11 +173,13 @@ def dilated() -> Iterator[Took]:
     share = DeviceClock.share
     outer = share is not None and not getattr(_nesting, "active", False)
     clock = DeviceClock.cpu_ns
+    synchronize()  # on a GPU, work queued before is not this work's
     start, cpu_start = time.monotonic_ns(), clock()
     if outer:
         _nesting.active = True
     try:
         yield took
+        synchronize()  # on a GPU, this work ends when its kernels do
     finally:
         if outer:
             _nesting.active = False
@@ -191,6 +290,18 @@ class Offloader(ABC):
     def edge(self, payload: bytes, timer: PhaseTimer) -> Any:
         """Edge half: phases `decode` and `edge`. Raise ValueError on a malformed payload."""
         raise NotImplementedError(f"{self.name} sends nothing to the edge")
+
+    def place(self, device) -> None:
+        """Move the networks this edge half holds of its own (every torch module but the
+        plugin's model: a learned decoder, a bottleneck) to `device`; the edge agent calls
+        it once, before `prepare("edge")`, and places the model itself, which every
+        offloader of the plugin shares. An offloader holding bare tensors for its edge
+        half overrides it."""
+        import torch
+
+        for value in vars(self).values():
+            if isinstance(value, torch.nn.Module) and value is not self.model:
+                value.to(device)
 
     def max_payload(self) -> int:
         """The longest REQUEST payload, in bytes, that this offloader's edge half accepts,

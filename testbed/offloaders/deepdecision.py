@@ -40,7 +40,14 @@ from testbed.agents.protocol import HEADER
 from testbed.models import predictions
 from testbed.offloaders import register
 from testbed.offloaders.adaptive import PRIOR
-from testbed.offloaders.base import DeviceResult, Offloader, dilated, measured_once
+from testbed.offloaders.base import (
+    DeviceResult,
+    Offloader,
+    dilated,
+    measured_once,
+    to_edge,
+    to_host,
+)
 from testbed.offloaders.calibration import Calibrator, max_drop
 from testbed.offloaders.image_codec import Jpeg
 from testbed.offloaders.link_estimate import LinkEstimate
@@ -209,8 +216,8 @@ class DeepDecision(Offloader):
         stage by stage and adding up medians adds each stage's throttling noise."""
 
         @torch.inference_mode()
-        def run():
-            self.model(self.plugin.to_tensor(image[None]))
+        def run():  # on the edge's device where this is the edge's profile
+            self.model(to_edge(self.plugin.to_tensor(image[None])))
 
         return self._median_ms(run, repeats=5)
 
@@ -313,8 +320,8 @@ class DeepDecision(Offloader):
         with timer.phase("decode"):
             _, pixels = self.decode(payload)
         with timer.phase("edge"), torch.inference_mode():
-            logits = self.model(self.plugin.to_tensor(pixels[None]))
-        return predictions.predict(self.plugin, logits)[0]
+            logits = self.model(to_edge(self.plugin.to_tensor(pixels[None])))
+        return predictions.predict(self.plugin, to_host(logits))[0]
 
     def describe(self) -> dict[str, Any]:
         out = dict(self.config)

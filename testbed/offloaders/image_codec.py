@@ -24,7 +24,7 @@ import torch
 
 from testbed.models import predictions
 from testbed.offloaders import register
-from testbed.offloaders.base import DeviceResult, Offloader
+from testbed.offloaders.base import DeviceResult, Offloader, to_edge, to_host
 from testbed.offloaders.calibration import Calibrator, Score, max_drop
 from testbed.offloaders.params import Param
 from testbed.offloaders.pillow_codec import (
@@ -137,8 +137,8 @@ class ImageCodec(Offloader):
         with timer.phase("decode"):
             pixels = self.decode(payload)
         with timer.phase("edge"), torch.inference_mode():
-            logits = self.model(self.plugin.to_tensor(pixels[None]))
-        return predictions.predict(self.plugin, logits)[0]
+            logits = self.model(to_edge(self.plugin.to_tensor(pixels[None])))
+        return predictions.predict(self.plugin, to_host(logits))[0]
 
     def describe(self):
         out = dict(self.config)

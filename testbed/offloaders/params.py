@@ -18,6 +18,9 @@ class Param:
     default: Any
     allowed: str  # human words for the valid values, used in error messages
     check: Callable[[Any], bool] = lambda value: True
+    # another parameter this one replaces when not at its default (deepcod's `ratios` and
+    # `ratio`): giving both, each not at its default, is an error
+    excludes: str | None = None
 
 
 class ParamError(ValueError):
@@ -60,4 +63,13 @@ def check_params(name: str, params: Mapping[str, Param], given: Mapping[str, Any
         ):
             raise ParamError(key, f"got {value!r}; allowed: {spec.allowed}")
         out[key] = value
+    for key, spec in params.items():
+        other = spec.excludes
+        if other is None or out[key] == spec.default or other not in given:
+            continue
+        if given[other] != params[other].default:
+            raise ParamError(
+                key,
+                f"not together with {other} ({given[other]!r}); allowed: one or the other",
+            )
     return out

@@ -5,7 +5,7 @@ import torch
 
 from testbed.models import predictions
 from testbed.offloaders import register
-from testbed.offloaders.base import DeviceResult, Offloader
+from testbed.offloaders.base import DeviceResult, Offloader, to_edge, to_host
 
 
 @register
@@ -34,5 +34,5 @@ class Raw(Offloader):
         with timer.phase("decode"):
             sample = np.frombuffer(payload, dtype=dtype).reshape(spec.shape)
         with timer.phase("edge"), torch.inference_mode():
-            logits = self.model(self.plugin.to_tensor(sample[None]))
-        return predictions.predict(self.plugin, logits)[0]
+            logits = self.model(to_edge(self.plugin.to_tensor(sample[None])))
+        return predictions.predict(self.plugin, to_host(logits))[0]

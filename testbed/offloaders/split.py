@@ -20,7 +20,7 @@ import torch
 
 from testbed.models import predictions
 from testbed.models.plugin_api import check_plugin
-from testbed.offloaders.base import dilated
+from testbed.offloaders.base import dilated, to_edge, to_host
 
 _SHAPES: dict[str, list[tuple[int, ...]]] = {}
 
@@ -39,13 +39,13 @@ def feature_shape(plugin, split: int) -> tuple[int, ...]:
 @torch.inference_mode()
 def run_head(plugin, model, sample: np.ndarray, split: int) -> np.ndarray:
     """stages[:split] on one raw sample -> float32 features without the batch axis."""
-    return model[:split](plugin.to_tensor(sample[None]))[0].numpy()
+    return to_host(model[:split](to_edge(plugin.to_tensor(sample[None]))))[0].numpy()
 
 
 @torch.inference_mode()
 def run_tail(plugin, model, features: np.ndarray, split: int):
-    logits = model[split:](torch.from_numpy(np.ascontiguousarray(features))[None])
-    return predictions.predict(plugin, logits)[0]
+    logits = model[split:](to_edge(np.ascontiguousarray(features)[None]))
+    return predictions.predict(plugin, to_host(logits))[0]
 
 
 @torch.inference_mode()
@@ -56,7 +56,7 @@ def profile_stages(plugin, model, repeats: int = 3) -> list[float]:
     spec = plugin.input_spec
     rng = np.random.default_rng(0)
     sample = rng.uniform(spec.low, spec.high, size=(1, *spec.shape)).astype(spec.dtype)
-    x = plugin.to_tensor(sample)
+    x = to_edge(plugin.to_tensor(sample))  # where the model is: the edge's GPU, profiled there
     runs = []
     for _ in range(repeats + 1):
         times, h = [], x

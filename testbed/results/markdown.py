@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from testbed.results import records, stats
+from testbed.results import hosts, records, stats
 from testbed.results.compare import comparisons, fastest_within
 from testbed.results.formatting import (
     count,
@@ -63,6 +63,7 @@ def header(study: Study, title: str | None) -> list[str]:
     commits = {c.environment.get("commit") for c in cells if c.environment}
     if len(commits) > 1:
         lines.append(f"- **The cells ran from {len(commits)} different commits.**")
+    lines += hosts.host_lines(study)  # a sweep on a cluster: which machines, and whether alike
     interrupted = [c.folder.name for c in cells if c.environment.get("interrupted")]
     if interrupted:
         lines.append(f"- **Interrupted (partial) runs:** {', '.join(interrupted)}")
@@ -196,6 +197,11 @@ def _environment_text(env: dict) -> str:
         parts.append(f"commit {str(env['commit'])[:12]}" + (" (dirty)" if env.get("dirty") else ""))
     if "cpu_count" in env:
         parts.append(f"{env['cpu_count']} x {env.get('cpu_model', 'CPU')}")
+    edge = env.get("edge_device") or {}
+    if edge.get("device"):
+        gpu = edge.get("gpu")
+        detail = f" ({gpu}, driver {edge.get('driver')}, CUDA {edge.get('torch_cuda')})"
+        parts.append(f"edge on {edge['device']}" + (detail if gpu else ""))
     if "python" in env:
         parts.append(f"Python {env['python']}")
     if (env.get("packages") or {}).get("torch"):

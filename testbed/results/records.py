@@ -73,7 +73,7 @@ SUMMARY_COLUMNS = [
 ]
 DEFAULT_MAX_DROP_PP = 1.0  # the scenario's default bound (Scenario.max_drop_pp)
 # what a choice says about the request's configuration (the rest is prediction)
-CHOICE_KEYS = ("split", "bits", "scale", "quality", "mode")
+CHOICE_KEYS = ("split", "bits", "scale", "quality", "ratio", "mode")
 # stall_ms: auto: a request is stalled above STALL_FACTOR x its offloader's median latency
 # (ok requests), and never below STALL_FLOOR_MS (docs/scenarios.md, `stall_ms`)
 STALL_FACTOR = 10.0

@@ -38,6 +38,7 @@ def write(
     rtt = environment.get("rtt_ms")
     rtt_text = f"{rtt:.2f} ms" if isinstance(rtt, int | float) else "not measured"
     lines.append(f"Link backend: {environment['link_backend']}; round trip {rtt_text}.")
+    lines += [f"\n**Warning:** {w}" for w in environment.get("warnings") or []]  # loopback's
     lines += stall_lines(summary, environment)
     if environment.get("traffic"):
         lines += ["", "Competing traffic (achieved):", ""]

@@ -23,11 +23,13 @@ The emulator of this testbed replays the schedule with `TracePlayer`; see docs/t
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import re
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -131,7 +133,9 @@ class Trace:
 
 
 def load_trace(path: str | os.PathLike) -> Trace:
-    """Parse a Mahimahi trace; every error names the file and, where it has one, the line."""
+    """Parse a Mahimahi trace; every error names the file and, where it has one, the line.
+    A name ending in `.gz` is read through gzip, streamed: the size limit applies to the
+    decompressed text and reading stops past it, so a small bomb never fills memory."""
     source = str(path)
     with reading(source, "trace file"), open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
@@ -139,9 +143,28 @@ def load_trace(path: str | os.PathLike) -> Trace:
             raise ScenarioError(
                 f"{source}: {size} bytes is too large for a trace (limit {MAX_FILE_BYTES})"
             )
-        data = file.read()
+        data = _gunzip(file, source) if source.endswith(".gz") else file.read()
     text = data.decode("ascii", errors="replace").replace("\r\n", "\n")
     return parse_trace(text, source)
+
+
+def _gunzip(file, source: str) -> bytes:
+    """The decompressed bytes of a gzip file, read in 1 MB pieces and refused as soon as
+    they pass MAX_FILE_BYTES; a damaged file is a ScenarioError."""
+    chunks, total = [], 0
+    try:
+        with gzip.GzipFile(fileobj=file, mode="rb") as unzipped:
+            while chunk := unzipped.read(1 << 20):
+                total += len(chunk)
+                if total > MAX_FILE_BYTES:
+                    raise ScenarioError(
+                        f"{source}: decompresses to more than {MAX_FILE_BYTES} bytes, too "
+                        f"large for a trace (limit {MAX_FILE_BYTES})"
+                    )
+                chunks.append(chunk)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise ScenarioError(f"{source}: not a readable gzip file ({exc})") from None
+    return b"".join(chunks)
 
 
 def parse_trace(text: str, source: str = "<trace>") -> Trace:

@@ -25,7 +25,7 @@ import torch
 from testbed.errors import PluginError
 from testbed.models import predictions
 from testbed.offloaders import register
-from testbed.offloaders.base import DeviceResult, Offloader
+from testbed.offloaders.base import DeviceResult, Offloader, to_edge, to_host
 from testbed.offloaders.bottlenet.artefacts import artefact_path, command
 from testbed.offloaders.bottlenet.model import BottleNet, resolve_split, step
 from testbed.offloaders.params import Param
@@ -125,10 +125,10 @@ class BottleNetOffloader(Offloader):
         with timer.phase("decode"), torch.inference_mode():
             codes = self.unpack(payload)
             y = quantize.dequantize_uniform(codes, self.step, np.float32(0))
-            features = self.net.decoder(torch.from_numpy(y)[None])
+            features = self.net.decoder(to_edge(y[None]))
         with timer.phase("edge"), torch.inference_mode():
             logits = self.model[self.split :](features)
-        return predictions.predict(self.plugin, logits)[0]
+        return predictions.predict(self.plugin, to_host(logits))[0]
 
     def max_payload(self) -> int:
         """Header and the blob of the codes' shape, its k-bit codes spread evenly."""
