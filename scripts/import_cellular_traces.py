@@ -1,10 +1,9 @@
 """Copy Mahimahi's cellular traces into scenarios/traces/cellular/, gzip-compressed.
 
-    .venv/bin/python scripts/import_cellular_traces.py [SOURCE] [--out DIR]
+    .venv/bin/python scripts/import_cellular_traces.py SOURCE [--out DIR]
 
-SOURCE (default ../shared/traces/cellular, beside the checkout) holds the `.up` and
-`.down` files that ship with Mahimahi (its `traces/` folder: Winstein et al., NSDI
-2013). Each is checked with the testbed's own parser, then written byte for byte as
+SOURCE holds the `.up` and `.down` files that ship with Mahimahi (its `traces/`
+folder, with their SOURCE-README.txt: Winstein et al., NSDI 2013). Each is checked with the testbed's own parser, then written byte for byte as
 `<name>.gz` with a fixed header (no file name, mtime 0), so importing again gives
 identical files, and SOURCE's SOURCE-README.txt is copied as it is; `load_trace` reads `.gz` transparently. The table printed at the end
 is the one in scenarios/traces/cellular/README.md. The testbed never reads SOURCE at
@@ -24,7 +23,6 @@ sys.path.insert(0, str(ROOT))
 from testbed.emulation.link.trace import load_trace  # noqa: E402
 from testbed.errors import TestbedError  # noqa: E402
 
-DEFAULT_SOURCE = ROOT.parent / "shared" / "traces" / "cellular"
 DEFAULT_OUT = ROOT / "scenarios" / "traces" / "cellular"
 SOURCE_NOTE = "SOURCE-README.txt"
 
@@ -72,7 +70,7 @@ def table(rows: list[tuple[str, float, float]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", nargs="?", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("source", type=Path, help="a folder of Mahimahi's cellular traces")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     if not args.source.is_dir():

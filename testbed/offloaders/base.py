@@ -190,6 +190,31 @@ def dilated() -> Iterator[Took]:
         took.ms = (time.monotonic_ns() - start) / 1e6
 
 
+def median_ms(work: Callable[[], Any], repeats: int = 3) -> float:
+    """The median of `repeats` runs of `work` after one warm-up, each timed by `dilated()`:
+    the profiles adaptive offloaders predict from, at the speed their requests run."""
+    work()  # warm-up
+    runs = []
+    for _ in range(repeats):
+        with dilated() as took:
+            work()
+        runs.append(took.ms)
+    return float(np.median(runs))
+
+
+def model_ms(plugin, model, sample: np.ndarray, repeats: int = 5) -> float:
+    """The whole model on one input as one unit, as a request runs it (on the edge's
+    device at the edge): timing stage by stage and adding up medians would add each
+    stage's throttling noise under a CPU limit."""
+    import torch
+
+    @torch.inference_mode()
+    def run() -> None:
+        model(to_edge(plugin.to_tensor(sample[None])))
+
+    return median_ms(run, repeats)
+
+
 _MEASURED: weakref.WeakKeyDictionary[Any, dict[Hashable, Any]] = weakref.WeakKeyDictionary()
 _MEASURING = threading.Lock()
 

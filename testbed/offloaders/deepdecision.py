@@ -30,6 +30,7 @@ one before any pixel is decoded.
 from __future__ import annotations
 
 import io
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
@@ -43,8 +44,9 @@ from testbed.offloaders.adaptive import PRIOR
 from testbed.offloaders.base import (
     DeviceResult,
     Offloader,
-    dilated,
     measured_once,
+    median_ms,
+    model_ms,
     to_edge,
     to_host,
 )
@@ -201,26 +203,6 @@ class DeepDecision(Offloader):
         noisy = base[None] + shades + rng.normal(0, 10, (channels, height, width))
         return np.clip(noisy, 0, 255).astype(np.uint8)
 
-    @staticmethod
-    def _median_ms(work, repeats: int = 3) -> float:
-        work()  # warm-up
-        runs = []
-        for _ in range(repeats):
-            with dilated() as took:  # at the device's speed, as its requests run
-                work()
-            runs.append(took.ms)
-        return float(np.median(runs))
-
-    def _model_ms(self, image: np.ndarray) -> float:
-        """The whole model as one unit, as a request runs it: under a CPU limit, timing
-        stage by stage and adding up medians adds each stage's throttling noise."""
-
-        @torch.inference_mode()
-        def run():  # on the edge's device where this is the edge's profile
-            self.model(to_edge(self.plugin.to_tensor(image[None])))
-
-        return self._median_ms(run, repeats=5)
-
     def prepare(self, side: str) -> None:
         """Profiles taken on the host itself (its CPU share is what makes the options
         differ): the whole model, and the codec work of each scale on that side; the
@@ -231,22 +213,22 @@ class DeepDecision(Offloader):
             self.edge_model_ms, self.edge_decode_ms = profile
             return
         image = self._typical_image()
-        self.device_model_ms = self._model_ms(image)
+        self.device_model_ms = model_ms(self.plugin, self.model, image)
         options = self.calibrate()
         self.encode_ms = {
-            o["scale"]: self._median_ms(lambda o=o: self.encode(image, o["scale"], o["quality"]))
+            o["scale"]: median_ms(partial(self.encode, image, o["scale"], o["quality"]))
             for o in options
         }
 
     def _edge_profile(self) -> tuple[float, dict[float, float]]:
         """(the whole model's ms, each scale's decode ms) on this host."""
         image = self._typical_image()
-        model_ms = self._model_ms(image)
+        whole_ms = model_ms(self.plugin, self.model, image)
         decode_ms = {}
         for scale in self.sizes:
             payload = self.encode(image, scale, 90)
-            decode_ms[scale] = self._median_ms(lambda p=payload: self.decode(p))
-        return model_ms, decode_ms
+            decode_ms[scale] = median_ms(partial(self.decode, payload))
+        return whole_ms, decode_ms
 
     def connect(self, edge: dict[str, Any], link: LinkEstimate) -> None:
         self.edge_model_ms = edge.get("edge_model_ms")
@@ -264,7 +246,7 @@ class DeepDecision(Offloader):
         """The latency model of the module docstring. Missing profiles count as free,
         except the device's model, which is profiled now."""
         if self.device_model_ms is None:
-            self.device_model_ms = self._model_ms(self._typical_image())
+            self.device_model_ms = model_ms(self.plugin, self.model, self._typical_image())
         if option.get("mode") == LOCAL:
             return self.device_model_ms
         scale = option["scale"]

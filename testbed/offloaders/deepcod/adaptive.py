@@ -31,7 +31,7 @@ import torch
 
 from testbed.agents.protocol import HEADER
 from testbed.offloaders.adaptive import PRIOR
-from testbed.offloaders.base import dilated, measured_once
+from testbed.offloaders.base import measured_once, median_ms, model_ms
 from testbed.offloaders.calibration import Calibrator, file_digest, max_drop
 from testbed.offloaders.link_estimate import LinkEstimate
 from testbed.offloaders.params import Param
@@ -139,16 +139,6 @@ class AdaptiveRatios:
         rng = np.random.default_rng(0)
         return rng.uniform(spec.low, spec.high, size=tuple(spec.shape)).astype(spec.dtype)
 
-    @staticmethod
-    def _median_ms(work, repeats: int = 3) -> float:
-        work()  # warm-up
-        runs = []
-        for _ in range(repeats):
-            with dilated() as took:  # at the device's speed, as its requests run
-                work()
-            runs.append(took.ms)
-        return float(np.median(runs))
-
     def _encode_work(self, codec, sample: np.ndarray):
         @torch.inference_mode()
         def work() -> bytes:
@@ -156,13 +146,6 @@ class AdaptiveRatios:
             return codec.encode(self.model[: self.split](x) if self.split else x)
 
         return work
-
-    def _model_ms(self, sample: np.ndarray) -> float:
-        @torch.inference_mode()
-        def run():
-            self.model(self.plugin.to_tensor(sample[None]))
-
-        return self._median_ms(run, repeats=5)
 
     def prepare(self, side: str) -> None:
         """Profiles taken on the host itself: on the device the whole model and each
@@ -176,10 +159,10 @@ class AdaptiveRatios:
             self.edge_ms = measured_once(self.model, where, self._edge_profile)
             return
         sample = self._typical_sample()
-        self.device_model_ms = self._model_ms(sample)
+        self.device_model_ms = model_ms(self.plugin, self.model, sample)
         self.calibrate()
         self.encode_ms = {
-            key(c.ratio): self._median_ms(self._encode_work(c, sample)) for c in self.codecs
+            key(c.ratio): median_ms(self._encode_work(c, sample)) for c in self.codecs
         }
 
     def _edge_profile(self) -> dict[str, float]:
@@ -191,7 +174,7 @@ class AdaptiveRatios:
             def work(codec=codec, payload=payload):
                 self.model[self.split :](codec.decode(payload))
 
-            out[key(codec.ratio)] = self._median_ms(work)
+            out[key(codec.ratio)] = median_ms(work)
         return out
 
     def connect(self, edge: dict[str, Any], link: LinkEstimate) -> None:
@@ -209,7 +192,7 @@ class AdaptiveRatios:
         """The latency model of the module docstring. Missing profiles count as free,
         except the device's model, which is profiled now."""
         if self.device_model_ms is None:
-            self.device_model_ms = self._model_ms(self._typical_sample())
+            self.device_model_ms = model_ms(self.plugin, self.model, self._typical_sample())
         if option.get("mode") == LOCAL:
             return self.device_model_ms
         name = key(option["ratio"])
