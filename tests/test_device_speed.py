@@ -3,8 +3,9 @@ work that takes t at full speed takes t / share on the device, request after req
 
 The real test runs a fixed CPU-bound workload as a device half in a separate process,
 through the device agent's own timing path (`Requests.issue`, `PhaseTimer`, the records
-it writes), at full speed and at shares 1, 0.2 and 0.05, and holds p10 and p50 of
-its latency within 10 % of t / share, p90 within 25 %. The unit tests below check the arithmetic."""
+it writes), at full speed and at shares 1, 0.2 and 0.05, and holds each request's
+latency within 10 % of its own CPU time / share (p90: 25 %). The unit tests below check
+the arithmetic."""
 
 from __future__ import annotations
 
@@ -74,9 +75,9 @@ LOOPS = 40_000  # about 2 ms of CPU
 SHARES = ("full", "1.0", "0.2", "0.05")
 
 
-def run_worker(rounds: int, out: Path) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Each share's latencies (total_ms of its records), and the share of a core its
-    device phases used (their CPU time over their wall time)."""
+def run_worker(rounds: int, out: Path) -> tuple[dict, dict, dict]:
+    """Each share's latencies (total_ms of its records), its requests' device CPU times
+    in ms, and the share of a core its device phases used (CPU time over wall time)."""
     done = subprocess.run(
         [sys.executable, "-c", WORKER, str(LOOPS), str(rounds), str(out), *SHARES],
         cwd=REPO,
@@ -91,25 +92,27 @@ def run_worker(rounds: int, out: Path) -> tuple[dict[str, np.ndarray], dict[str,
     mine = {s: [r for r in records if r["offloader"] == s] for s in SHARES}
     latency = {s: np.array([r["total_ms"] for r in rs]) for s, rs in mine.items()}
     cpu_s = json.loads(done.stdout)
+    cpu_ms = {s: np.array(cpu_s[s]) * 1000 for s in SHARES}
     used = {s: sum(cpu_s[s]) * 1000 / sum(r["device_ms"] for r in rs) for s, rs in mine.items()}
-    return latency, used
+    return latency, cpu_ms, used
 
 
 def test_a_device_share_slows_every_request_alike(tmp_path):
-    latency, used = run_worker(40, tmp_path / "records.jsonl")
+    """Each request against its own work: its latency is its CPU time / share. (Against
+    the full-speed requests' percentiles instead, the loop's own CPU time, which moves
+    by half between requests on two shared cores, made the check flaky.)"""
+    latency, cpu_ms, used = run_worker(40, tmp_path / "records.jsonl")
     figures = {s: np.round(np.percentile(v, [10, 50, 90]), 2).tolist() for s, v in latency.items()}
-    t = np.percentile(latency["full"], [10, 50, 90])
     for share in SHARES[1:]:
-        expected = t / float(share)
-        got = np.percentile(latency[share], [10, 50, 90])
-        # p10 and p50 within 10 %; p90 within 25 %: on two shared cores one preempted
-        # request of the 40 lands in the tail of a single share (seen: 11.1 against 9.2)
-        assert np.all(np.abs(got - expected) <= np.array([0.1, 0.1, 0.25]) * expected), (
-            share,
-            figures,
-        )
+        stretch = latency[share] / (cpu_ms[share] / float(share))
+        low, mid, high = np.percentile(stretch, [10, 50, 90])
+        # every request stretched alike: the median within 10 % of t / share, p10 above
+        # 0.9 and p90 within 25 % (one preempted request lands in a share's tail)
+        assert 0.9 <= mid <= 1.1 and low >= 0.9 and high <= 1.25, (share, figures, stretch)
         # it sleeps the rest: its device work uses no more than its share of a core
         assert used[share] <= float(share) * 1.1, (share, used)
+    # and the shares order the latencies as they should, request for request
+    assert np.median(latency["0.05"] / latency["0.2"]) > 3
     print(figures, used)
 
 
